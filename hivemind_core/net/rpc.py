@@ -1,0 +1,114 @@
+"""Named remote methods with msgpack bodies, on top of any Transport.
+
+Wire format (msgpack, never pickle):
+
+* request: ``[method: str, body]``
+* response: ``[0, result]`` on success, ``[1, error_type: str, message: str]`` on failure.
+
+A malformed request is a protocol violation (the TCP transport drops that connection); an
+exception inside a method is sent back and re-raised on the caller as :class:`RemoteError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError, RemoteError, UnknownMethodError
+from .transport import Endpoint, Transport
+
+logger = logging.getLogger(__name__)
+
+Method = Callable[[Endpoint, Any], Awaitable[Any]]
+"""An RPC method: called with the caller's endpoint and the decoded body; returns the result."""
+
+_OK, _FAILED = 0, 1
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+class RPC:
+    """Serve named methods and call them on other peers through one transport."""
+
+    def __init__(self, transport: Transport, *, default_timeout: float = 10.0) -> None:
+        self.transport = transport
+        self.default_timeout = default_timeout
+        self._methods: dict[str, Method] = {}
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.transport.endpoint
+
+    def register(self, name: str, method: Method) -> None:
+        if name in self._methods:
+            raise ValueError(f"RPC method {name!r} is already registered")
+        self._methods[name] = method
+
+    async def serve(self) -> Endpoint:
+        """Start answering calls to the registered methods; returns this peer's endpoint."""
+        return await self.transport.listen(self._dispatch)
+
+    async def call(
+        self, peer: Endpoint, method: str, body: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Call ``method`` on ``peer`` and return its result.
+
+        Raises the transport's errors (``RequestTimeout``, ``PeerUnavailable``...),
+        ``UnknownMethodError`` or ``RemoteError`` if the remote method failed, and
+        ``ProtocolError`` if the peer answered with something that is not a valid response.
+        """
+        try:
+            payload = pack((method, body))
+        except (TypeError, ValueError, OverflowError) as error:
+            raise TypeError(f"cannot encode the body of {method!r} as msgpack: {error}") from None
+        response = await self.transport.request(
+            peer, payload, timeout=self.default_timeout if timeout is None else timeout
+        )
+        try:
+            status, *rest = unpack(response)
+        except Exception as error:
+            raise ProtocolError(f"malformed response to {method!r} from {peer}: {error}") from None
+        if status == _OK and len(rest) == 1:
+            return rest[0]
+        if status == _FAILED and len(rest) == 2 and all(isinstance(x, str) for x in rest):
+            error_type, message = rest
+            error_class = UnknownMethodError if error_type == UnknownMethodError.__name__ else RemoteError
+            raise error_class(message, remote_type=error_type, peer=peer, method=method)
+        raise ProtocolError(f"malformed response to {method!r} from {peer}: status {status!r}")
+
+    async def _dispatch(self, peer: Endpoint, payload: bytes) -> bytes:
+        try:
+            method, body = unpack(payload)
+        except Exception as error:
+            raise ProtocolError(f"request is not a msgpack [method, body] pair: {error}") from None
+        if not isinstance(method, str):
+            raise ProtocolError(f"request names its method with a {type(method).__name__}, not a string")
+        handler = self._methods.get(method)
+        if handler is None:
+            known = ", ".join(sorted(self._methods)) or "none"
+            return pack(
+                (
+                    _FAILED,
+                    UnknownMethodError.__name__,
+                    f"unknown method {method!r}; this peer serves: {known}",
+                )
+            )
+        try:
+            result = await handler(peer, body)
+        except Exception as error:
+            logger.debug("RPC method %r failed for %s", method, peer, exc_info=True)
+            return pack((_FAILED, type(error).__name__, str(error)))
+        try:
+            return pack((_OK, result))
+        except (TypeError, ValueError, OverflowError) as error:
+            logger.error("RPC method %r returned a result msgpack cannot encode: %s", method, error)
+            return pack((_FAILED, "SerializationError", f"result of {method!r} is not msgpack-encodable"))

@@ -1,0 +1,263 @@
+"""The simulated network: who can reach whom, how fast, and what gets lost.
+
+A message of S bytes from peer A to peer B:
+
+1. waits for A's uplink to be free (FIFO behind A's earlier messages) and takes ``8*S/uplink``;
+2. travels A's last mile, the backbone path between their nodes, and B's last mile;
+3. waits for B's downlink (FIFO in arrival order) and takes ``8*S/downlink``;
+4. is delivered, unless B crashed meanwhile.
+
+Each link keeps only its "free again at" time, so a message costs one simpy event (two when
+B's downlink has finite bandwidth): no per-packet simulation. Loss and partitions drop whole
+messages, which the requester sees as a timeout.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+import simpy
+
+from .topology import Node, Topology
+from .trace import TraceDigest
+
+if TYPE_CHECKING:
+    from .transport import SimTransport
+
+
+@dataclass(frozen=True)
+class AccessLink:
+    """A peer's own connection to its backbone node."""
+
+    uplink_bps: float = math.inf
+    """Upload bandwidth in bits per second."""
+    downlink_bps: float = math.inf
+    """Download bandwidth in bits per second."""
+    latency: float = 0.0
+    """One-way last-mile latency in seconds."""
+    loss: float = 0.0
+    """Probability that a message through this link is lost."""
+
+    def __post_init__(self) -> None:
+        if not (self.uplink_bps > 0 and self.downlink_bps > 0):
+            raise ValueError(f"bandwidth must be positive, got up={self.uplink_bps} down={self.downlink_bps}")
+        if not 0 <= self.latency < math.inf:
+            raise ValueError(f"latency must be a finite number of seconds >= 0, got {self.latency}")
+        if not 0 <= self.loss <= 1:
+            raise ValueError(f"loss must be a probability in [0, 1], got {self.loss}")
+
+
+class PeerState(enum.Enum):
+    UP = "up"
+    CLOSED = "closed"  # the process exited: connections to it are refused
+    CRASHED = "crashed"  # the machine is gone: nothing answers, senders time out
+
+
+@dataclass
+class NetworkStats:
+    sent: int = 0
+    delivered: int = 0
+    bytes_delivered: int = 0
+    dropped_loss: int = 0
+    dropped_partition: int = 0
+    dropped_unreachable: int = 0
+
+
+@dataclass(eq=False)
+class _Peer:
+    address: str
+    node: Node
+    link: AccessLink
+    up_bytes_per_s: float = field(init=False)
+    down_bytes_per_s: float = field(init=False)
+    up_free_at: float = 0.0
+    down_free_at: float = 0.0
+    state: PeerState = PeerState.CLOSED
+    transport: SimTransport | None = None
+
+    def __post_init__(self) -> None:
+        self.set_link(self.link)
+
+    def set_link(self, link: AccessLink) -> None:
+        self.link = link
+        self.up_bytes_per_s = link.uplink_bps / 8
+        self.down_bytes_per_s = link.downlink_bps / 8
+
+
+class SimNetwork:
+    """Carries frames between simulated transports in virtual time."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        topology: Topology,
+        *,
+        rng: random.Random,
+        trace: TraceDigest | None = None,
+        jitter: float = 0.0,
+    ) -> None:
+        if not 0 <= jitter <= 10:
+            raise ValueError(f"jitter is a fraction of the path latency in [0, 10], got {jitter}")
+        self.env = env
+        self.topology = topology
+        self.rng = rng
+        self.trace = trace
+        self.jitter = jitter
+        self.stats = NetworkStats()
+        self._peers: dict[str, _Peer] = {}
+        self._group_of: dict[str, int] | None = None
+
+    # ---- membership -----------------------------------------------------------------------
+
+    def add_peer(self, address: str, *, node: Node | None = None, link: AccessLink | None = None) -> None:
+        """Place a machine on the network (its transport comes up separately)."""
+        if address in self._peers:
+            raise ValueError(f"a peer with address {address!r} already exists")
+        if node is None:
+            node = self.topology.nodes[0]
+        elif node not in self.topology:
+            raise ValueError(f"backbone node {node!r} is not in topology {self.topology.name!r}")
+        self._peers[address] = _Peer(address, node, link or AccessLink())
+
+    def attach(self, address: str, transport: SimTransport) -> None:
+        """Bring a peer's transport up (first start, or restart after a crash or close)."""
+        peer = self._peer(address)
+        if peer.state is PeerState.UP:
+            raise ValueError(f"peer {address!r} already has a running transport")
+        peer.transport = transport
+        peer.state = PeerState.UP
+
+    def detach(self, address: str, *, crashed: bool) -> None:
+        peer = self._peer(address)
+        peer.transport = None
+        peer.state = PeerState.CRASHED if crashed else PeerState.CLOSED
+
+    def crash(self, address: str) -> None:
+        """The machine dies mid-whatever: no goodbye, no answers, its peers time out."""
+        transport = self._peer(address).transport
+        if transport is not None:
+            transport.crash()
+
+    def state(self, address: str) -> PeerState:
+        return self._peer(address).state
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self._peers)
+
+    # ---- faults ---------------------------------------------------------------------------
+
+    def set_link(self, address: str, link: AccessLink) -> None:
+        """Change a peer's bandwidth, latency or loss from now on."""
+        self._peer(address).set_link(link)
+
+    def partition(self, groups: Iterable[Collection[str]]) -> None:
+        """Cut the listed groups apart; peers in no group form one more group together."""
+        group_of: dict[str, int] = {}
+        for index, group in enumerate(groups):
+            for address in group:
+                self._peer(address)
+                if address in group_of:
+                    raise ValueError(f"peer {address!r} is in more than one partition group")
+                group_of[address] = index
+        self._group_of = group_of
+
+    def heal(self) -> None:
+        self._group_of = None
+
+    # ---- physics --------------------------------------------------------------------------
+
+    def path_latency(self, src: str, dst: str) -> float:
+        """One-way propagation latency between two peers, excluding bandwidth and jitter."""
+        a, b = self._peer(src), self._peer(dst)
+        return a.link.latency + self.topology.latency(a.node, b.node) + b.link.latency
+
+    def send(self, src: str, dst: str, frame: bytes) -> None:
+        """Put ``frame`` on the wire from ``src`` to ``dst``; it may be delayed or dropped."""
+        sender = self._peers[src]
+        if sender.state is not PeerState.UP:
+            return
+        stats = self.stats
+        stats.sent += 1
+        now = self.env.now
+        start = sender.up_free_at if sender.up_free_at > now else now
+        sender.up_free_at = sent_at = start + len(frame) / sender.up_bytes_per_s
+        receiver = self._peers.get(dst)
+        if receiver is None:
+            stats.dropped_unreachable += 1
+            return
+        if self._group_of is not None and self._cut(src, dst):
+            stats.dropped_partition += 1
+            return
+        if (sender.link.loss or receiver.link.loss) and self._lost(sender, receiver):
+            stats.dropped_loss += 1
+            return
+        backbone = self.topology.latency(sender.node, receiver.node)
+        latency = sender.link.latency + backbone + receiver.link.latency
+        if latency == math.inf:
+            stats.dropped_unreachable += 1
+            return
+        if self.jitter:
+            latency *= 1 + self.jitter * self.rng.random()
+        arrival = self.env.timeout(sent_at + latency - now)
+        arrival.callbacks.append(partial(self._reach_downlink, src, receiver, frame))
+
+    def reset(self, src: str, dst: str) -> None:
+        """Tell ``dst`` that every exchange it has with ``src`` is over (a TCP reset)."""
+        receiver = self._peers.get(dst)
+        if receiver is None or self._cut(src, dst):
+            return
+        arrival = self.env.timeout(self.path_latency(src, dst))
+        arrival.callbacks.append(partial(self._deliver_reset, src, receiver))
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _peer(self, address: str) -> _Peer:
+        try:
+            return self._peers[address]
+        except KeyError:
+            raise KeyError(f"no peer with address {address!r} on this network") from None
+
+    def _cut(self, src: str, dst: str) -> bool:
+        group_of = self._group_of
+        return group_of is not None and group_of.get(src, -1) != group_of.get(dst, -1)
+
+    def _lost(self, sender: _Peer, receiver: _Peer) -> bool:
+        survive = (1 - sender.link.loss) * (1 - receiver.link.loss)
+        return self.rng.random() >= survive
+
+    def _reach_downlink(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event) -> None:
+        now = self.env.now
+        start = receiver.down_free_at if receiver.down_free_at > now else now
+        receiver.down_free_at = done = start + len(frame) / receiver.down_bytes_per_s
+        if done > now:
+            self.env.timeout(done - now).callbacks.append(partial(self._deliver, src, receiver, frame))
+        else:
+            self._deliver(src, receiver, frame, None)
+
+    def _deliver(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event | None) -> None:
+        transport = receiver.transport
+        if transport is None:
+            if receiver.state is PeerState.CLOSED:
+                self.reset(receiver.address, src)  # connection refused
+            self.stats.dropped_unreachable += 1
+            return
+        self.stats.delivered += 1
+        self.stats.bytes_delivered += len(frame)
+        if self.trace is not None:
+            self.trace.record(self.env.now, src, receiver.address, frame)
+        transport.frame_arrived(src, frame)
+
+    def _deliver_reset(self, src: str, receiver: _Peer, _event: simpy.Event) -> None:
+        transport = receiver.transport
+        if transport is None:
+            return
+        if self.trace is not None:
+            self.trace.record(self.env.now, src, receiver.address, b"", kind="reset")
+        transport.reset_received(src)

@@ -1,0 +1,96 @@
+"""SimTransport: the Transport interface over the simulated network.
+
+It moves the very frames the TCP transport would put on a socket, so message sizes (and
+bandwidth costs) are real. There are no connections: the link to a peer is its address, a
+graceful close sends resets to the peers it was exchanging with (as TCP would), and a crash
+sends nothing at all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hivemind_core.net.errors import TransportClosed
+from hivemind_core.net.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
+    KIND_AND_ID,
+    PREFIX,
+    FrameKind,
+    encode_frame,
+)
+from hivemind_core.net.multiplex import FramedTransport, Link
+from hivemind_core.net.transport import Endpoint, RequestHandler
+
+from .network import SimNetwork
+
+logger = logging.getLogger(__name__)
+
+
+class SimTransport(FramedTransport):
+    """A peer's network stack in the simulation, reachable at ``address``."""
+
+    def __init__(
+        self, network: SimNetwork, address: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        self.network = network
+        self.address = address
+        network.attach(address, self)
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.address if self._handler is not None else None
+
+    async def listen(self, handler: RequestHandler) -> Endpoint:
+        if self._closing:
+            raise TransportClosed("cannot listen: this transport is closed")
+        if self._handler is not None:
+            raise RuntimeError(f"already listening as {self.address}")
+        self._handler = handler
+        return self.address
+
+    def crash(self) -> None:
+        """Die at once: stop serving, fail own requests, tell nobody."""
+        if self._closing:
+            return
+        self._closing = True
+        self.network.detach(self.address, crashed=True)
+        for task in self._serving.values():
+            task.cancel()
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(TransportClosed(f"peer {self.address} crashed"))
+
+    # ---- called by the network ------------------------------------------------------------
+
+    def frame_arrived(self, src: str, frame: bytes) -> None:
+        kind, request_id = KIND_AND_ID.unpack_from(frame, PREFIX.size)
+        self._frame_received(src, kind, request_id, frame[HEADER_SIZE:])
+
+    def reset_received(self, src: str) -> None:
+        self._link_lost(src, f"connection to {src} lost: the peer closed or refused it")
+
+    # ---- FramedTransport hooks ------------------------------------------------------------
+
+    async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
+        return peer
+
+    def _write(self, link: Link, kind: FrameKind, request_id: int, payload: bytes) -> None:
+        self.network.send(self.address, link, encode_frame(kind, request_id, payload))
+
+    def _sender(self, link: Link) -> Endpoint:
+        return link
+
+    def _reject(self, link: Link, request_id: int, reason: str) -> None:
+        logger.warning("rejecting request %d from %s: %s", request_id, link, reason)
+        self._write_error(link, request_id, f"protocol violation: {reason}")
+
+    def _stop_accepting(self) -> None:
+        pass  # new requests are answered with an error once _closing is set
+
+    async def _close_links(self) -> None:
+        peers = dict.fromkeys([p.link for p in self._pending.values()] + [link for link, _ in self._serving])
+        for peer in peers:
+            self.network.reset(self.address, peer)
+        self.network.detach(self.address, crashed=False)

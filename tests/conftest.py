@@ -1,0 +1,67 @@
+"""Shared fixtures: every async test runs in the worlds it asks for, real TCP or simulated.
+
+``pytest_asyncio_loop_factories`` makes each async test run once per world ("tcp": a real
+asyncio loop on loopback; "sim": the virtual-time loop). A test limits itself to one world
+with ``@pytest.mark.asyncio(loop_factories=["sim"])``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from hivemind_core.net import RPC, TcpTransport, Transport
+from hivemind_sim import AccessLink, Simulation
+
+# Simulated peers get a realistic link so tests exercise latency and bandwidth, not zeros.
+SIM_LINK = AccessLink(uplink_bps=1e9, downlink_bps=1e9, latency=0.001)
+
+
+def _simulated_loop() -> asyncio.AbstractEventLoop:
+    return Simulation(seed=0).loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    return {"tcp": asyncio.new_event_loop, "sim": _simulated_loop}
+
+
+class World:
+    """Makes peers for the loop the test runs on, and closes them afterwards."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sim: Simulation | None = getattr(loop, "simulation", None)
+        self.transports: list[Transport] = []
+
+    @property
+    def kind(self) -> str:
+        return "sim" if self.sim is not None else "tcp"
+
+    def transport(self, **options: Any) -> Transport:
+        if self.sim is not None:
+            transport: Transport = self.sim.add_peer(f"peer{len(self.transports)}", link=SIM_LINK, **options)
+        else:
+            transport = TcpTransport(host="127.0.0.1", **options)
+        self.transports.append(transport)
+        return transport
+
+    async def rpc(self, methods: dict[str, Any] | None = None, *, serve: bool = True, **options: Any) -> RPC:
+        rpc = RPC(self.transport(**options))
+        for name, method in (methods or {}).items():
+            rpc.register(name, method)
+        if serve:
+            await rpc.serve()
+        return rpc
+
+    async def close(self) -> None:
+        for transport in self.transports:
+            await transport.close(grace=0)
+
+
+@pytest_asyncio.fixture
+async def world() -> Any:
+    world = World(asyncio.get_running_loop())
+    yield world
+    await world.close()

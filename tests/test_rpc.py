@@ -1,0 +1,209 @@
+"""The RPC suite: the same tests, unchanged, over TcpTransport and SimTransport."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+
+from hivemind_core.net import (
+    FrameTooLarge,
+    PeerUnavailable,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    TransportClosed,
+    UnknownMethodError,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+async def echo(_peer: str, body: Any) -> Any:
+    return body
+
+
+async def test_echo_round_trips_msgpack_values(world) -> None:
+    server = await world.rpc({"echo": echo})
+    client = await world.rpc(serve=False)
+    for body in [None, 7, -1.5, "héllo", b"\x00\xff", [1, [2, {"k": b"v"}]], {"nested": {"a": [True]}}]:
+        assert await client.call(server.endpoint, "echo", body) == body
+
+
+async def test_hundred_concurrent_requests_are_multiplexed(world) -> None:
+    active = 0
+    peak = 0
+
+    async def slow_echo(_peer: str, body: Any) -> Any:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return body
+
+    server = await world.rpc({"echo": slow_echo})
+    client = await world.rpc(serve=False)
+    results = await asyncio.gather(*(client.call(server.endpoint, "echo", i) for i in range(100)))
+    assert results == list(range(100))
+    assert peak == 100, "all 100 requests should be in service at the same time"
+
+
+async def test_sixteen_mebibyte_payload(world) -> None:
+    server = await world.rpc({"echo": echo})
+    client = await world.rpc(serve=False)
+    payload = os.urandom(16 * 1024 * 1024)
+    assert await client.call(server.endpoint, "echo", payload, timeout=30) == payload
+
+
+async def test_remote_exception_is_reraised_with_its_type_and_message(world) -> None:
+    async def fail(_peer: str, body: Any) -> Any:
+        raise ValueError(f"cannot digest {body!r}")
+
+    server = await world.rpc({"fail": fail, "echo": echo})
+    client = await world.rpc(serve=False)
+    with pytest.raises(RemoteError) as caught:
+        await client.call(server.endpoint, "fail", "pebbles")
+    assert caught.value.remote_type == "ValueError"
+    assert caught.value.remote_message == "cannot digest 'pebbles'"
+    assert caught.value.method == "fail"
+    assert await client.call(server.endpoint, "echo", 1) == 1, "the server keeps serving"
+
+
+async def test_timeout_raises_and_cancels_the_remote_work(world) -> None:
+    cancelled = asyncio.Event()
+
+    async def stall(_peer: str, _body: Any) -> Any:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = await world.rpc({"stall": stall})
+    client = await world.rpc(serve=False)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RequestTimeout):
+        await client.call(server.endpoint, "stall", timeout=0.3)
+    assert 0.3 <= loop.time() - started < 1.0
+    await asyncio.wait_for(cancelled.wait(), timeout=5)
+
+
+async def test_unknown_method(world) -> None:
+    server = await world.rpc({"echo": echo})
+    client = await world.rpc(serve=False)
+    with pytest.raises(UnknownMethodError, match="unknown method 'ech0'; this peer serves: echo"):
+        await client.call(server.endpoint, "ech0", 1)
+
+
+async def test_peer_gone_mid_request(world) -> None:
+    entered = asyncio.Event()
+
+    async def stall(_peer: str, _body: Any) -> Any:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    server = await world.rpc({"stall": stall})
+    client = await world.rpc(serve=False)
+    call = asyncio.ensure_future(client.call(server.endpoint, "stall", timeout=60))
+    await entered.wait()
+    await server.transport.close(grace=0.05)
+    with pytest.raises(PeerUnavailable):
+        await asyncio.wait_for(call, timeout=10)
+    with pytest.raises(PeerUnavailable):  # and it stays gone: new calls are refused
+        await client.call(server.endpoint, "stall", timeout=10)
+
+
+async def test_cancelling_the_caller_cancels_the_remote_handler(world) -> None:
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stall(_peer: str, _body: Any) -> Any:
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = await world.rpc({"stall": stall})
+    client = await world.rpc(serve=False)
+    call = asyncio.ensure_future(client.call(server.endpoint, "stall", timeout=60))
+    await entered.wait()
+    call.cancel()
+    await asyncio.wait_for(cancelled.wait(), timeout=5)
+    assert call.cancelled()
+
+
+async def test_frame_limit_applies_to_requests_and_responses(world) -> None:
+    async def inflate(_peer: str, size: int) -> bytes:
+        return bytes(size)
+
+    server = await world.rpc({"inflate": inflate}, max_frame_size=4096)
+    client = await world.rpc(serve=False, max_frame_size=4096)
+    with pytest.raises(FrameTooLarge, match="exceeds the 4096-byte frame limit"):
+        await client.call(server.endpoint, "inflate", bytes(5000))
+    with pytest.raises(RemoteError, match="exceeds the 4096-byte frame limit"):
+        await client.call(server.endpoint, "inflate", 5000)
+    assert len(await client.call(server.endpoint, "inflate", 1000)) == 1000
+
+
+async def test_client_mode_peer_calls_out_but_refuses_requests(world) -> None:
+    server = await world.rpc({"echo": echo})
+    client = await world.rpc(serve=False)
+    assert client.endpoint is None
+    assert await client.call(server.endpoint, "echo", "out") == "out"
+
+
+async def test_closed_transport_refuses_to_send(world) -> None:
+    server = await world.rpc({"echo": echo})
+    client = await world.rpc(serve=False)
+    await client.transport.close()
+    with pytest.raises(TransportClosed):
+        await client.call(server.endpoint, "echo", 1)
+
+
+async def test_malformed_response_is_a_protocol_error(world) -> None:
+    raw_server = world.transport()
+
+    async def garbage(_peer: str, _payload: bytes) -> bytes:
+        return b"\xc1 not msgpack"
+
+    endpoint = await raw_server.listen(garbage)
+    client = await world.rpc(serve=False)
+    with pytest.raises(ProtocolError, match="malformed response"):
+        await client.call(endpoint, "anything")
+
+
+async def test_unencodable_result_is_reported_not_fatal(world) -> None:
+    async def bad_result(_peer: str, _body: Any) -> Any:
+        return object()
+
+    server = await world.rpc({"bad": bad_result, "echo": echo})
+    client = await world.rpc(serve=False)
+    with pytest.raises(RemoteError, match="not msgpack-encodable"):
+        await client.call(server.endpoint, "bad")
+    assert await client.call(server.endpoint, "echo", 2) == 2
+
+
+async def test_unencodable_body_fails_locally(world) -> None:
+    server = await world.rpc({"echo": echo})
+    client = await world.rpc(serve=False)
+    with pytest.raises(TypeError, match="cannot encode the body of 'echo'"):
+        await client.call(server.endpoint, "echo", object())
+
+
+async def test_caller_endpoint_is_passed_to_the_method(world) -> None:
+    async def whoami(peer: str, _body: Any) -> str:
+        return peer
+
+    server = await world.rpc({"whoami": whoami})
+    client = await world.rpc()
+    seen = await client.call(server.endpoint, "whoami")
+    assert isinstance(seen, str) and seen
+    if world.kind == "sim":
+        assert seen == client.endpoint
+    else:  # over TCP it is the connection's source address: same host, ephemeral port
+        assert seen.split(":")[0] == "127.0.0.1"

@@ -1,0 +1,136 @@
+"""What only the TCP transport has: connections, pools, flow control, addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from hivemind_core.net import RPC, PeerUnavailable, TcpTransport
+
+pytestmark = pytest.mark.asyncio(loop_factories=["tcp"])
+
+
+async def echo(_peer: str, body: Any) -> Any:
+    return body
+
+
+async def serving(**options: Any) -> RPC:
+    rpc = RPC(TcpTransport(**options))
+    rpc.register("echo", echo)
+    await rpc.serve()
+    return rpc
+
+
+async def test_concurrent_requests_share_one_connection() -> None:
+    server = await serving()
+    client = RPC(TcpTransport())
+    try:
+        await asyncio.gather(*(client.call(server.endpoint, "echo", i) for i in range(100)))
+        assert client.transport.connection_count == 1
+        assert server.transport.connection_count == 1
+    finally:
+        await client.transport.close()
+        await server.transport.close()
+
+
+async def test_idle_connections_are_closed_and_reopened_on_demand() -> None:
+    server = await serving(idle_timeout=0.4)
+    client = RPC(TcpTransport(idle_timeout=0.2))
+    try:
+        assert await client.call(server.endpoint, "echo", 1) == 1
+        assert client.transport.connection_count == 1
+        async with asyncio.timeout(5):
+            while client.transport.connection_count or server.transport.connection_count:
+                await asyncio.sleep(0.05)
+        assert await client.call(server.endpoint, "echo", 2) == 2
+    finally:
+        await client.transport.close()
+        await server.transport.close()
+
+
+async def test_outgoing_pool_stays_within_its_limit() -> None:
+    servers = [await serving() for _ in range(4)]
+    client = RPC(TcpTransport(max_connections=2))
+    try:
+        for round_ in range(3):
+            for server in servers:
+                assert await client.call(server.endpoint, "echo", round_) == round_
+                assert client.transport.connection_count <= 2
+    finally:
+        await client.transport.close()
+        for server in servers:
+            await server.transport.close()
+
+
+async def test_backpressure_caps_requests_in_service_per_connection() -> None:
+    active = peak = 0
+
+    async def slow(_peer: str, body: Any) -> Any:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        return body
+
+    server = RPC(TcpTransport(max_concurrent_requests=4))
+    server.register("slow", slow)
+    await server.serve()
+    client = RPC(TcpTransport())
+    try:
+        results = await asyncio.gather(*(client.call(server.endpoint, "slow", i) for i in range(40)))
+        assert results == list(range(40))
+        # reading pauses at the limit; frames already read in the same chunk are still served
+        assert 4 <= peak < 40
+    finally:
+        await client.transport.close()
+        await server.transport.close()
+
+
+async def test_graceful_close_lets_requests_in_service_finish() -> None:
+    async def slow(_peer: str, body: Any) -> Any:
+        await asyncio.sleep(0.1)
+        return body
+
+    server = RPC(TcpTransport())
+    server.register("slow", slow)
+    await server.serve()
+    client = RPC(TcpTransport())
+    try:
+        call = asyncio.ensure_future(client.call(server.endpoint, "slow", "done"))
+        await asyncio.sleep(0.02)
+        await server.transport.close(grace=2.0)
+        assert await call == "done"
+    finally:
+        await client.transport.close()
+
+
+async def test_connecting_to_a_closed_port_fails_fast() -> None:
+    with socket.socket() as probe:  # find a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = RPC(TcpTransport())
+    try:
+        with pytest.raises(PeerUnavailable, match=f"cannot connect to 127.0.0.1:{port}"):
+            await client.call(f"127.0.0.1:{port}", "echo", 1, timeout=5)
+    finally:
+        await client.transport.close()
+
+
+async def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = await serving(host="::1")
+    except OSError as error:
+        pytest.skip(f"cannot bind [::1]: {error}")
+    client = RPC(TcpTransport(host="::1"))
+    try:
+        assert server.endpoint is not None and server.endpoint.startswith("[::1]:")
+        assert await client.call(server.endpoint, "echo", "v6") == "v6"
+    finally:
+        await client.transport.close()
+        await server.transport.close()
