@@ -1,0 +1,114 @@
+"""``hivemind-core``: run a real peer over TCP, or probe one.
+
+``serve`` starts a peer answering the built-in ``ping`` and ``echo`` methods until it is
+stopped (SIGINT/SIGTERM) or ``--duration`` runs out; ``ping`` measures round trips to one.
+Later subcommands start DHT peers, expert servers and trainers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import statistics
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .net import RPC, TcpTransport, TransportError
+
+
+async def _ping(_peer: str, _body: Any) -> str:
+    return "pong"
+
+
+async def _echo(_peer: str, body: Any) -> Any:
+    return body
+
+
+def _add_builtin_methods(rpc: RPC) -> None:
+    rpc.register("ping", _ping)
+    rpc.register("echo", _echo)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    rpc = RPC(TcpTransport(host=args.host, port=args.port, max_connections=args.max_connections))
+    _add_builtin_methods(rpc)
+    endpoint = await rpc.serve()
+    print(f"listening on {endpoint}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=args.duration)
+    await rpc.transport.close(grace=args.grace)
+    print("stopped", flush=True)
+    return 0
+
+
+async def _probe(args: argparse.Namespace) -> int:
+    rpc = RPC(TcpTransport())
+    loop = asyncio.get_running_loop()
+    payload = bytes(args.size)
+    round_trips: list[float] = []
+    try:
+        for sequence in range(args.count):
+            started = loop.time()
+            try:
+                if args.size:
+                    await rpc.call(args.endpoint, "echo", payload, timeout=args.timeout)
+                else:
+                    await rpc.call(args.endpoint, "ping", timeout=args.timeout)
+            except TransportError as error:
+                print(f"seq={sequence} failed: {error}", flush=True)
+                continue
+            elapsed_ms = (loop.time() - started) * 1000
+            round_trips.append(elapsed_ms)
+            print(f"seq={sequence} {args.size} bytes from {args.endpoint}: {elapsed_ms:.3f} ms", flush=True)
+    finally:
+        await rpc.transport.close()
+    lost = args.count - len(round_trips)
+    summary = f"{args.count} sent, {len(round_trips)} answered, {lost} failed"
+    if round_trips:
+        summary += f"; rtt min/median/max {min(round_trips):.3f}/{statistics.median(round_trips):.3f}/"
+        summary += f"{max(round_trips):.3f} ms"
+    print(summary, flush=True)
+    return 0 if round_trips else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hivemind-core", description="Run or probe a real peer.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start a peer that answers ping and echo")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    serve.add_argument("--max-connections", type=int, default=1024, help="cap on incoming connections")
+    serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    serve.add_argument("--grace", type=float, default=1.0, help="seconds to finish requests on stop")
+    serve.set_defaults(run=_serve)
+
+    ping = commands.add_parser("ping", help="measure round trips to a peer")
+    ping.add_argument("endpoint", help="host:port of the peer")
+    ping.add_argument("--count", type=int, default=5, help="number of round trips")
+    ping.add_argument("--size", type=int, default=0, help="bytes to echo (0: plain ping)")
+    ping.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
+    ping.set_defaults(run=_probe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(args.run(args))
+    except (ValueError, OSError) as error:
+        print(f"hivemind-core: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
