@@ -7,6 +7,9 @@ byte, in any process and under any PYTHONHASHSEED; a different seed should chang
 from __future__ import annotations
 
 import hashlib
+import struct
+
+_TIME_AND_SIZE = struct.Struct(">dQ")
 
 
 class TraceDigest:
@@ -14,12 +17,18 @@ class TraceDigest:
 
     def __init__(self) -> None:
         self._hash = hashlib.blake2b(digest_size=32)
+        self._names: dict[str, bytes] = {}
         self.messages = 0
         self.bytes = 0
 
     def record(self, time: float, src: str, dst: str, data: bytes, *, kind: str = "frame") -> None:
-        self._hash.update(f"{time!r}|{kind}|{src}|{dst}|{len(data)}|".encode())
-        self._hash.update(data)
+        names = self._names
+        src_name = names.get(src) or names.setdefault(src, f"{src}\0".encode())
+        dst_name = names.get(dst) or names.setdefault(dst, f"{dst}\0".encode())
+        kind_name = names.get(kind) or names.setdefault(kind, f"{kind}\0".encode())
+        update = self._hash.update
+        update(_TIME_AND_SIZE.pack(time, len(data)) + kind_name + src_name + dst_name)
+        update(data)
         self.messages += 1
         self.bytes += len(data)
 
