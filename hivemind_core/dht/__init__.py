@@ -1,0 +1,24 @@
+"""A Kademlia DHT: peers find each other and each other's records through it."""
+
+from .config import DHTConfig
+from .identity import Identity
+from .ids import distance, key_id, serialize_key
+from .node import BootstrapError, DHTNode, StoreItem, ValueWithExpiration
+from .routing import Contact, RoutingTable
+from .validation import RecordValidator, SignatureValidator
+
+__all__ = [
+    "BootstrapError",
+    "Contact",
+    "DHTConfig",
+    "DHTNode",
+    "Identity",
+    "RecordValidator",
+    "RoutingTable",
+    "SignatureValidator",
+    "StoreItem",
+    "ValueWithExpiration",
+    "distance",
+    "key_id",
+    "serialize_key",
+]

@@ -1,0 +1,54 @@
+"""160-bit identifiers for nodes and keys, and the XOR metric between them."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import msgpack
+
+ID_BITS = 160
+ID_BYTES = ID_BITS // 8
+ID_SPACE = 1 << ID_BITS
+
+
+def id_to_bytes(node_id: int) -> bytes:
+    return node_id.to_bytes(ID_BYTES, "big")
+
+
+def id_from_bytes(data: bytes) -> int:
+    if not isinstance(data, bytes) or len(data) != ID_BYTES:
+        size = len(data) if isinstance(data, bytes) else type(data).__name__
+        raise ValueError(f"an id must be {ID_BYTES} bytes, got {size}")
+    return int.from_bytes(data, "big")
+
+
+def node_id_for(public_key: bytes) -> int:
+    """A node's id: a hash of its public key, so nobody picks its own place in the id space."""
+    return int.from_bytes(
+        hashlib.blake2b(public_key, digest_size=ID_BYTES, person=b"dht-node").digest(), "big"
+    )
+
+
+def serialize_key(key: Any) -> bytes:
+    """The canonical bytes of a user key or subkey (msgpack); raises TypeError if unsupported."""
+    if not isinstance(key, str | bytes | int | tuple | list):
+        raise TypeError(
+            f"DHT keys and subkeys must be str, bytes, int or tuples of them, got {type(key).__name__}"
+        )
+    return msgpack.packb(key, use_bin_type=True)
+
+
+def key_id(key_bytes: bytes) -> int:
+    """Where a key lives in the id space."""
+    return int.from_bytes(hashlib.blake2b(key_bytes, digest_size=ID_BYTES, person=b"dht-key").digest(), "big")
+
+
+def distance(a: int, b: int) -> int:
+    return a ^ b
+
+
+def random_id(rng: random.Random, lower: int = 0, upper: int = ID_SPACE) -> int:
+    """A uniformly random id in [lower, upper)."""
+    return rng.randrange(lower, upper)

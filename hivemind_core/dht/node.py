@@ -1,0 +1,393 @@
+"""DHTNode: the asynchronous face of the DHT (store, get, find_nearest, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..net import RPC, Transport
+from ..realtime import wall_clock
+from .config import DHTConfig
+from .identity import Identity
+from .ids import key_id, random_id, serialize_key
+from .protocol import DHTProtocol, FindResult
+from .routing import Contact, KBucket
+from .storage import DHTRecord, LocalStorage, StoredEntry
+from .traverse import LookupResult, traverse
+from .validation import RecordValidator, SignatureValidator, ValidatorChain
+
+logger = logging.getLogger(__name__)
+
+
+class BootstrapError(ConnectionError):
+    """None of the initial peers could be reached, so the node cannot join the network."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValueWithExpiration:
+    """A value read from the DHT; for dictionary keys, ``value`` maps subkeys to these."""
+
+    value: Any
+    expiration_time: float
+
+
+@dataclass(frozen=True)
+class StoreItem:
+    key: Any
+    value: Any
+    expiration_time: float
+    subkey: Any = None
+
+
+class DHTNode:
+    """One peer of the DHT. Create it with :meth:`create`; stop it with :meth:`shutdown`.
+
+    Expiration times are absolute times on the DHT clock (``node.now()``): wall-clock time
+    for real peers, virtual time in simulation.
+    """
+
+    def __init__(self, protocol: DHTProtocol, *, rng: random.Random) -> None:
+        self.protocol = protocol
+        self.config = protocol.config
+        self.rng = rng
+        self._maintenance: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def create(
+        cls,
+        transport: Transport,
+        *,
+        initial_peers: Sequence[str] = (),
+        identity: Identity | None = None,
+        config: DHTConfig | None = None,
+        clock: Callable[[], float] = wall_clock,
+        rng: random.Random | None = None,
+        client_mode: bool = False,
+        validators: Iterable[RecordValidator] = (),
+    ) -> DHTNode:
+        """Start a node on ``transport`` and join the network through ``initial_peers``.
+
+        With no initial peers the node starts a new network. Raises :class:`BootstrapError`
+        if initial peers were given and none answered. A client-mode node does not listen:
+        it can store and get but others never route through it (as behind a NAT).
+        Simulations pass a seeded ``rng`` (identity and refresh targets come from it) and a
+        virtual ``clock``.
+        """
+        # keys come from the OS's secure randomness unless a simulation hands in a seeded rng
+        identity = identity or Identity.generate(rng)
+        rng = rng or random.Random()
+        config = config or DHTConfig()
+        chain = ValidatorChain([*validators, SignatureValidator(identity)])
+        protocol = DHTProtocol(
+            RPC(transport), identity=identity, config=config, clock=clock, validators=chain
+        )
+        node = cls(protocol, rng=rng)
+        try:
+            if not client_mode:
+                await protocol.rpc.serve()
+            await node._bootstrap(initial_peers)
+        except BaseException:
+            await node.shutdown()
+            raise
+        node._maintenance = asyncio.get_running_loop().create_task(node._maintain())
+        return node
+
+    # ---- identity and state ---------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        return self.protocol.node_id
+
+    @property
+    def identity(self) -> Identity:
+        return self.protocol.identity
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.protocol.endpoint
+
+    @property
+    def contact(self) -> Contact | None:
+        endpoint = self.endpoint
+        return None if endpoint is None else Contact(self.node_id, endpoint, self.identity.public_key)
+
+    def now(self) -> float:
+        """The current time on the DHT clock, in which expiration times are given."""
+        return self.protocol.clock()
+
+    # ---- public API -----------------------------------------------------------------------
+
+    async def store(self, key: Any, value: Any, expiration_time: float, *, subkey: Any = None) -> bool:
+        """Store ``value`` under ``key`` (and ``subkey``) until ``expiration_time``.
+
+        True if at least one replica (this node included) holds it. Raises ValueError for a
+        value or key over the size limits, or a record this node may not write.
+        """
+        return (await self.store_many([StoreItem(key, value, expiration_time, subkey)]))[0]
+
+    async def store_many(self, items: Sequence[StoreItem]) -> list[bool]:
+        """Store many items with one batched lookup; one success flag per item."""
+        records = [self._prepare(item) for item in items]
+        now = self.now()
+        by_id: dict[int, list[int]] = {}
+        for index, record in enumerate(records):
+            if record.expiration_time > now:
+                by_id.setdefault(key_id(record.key), []).append(index)
+        stored = [False] * len(records)
+        lookups = await self._lookup(list(by_id), k=self.config.replicas)
+        plan: dict[int, tuple[Contact, list[int]]] = {}
+        for target, indices in by_id.items():
+            replicas = lookups[target].nearest[: self.config.replicas]
+            for contact in replicas:
+                plan.setdefault(contact.node_id, (contact, []))[1].extend(indices)
+            if self._should_hold(target, replicas):
+                for index in indices:
+                    stored[index] |= self.protocol.storage.store(target, records[index], now)
+        await asyncio.gather(
+            *(
+                self._send(contact, [records[i] for i in indices], indices, stored)
+                for contact, indices in plan.values()
+            )
+        )
+        return stored
+
+    async def get(self, key: Any, *, latest: bool = False) -> ValueWithExpiration | None:
+        """The value under ``key``, or None. With ``latest``, ask all nearest nodes for the newest."""
+        return (await self.get_many([key], latest=latest))[0]
+
+    async def get_many(
+        self, keys: Sequence[Any], *, latest: bool = False
+    ) -> list[ValueWithExpiration | None]:
+        """Values for many keys with one batched lookup, in the order of ``keys``."""
+        key_bytes = {key_id(kb): kb for kb in (serialize_key(key) for key in keys)}
+        now = self.now()
+        found: dict[int, LocalStorage] = {}
+        pending = []
+        for target in key_bytes:
+            local = self.protocol.storage.get(target, now) or self.protocol.cache.get(target, now)
+            if local is not None:
+                self._merge(found, target, local, now)
+            if latest or target not in found:
+                pending.append(target)
+        holders: dict[int, set[int]] = {}
+
+        def on_found(target: int, contact: Contact, entry: StoredEntry) -> bool:
+            if entry.key != key_bytes[target] or not self._merge(found, target, entry, self.now()):
+                return False
+            holders.setdefault(target, set()).add(contact.node_id)
+            return not latest
+
+        lookups = await self._lookup(pending, k=self.config.k, on_found=on_found)
+        if not latest:
+            self._cache_along_path(lookups, found, holders)
+        return [self._decode(found.get(key_id(serialize_key(key))), now) for key in keys]
+
+    async def find_nearest(self, target: int, *, k: int | None = None) -> list[Contact]:
+        """The ``k`` live nodes nearest to ``target`` (this node excluded), nearest first."""
+        return (await self._lookup([target], k=k or self.config.k))[target].nearest
+
+    async def lookup(self, targets: Sequence[int], *, k: int | None = None) -> dict[int, LookupResult]:
+        """Full lookup results (nearest nodes, rounds, RPCs) for many targets at once."""
+        return await self._lookup(list(targets), k=k or self.config.k)
+
+    async def shutdown(self) -> None:
+        """Stop maintenance and close the transport; peers see this node leave."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self.protocol.cancel_background()
+        await self.protocol.rpc.transport.close(grace=0.1)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    async def _bootstrap(self, initial_peers: Sequence[str]) -> None:
+        if not initial_peers:
+            return
+        try:
+            async with asyncio.timeout(self.config.bootstrap_timeout):
+                answers = await asyncio.gather(*(self.protocol.ping(peer) for peer in initial_peers))
+        except TimeoutError:
+            answers = []
+        alive = [contact for contact in answers if contact is not None]
+        if not alive:
+            raise BootstrapError(
+                f"none of the {len(initial_peers)} initial peers answered within "
+                f"{self.config.bootstrap_timeout:g} s: {', '.join(initial_peers)}"
+            )
+        now = asyncio.get_running_loop().time()
+        for contact in alive:
+            self.protocol.routing_table.add(contact, now)
+        await self.find_nearest(self.node_id)  # fills our table and announces us near our own id
+        await self._refresh(self.protocol.routing_table.buckets)
+
+    async def _lookup(
+        self, targets: list[int], *, k: int, on_found: Callable[[int, Contact, Any], bool] | None = None
+    ) -> dict[int, LookupResult]:
+        if not targets:
+            return {}
+        table = self.protocol.routing_table
+        loop = asyncio.get_running_loop()
+        return await traverse(
+            targets,
+            {target: table.nearest(target, k) for target in targets},
+            ask=self._ask,
+            k=k,
+            alpha=self.config.alpha,
+            max_rpcs=self.config.max_lookup_rpcs,
+            straggler_delay=self.config.straggler_delay,
+            on_found=on_found,
+            exclude=self.node_id,
+            deadline=loop.time() + self.config.lookup_timeout,
+        )
+
+    async def _ask(self, contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]] | None:
+        results: list[dict[int, FindResult]] = []
+        for start in range(0, len(targets), self.config.max_batch):
+            answer = await self.protocol.find(contact, targets[start : start + self.config.max_batch])
+            if answer is None:
+                return None
+            results.append(answer)
+        return {target: (r.nearest, r.entry) for answer in results for target, r in answer.items()}
+
+    def _prepare(self, item: StoreItem) -> DHTRecord:
+        try:
+            value = msgpack.packb(item.value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise TypeError(f"cannot store a value msgpack cannot encode: {error}") from None
+        subkey = None if item.subkey is None else serialize_key(item.subkey)
+        record = self.protocol.validators.sign(
+            DHTRecord(serialize_key(item.key), subkey, value, float(item.expiration_time))
+        )
+        reason = self.protocol.check_record(record)
+        if reason is not None:
+            raise ValueError(f"cannot store under {item.key!r}: {reason}")
+        return record
+
+    def _should_hold(self, target: int, replicas: list[Contact]) -> bool:
+        """Whether this node is itself among the nearest replicas of ``target``."""
+        if self.endpoint is None:
+            return False
+        if len(replicas) < self.config.replicas:
+            return True
+        return self.node_id ^ target < replicas[-1].node_id ^ target
+
+    async def _send(
+        self, contact: Contact, records: list[DHTRecord], indices: list[int], stored: list[bool]
+    ) -> None:
+        for start in range(0, len(records), self.config.max_batch):
+            chunk = records[start : start + self.config.max_batch]
+            result = await self.protocol.store(contact, [(record, False) for record in chunk])
+            if result is None:
+                return
+            for index, ok in zip(indices[start : start + len(chunk)], result, strict=True):
+                stored[index] |= ok
+
+    def _merge(self, found: dict[int, LocalStorage], target: int, entry: StoredEntry, now: float) -> bool:
+        """Add the valid records of ``entry`` to what we found for ``target``; True if any."""
+        merged = found.get(target)
+        accepted = False
+        for record in entry.records():
+            if key_id(record.key) != target or self.protocol.check_record(record) is not None:
+                continue
+            if merged is None:
+                merged = found[target] = LocalStorage()
+            merged.store(target, record, now)
+            accepted = True
+        return accepted
+
+    def _decode(self, merged: LocalStorage | None, now: float) -> ValueWithExpiration | None:
+        if merged is None:
+            return None
+        for _, entry in merged.items(now):
+            strip = self.protocol.validators.strip
+            try:
+                if entry.subkeys is None:
+                    record = next(entry.records())
+                    return ValueWithExpiration(
+                        msgpack.unpackb(strip(record), raw=False), entry.expiration_time
+                    )
+                values = {
+                    _unpack_key(record.subkey): ValueWithExpiration(
+                        msgpack.unpackb(strip(record), raw=False), record.expiration_time
+                    )
+                    for record in entry.records()
+                }
+                return ValueWithExpiration(values, entry.expiration_time)
+            except Exception as error:
+                logger.warning("dropping a value that cannot be decoded: %s", error)
+        return None
+
+    def _cache_along_path(
+        self, lookups: dict[int, LookupResult], found: dict[int, LocalStorage], holders: dict[int, set[int]]
+    ) -> None:
+        """Store found values on the nearest node that answered without having them."""
+        now = self.now()
+        plan: dict[int, tuple[Contact, list[tuple[DHTRecord, bool]]]] = {}
+        for target, result in lookups.items():
+            merged = found.get(target)
+            if merged is None or target not in holders:
+                continue
+            closest_without = next((c for c in result.nearest if c.node_id not in holders[target]), None)
+            if closest_without is None:
+                continue
+            for _, entry in merged.items(now):
+                records = [(record, True) for record in entry.records()]
+                plan.setdefault(closest_without.node_id, (closest_without, []))[1].extend(records)
+        for contact, records in plan.values():
+            self.protocol.spawn(self.protocol.store(contact, records[: self.config.max_batch]))
+
+    async def _maintain(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(self.config.refresh_interval, self.config.republish_interval) / 4
+        next_republish = loop.time() + self.config.republish_interval * self.rng.uniform(0.5, 1.0)
+        while True:
+            await asyncio.sleep(period * self.rng.uniform(0.9, 1.1))
+            try:
+                now = self.now()
+                self.protocol.storage.remove_expired(now)
+                self.protocol.cache.remove_expired(now)
+                if loop.time() >= next_republish:
+                    next_republish = loop.time() + self.config.republish_interval * self.rng.uniform(0.9, 1.1)
+                    await self._republish()
+                stale = self.protocol.routing_table.stale_buckets(loop.time(), self.config.refresh_interval)
+                await self._refresh(stale)
+            except Exception:
+                logger.exception("DHT maintenance failed; it will run again")
+
+    async def _refresh(self, buckets: list[KBucket]) -> None:
+        """Look up a random id in each bucket, to learn live contacts there."""
+        if not buckets:
+            return
+        targets = [random_id(self.rng, bucket.lower, bucket.upper) for bucket in buckets]
+        await self._lookup(targets, k=self.config.k)
+        now = asyncio.get_running_loop().time()
+        for bucket in buckets:
+            bucket.last_updated = now
+
+    async def _republish(self) -> None:
+        """Store everything this node holds on the current nearest replicas of each key."""
+        now = self.now()
+        by_id = {target: list(entry.records()) for target, entry in self.protocol.storage.items(now)}
+        if not by_id:
+            return
+        lookups = await self._lookup(list(by_id), k=self.config.replicas)
+        plan: dict[int, tuple[Contact, list[DHTRecord]]] = {}
+        for target, records in by_id.items():
+            for contact in lookups[target].nearest[: self.config.replicas]:
+                plan.setdefault(contact.node_id, (contact, []))[1].extend(records)
+        await asyncio.gather(
+            *(
+                self._send(contact, records, list(range(len(records))), [False] * len(records))
+                for contact, records in plan.values()
+            )
+        )
+
+
+def _unpack_key(subkey: bytes | None) -> Any:
+    return None if subkey is None else msgpack.unpackb(subkey, raw=False)

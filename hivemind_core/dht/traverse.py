@@ -1,0 +1,207 @@
+"""Iterative parallel Kademlia lookups for many targets at once.
+
+``traverse`` knows nothing about RPCs or storage: it is driven by an ``ask(contact, targets)``
+callback that returns what the contact knows about each target (its nearest contacts and any
+value found), or None if the contact failed. One call to ``ask`` serves every target that wants
+that contact at the same moment, so looking up 256 keys costs about as many RPCs as looking up
+a few.
+
+Per target, up to ``alpha`` RPCs are in flight; an RPC older than ``straggler_delay`` stops
+counting, so one dead contact does not stall the lookup. A target is done when the ``k``
+nearest contacts not known to have failed have all answered, when ``on_found`` says the value
+found is enough, or when the RPC budget is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .routing import Contact
+
+Ask = Callable[[Contact, list[int]], Awaitable[Mapping[int, tuple[Sequence[Contact], Any]] | None]]
+OnFound = Callable[[int, Contact, Any], bool]
+
+
+@dataclass
+class LookupResult:
+    """How one target's lookup ended."""
+
+    nearest: list[Contact]
+    """The nearest contacts that answered, closest first (at most k)."""
+    finished_early: bool = False
+    """``on_found`` ended it before convergence."""
+    rounds: int = 0
+    """Longest chain of RPCs, each asking a contact learned from the previous answer."""
+    rpcs: int = 0
+    """RPCs that carried this target."""
+
+
+@dataclass
+class _Search:
+    target: int
+    known: dict[int, Contact] = field(default_factory=dict)
+    depth: dict[int, int] = field(default_factory=dict)
+    asked: set[int] = field(default_factory=set)
+    answered: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    finished: bool = False
+    finished_early: bool = False
+    rounds: int = 0
+    rpcs: int = 0
+
+    def learn(self, contact: Contact, depth: int) -> None:
+        if contact.node_id not in self.known:
+            self.known[contact.node_id] = contact
+            self.depth[contact.node_id] = depth
+
+    def frontier(self, k: int) -> list[int]:
+        live = (node_id for node_id in self.known if node_id not in self.failed)
+        return heapq.nsmallest(k, live, key=lambda node_id: node_id ^ self.target)
+
+    def result(self, k: int) -> LookupResult:
+        nearest = heapq.nsmallest(k, self.answered, key=lambda node_id: node_id ^ self.target)
+        return LookupResult([self.known[i] for i in nearest], self.finished_early, self.rounds, self.rpcs)
+
+
+async def traverse(
+    targets: Sequence[int],
+    initial: Mapping[int, Sequence[Contact]],
+    *,
+    ask: Ask,
+    k: int,
+    alpha: int,
+    max_rpcs: int,
+    straggler_delay: float,
+    on_found: OnFound | None = None,
+    exclude: int | None = None,
+    deadline: float | None = None,
+) -> dict[int, LookupResult]:
+    """Look up every target; see the module docstring.
+
+    ``exclude`` is never asked (ourselves). At ``deadline`` (loop time) the lookup stops and
+    returns what it has.
+    """
+    searches: dict[int, _Search] = {}
+    for target in targets:
+        search = searches.setdefault(target, _Search(target))
+        for contact in initial.get(target, ()):
+            if contact.node_id != exclude:
+                search.learn(contact, 0)
+    loop = asyncio.get_running_loop()
+    inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]] = {}
+    rpcs = 0
+    try:
+        while True:
+            now = loop.time()
+            batches = _plan(
+                searches,
+                inflight,
+                now,
+                k=k,
+                alpha=alpha,
+                budget=max_rpcs - rpcs,
+                straggler_delay=straggler_delay,
+            )
+            for contact, batch in batches:
+                task = loop.create_task(ask(contact, batch))
+                inflight[task] = (contact, batch, now)
+                rpcs += 1
+            _drop_useless(inflight, searches)
+            if not inflight:
+                break
+            wake = [
+                started + straggler_delay
+                for _, _, started in inflight.values()
+                if started + straggler_delay > now
+            ]
+            if deadline is not None:
+                if now >= deadline:
+                    break
+                wake.append(deadline)
+            done, _ = await asyncio.wait(
+                inflight, timeout=min(wake) - now if wake else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in [task for task in inflight if task in done]:  # set order is not reproducible
+                contact, batch, _ = inflight.pop(task)
+                _absorb(searches, contact, batch, task.result(), on_found, exclude)
+    finally:
+        for task in inflight:
+            task.cancel()
+    return {target: search.result(k) for target, search in searches.items()}
+
+
+def _plan(
+    searches: dict[int, _Search],
+    inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]],
+    now: float,
+    *,
+    k: int,
+    alpha: int,
+    budget: int,
+    straggler_delay: float,
+) -> list[tuple[Contact, list[int]]]:
+    """Which contacts to ask next, each with the targets it should be asked about."""
+    active: dict[int, int] = {}
+    for _, batch, started in inflight.values():
+        if now - started < straggler_delay:
+            for target in batch:
+                active[target] = active.get(target, 0) + 1
+    batches: dict[int, tuple[Contact, list[int]]] = {}
+    for search in searches.values():
+        if search.finished:
+            continue
+        frontier = search.frontier(k)
+        if all(node_id in search.answered for node_id in frontier):
+            search.finished = True
+            continue
+        slots = alpha - active.get(search.target, 0)
+        for node_id in frontier:
+            if slots <= 0:
+                break
+            if node_id in search.asked or (node_id not in batches and len(batches) >= budget):
+                continue
+            search.asked.add(node_id)
+            search.rpcs += 1
+            slots -= 1
+            batches.setdefault(node_id, (search.known[node_id], []))[1].append(search.target)
+    return list(batches.values())
+
+
+def _drop_useless(
+    inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]], searches: dict[int, _Search]
+) -> None:
+    """Cancel RPCs whose every target is already finished."""
+    for task, (_, batch, _) in list(inflight.items()):
+        if all(searches[target].finished for target in batch):
+            task.cancel()
+            del inflight[task]
+
+
+def _absorb(
+    searches: dict[int, _Search],
+    contact: Contact,
+    batch: list[int],
+    response: Mapping[int, tuple[Sequence[Contact], Any]] | None,
+    on_found: OnFound | None,
+    exclude: int | None,
+) -> None:
+    for target in batch:
+        search = searches[target]
+        if search.finished:
+            continue
+        if response is None or target not in response:
+            search.failed.add(contact.node_id)
+            continue
+        search.answered.add(contact.node_id)
+        depth = search.depth[contact.node_id] + 1
+        search.rounds = max(search.rounds, depth)
+        neighbours, found = response[target]
+        for neighbour in neighbours:
+            if neighbour.node_id != exclude:
+                search.learn(neighbour, depth)
+        if found is not None and on_found is not None and on_found(target, contact, found):
+            search.finished = search.finished_early = True

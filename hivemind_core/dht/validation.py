@@ -1,0 +1,121 @@
+"""Record validators: rules a record must satisfy before a node stores or believes it.
+
+Validators form a chain. When this node writes a record, each validator may wrap the value
+(``sign``); when any node receives one, the chain checks it from the outermost wrapping in
+(``validate``) and unwraps it (``strip``) before handing the value to the user.
+
+:class:`SignatureValidator` enforces ownership: a key or subkey that contains an ownership
+marker ``[owner:<public key>]`` may only be written with that owner's Ed25519 signature over
+the whole record (key, subkey, value, expiration), so nobody else can overwrite or extend it.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import dataclasses
+import re
+from collections.abc import Iterable
+
+import msgpack
+
+from .identity import PUBLIC_KEY_BYTES, Identity, verify
+from .storage import DHTRecord
+
+_OWNER_MARKER = re.compile(rb"\[owner:([A-Za-z0-9_\-]{43}=)\]")
+
+
+class RecordValidator(abc.ABC):
+    """One rule about records; see the module docstring for the chain's order."""
+
+    @abc.abstractmethod
+    def validate(self, record: DHTRecord) -> str | None:
+        """None if ``record`` is acceptable, else the reason it is not."""
+
+    def sign(self, record: DHTRecord) -> bytes:
+        """The value to store for a record this node writes (may raise ValueError)."""
+        return record.value
+
+    def strip(self, record: DHTRecord) -> bytes:
+        """The value inside what :meth:`sign` produced."""
+        return record.value
+
+
+class ValidatorChain:
+    """Applies validators in order when signing and in reverse when checking."""
+
+    def __init__(self, validators: Iterable[RecordValidator] = ()) -> None:
+        self.validators = list(validators)
+
+    def sign(self, record: DHTRecord) -> DHTRecord:
+        for validator in self.validators:
+            record = dataclasses.replace(record, value=validator.sign(record))
+        return record
+
+    def validate(self, record: DHTRecord) -> str | None:
+        for validator in reversed(self.validators):
+            reason = validator.validate(record)
+            if reason is not None:
+                return reason
+            record = dataclasses.replace(record, value=validator.strip(record))
+        return None
+
+    def strip(self, record: DHTRecord) -> bytes:
+        for validator in reversed(self.validators):
+            record = dataclasses.replace(record, value=validator.strip(record))
+        return record.value
+
+
+def owners_of(record: DHTRecord) -> list[bytes]:
+    """Public keys named by ownership markers in the record's key and subkey, in order."""
+    found: list[bytes] = []
+    for part in (record.key, record.subkey or b""):
+        for match in _OWNER_MARKER.finditer(part):
+            public_key = base64.urlsafe_b64decode(match.group(1))
+            if len(public_key) == PUBLIC_KEY_BYTES and public_key not in found:
+                found.append(public_key)
+    return found
+
+
+def _signed_payload(record: DHTRecord, value: bytes) -> bytes:
+    return msgpack.packb([record.key, record.subkey, value, record.expiration_time], use_bin_type=True)
+
+
+class SignatureValidator(RecordValidator):
+    """Only the owner named in a key or subkey may write it; see the module docstring."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    def sign(self, record: DHTRecord) -> bytes:
+        owners = owners_of(record)
+        if not owners:
+            return record.value
+        strangers = [owner for owner in owners if owner != self.identity.public_key]
+        if strangers:
+            marker = f"[owner:{base64.urlsafe_b64encode(strangers[0]).decode()}]"
+            raise ValueError(f"only the owner may write this record: it is marked {marker}")
+        signature = self.identity.sign(_signed_payload(record, record.value))
+        return msgpack.packb([record.value, signature], use_bin_type=True)
+
+    def validate(self, record: DHTRecord) -> str | None:
+        owners = owners_of(record)
+        if not owners:
+            return None
+        if len(owners) > 1:
+            return "a record may name only one owner"
+        try:
+            value, signature = msgpack.unpackb(record.value, raw=False)
+        except Exception:
+            return "record is owned but carries no signature"
+        if not isinstance(value, bytes) or not isinstance(signature, bytes):
+            return "record is owned but carries no signature"
+        if not verify(owners[0], signature, _signed_payload(record, value)):
+            return "signature does not match the record's owner"
+        return None
+
+    def strip(self, record: DHTRecord) -> bytes:
+        if not owners_of(record):
+            return record.value
+        value, _ = msgpack.unpackb(record.value, raw=False)
+        return value
