@@ -1,8 +1,8 @@
 """``hivemind-core``: run a real peer over TCP, or probe one.
 
-``serve`` starts a peer answering the built-in ``ping`` and ``echo`` methods until it is
-stopped (SIGINT/SIGTERM) or ``--duration`` runs out; ``ping`` measures round trips to one.
-Later subcommands start DHT peers, expert servers and trainers.
+``serve`` starts a peer answering the built-in ``ping`` and ``echo`` methods, ``dht`` a DHT
+peer; both run until stopped (SIGINT/SIGTERM) or ``--duration`` runs out. ``ping`` measures
+round trips to a peer.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import signal
 import statistics
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .dht import DHTConfig, DHTNode, Identity
 from .net import RPC, TcpTransport, TransportError
 
 
@@ -34,17 +36,51 @@ def _add_builtin_methods(rpc: RPC) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    rpc = RPC(TcpTransport(host=args.host, port=args.port, max_connections=args.max_connections))
+    rpc = RPC(TcpTransport(host=args.host, port=args.port, max_incoming=args.max_connections))
     _add_builtin_methods(rpc)
     endpoint = await rpc.serve()
     print(f"listening on {endpoint}", flush=True)
+    await _wait_for_stop(args.duration)
+    await rpc.transport.close(grace=args.grace)
+    print("stopped", flush=True)
+    return 0
+
+
+def _load_identity(path: Path | None) -> Identity | None:
+    """The identity saved at ``path`` (created on first use), so a peer keeps its node id."""
+    if path is None:
+        return None
+    if path.exists():
+        return Identity.from_private_bytes(path.read_bytes())
+    identity = Identity.generate()
+    path.touch(mode=0o600)
+    path.write_bytes(identity.private_bytes())
+    return identity
+
+
+async def _wait_for_stop(duration: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=args.duration)
-    await rpc.transport.close(grace=args.grace)
+        await asyncio.wait_for(stop.wait(), timeout=duration)
+
+
+async def _dht(args: argparse.Namespace) -> int:
+    transport = TcpTransport(host=args.host, port=args.port)
+    config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
+    node = await DHTNode.create(
+        transport,
+        initial_peers=args.initial_peers,
+        config=config,
+        identity=_load_identity(args.identity),
+        client_mode=args.client_mode,
+    )
+    where = f"listening on {node.endpoint}" if node.endpoint else "in client mode"
+    print(f"dht peer {node.node_id:040x} {where}", flush=True)
+    await _wait_for_stop(args.duration)
+    await node.shutdown()
     print("stopped", flush=True)
     return 0
 
@@ -92,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float, default=1.0, help="seconds to finish requests on stop")
     serve.set_defaults(run=_serve)
 
+    dht = commands.add_parser("dht", help="run a DHT peer")
+    dht.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dht.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    dht.add_argument(
+        "--initial-peers",
+        nargs="*",
+        default=[],
+        metavar="HOST:PORT",
+        help="peers to join through (none: start a new network)",
+    )
+    dht.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        help="file holding this peer's private key (created if missing)",
+    )
+    dht.add_argument("--client-mode", action="store_true", help="do not accept incoming requests")
+    dht.add_argument(
+        "--no-subnet-limit",
+        action="store_true",
+        help="allow any number of contacts per /24 (for clusters on one subnet)",
+    )
+    dht.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    dht.set_defaults(run=_dht)
+
     ping = commands.add_parser("ping", help="measure round trips to a peer")
     ping.add_argument("endpoint", help="host:port of the peer")
     ping.add_argument("--count", type=int, default=5, help="number of round trips")
@@ -105,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(args.run(args))
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # BootstrapError is an OSError
         print(f"hivemind-core: error: {error}", file=sys.stderr)
         return 2
 

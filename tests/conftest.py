@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from hivemind_core.dht import DHTConfig, DHTNode
 from hivemind_core.net import RPC, TcpTransport, Transport
-from hivemind_sim import AccessLink, Simulation
+from hivemind_sim import AccessLink, SimTransport, Simulation
 
 # Simulated peers get a realistic link so tests exercise latency and bandwidth, not zeros.
 SIM_LINK = AccessLink(uplink_bps=1e9, downlink_bps=1e9, latency=0.001)
@@ -34,6 +35,7 @@ class World:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sim: Simulation | None = getattr(loop, "simulation", None)
         self.transports: list[Transport] = []
+        self.dht_nodes: list[DHTNode] = []
 
     @property
     def kind(self) -> str:
@@ -55,7 +57,20 @@ class World:
             await rpc.serve()
         return rpc
 
+    async def dht(self, initial_peers: list[str] | tuple[str, ...] = (), **options: Any) -> DHTNode:
+        """A DHT node on a new transport; simulated nodes get the virtual clock and a seeded rng."""
+        transport = self.transport()
+        if isinstance(transport, SimTransport):
+            options.setdefault("clock", asyncio.get_running_loop().time)
+            options.setdefault("rng", self.sim.random(f"dht/{transport.address}"))
+        options.setdefault("config", DHTConfig(max_per_subnet=None))
+        node = await DHTNode.create(transport, initial_peers=list(initial_peers), **options)
+        self.dht_nodes.append(node)
+        return node
+
     async def close(self) -> None:
+        for node in self.dht_nodes:
+            await node.shutdown()
         for transport in self.transports:
             await transport.close(grace=0)
 

@@ -49,7 +49,7 @@ class GoodClient:
 
 @pytest_asyncio.fixture
 async def server():
-    rpc = RPC(TcpTransport(max_connections=100))
+    rpc = RPC(TcpTransport(max_incoming=100))
     rpc.register("echo", echo)
     endpoint = await rpc.serve()
     good = GoodClient(endpoint)
@@ -146,7 +146,7 @@ async def test_flood_of_a_thousand_connections(server, caplog) -> None:
         except TimeoutError:
             pass  # still open: admitted under the limit
     assert closed_by_server >= 1000 - 100 - len([r for r in results if isinstance(r, BaseException)])
-    assert "connection limit of 100 reached" in warnings_for(caplog)
+    assert "incoming connection limit of 100 reached" in warnings_for(caplog)
     served_during_flood = good.successes
     for _, writer in flood:
         writer.close()

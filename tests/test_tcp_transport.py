@@ -53,7 +53,7 @@ async def test_idle_connections_are_closed_and_reopened_on_demand() -> None:
 
 async def test_outgoing_pool_stays_within_its_limit() -> None:
     servers = [await serving() for _ in range(4)]
-    client = RPC(TcpTransport(max_connections=2))
+    client = RPC(TcpTransport(max_outgoing=2))
     try:
         for round_ in range(3):
             for server in servers:

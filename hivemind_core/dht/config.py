@@ -19,8 +19,8 @@ class DHTConfig:
     """After this many seconds a lookup stops waiting for an RPC before asking another node."""
     lookup_timeout: float = 30.0
     """Upper bound on one (batched) lookup."""
-    max_lookup_rpcs: int = 256
-    """Upper bound on RPCs in one (batched) lookup."""
+    max_lookup_rpcs: int = 64
+    """Upper bound on RPCs a lookup spends on one key (a batch spends this per key)."""
     max_batch: int = 512
     """Most keys one store or find RPC may carry."""
     max_key_size: int = 1024

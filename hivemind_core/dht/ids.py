@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from typing import Any
@@ -24,6 +25,7 @@ def id_from_bytes(data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def node_id_for(public_key: bytes) -> int:
     """A node's id: a hash of its public key, so nobody picks its own place in the id space."""
     return int.from_bytes(

@@ -71,11 +71,26 @@ def decode_node(raw: Any, where: str) -> tuple[bytes, str | None]:
     return public_key, endpoint
 
 
+_contacts: dict[tuple[bytes, str], Contact] = {}
+_CONTACT_CACHE_SIZE = 1 << 16
+
+
 def decode_contact(raw: Any, where: str) -> Contact:
+    """A contact from the wire; decoded contacts are shared, as the same ones recur constantly."""
+    try:
+        cached = _contacts.get((raw[0], raw[1]))
+    except (TypeError, IndexError, KeyError):
+        cached = None
+    if cached is not None and len(raw) == 2:
+        return cached
     public_key, endpoint = decode_node(raw, where)
     _require(endpoint is not None, f"{where}: a contact needs an endpoint")
     assert endpoint is not None
-    return Contact(node_id_for(public_key), endpoint, public_key)
+    contact = Contact(node_id_for(public_key), endpoint, public_key)
+    if len(_contacts) >= _CONTACT_CACHE_SIZE:
+        _contacts.clear()
+    _contacts[public_key, endpoint] = contact
+    return contact
 
 
 def _is_expiration(value: Any) -> bool:
@@ -134,6 +149,7 @@ class DHTProtocol:
         self.cache = LocalStorage(capacity=config.cache_capacity)
         self._background: set[asyncio.Task[None]] = set()
         self._pinging: set[int] = set()
+        self._my_info: list[Any] | None = None
         for name, method in (
             ("dht.ping", self._rpc_ping),
             ("dht.store", self._rpc_store),
@@ -150,7 +166,10 @@ class DHTProtocol:
         return self.rpc.endpoint
 
     def _me(self) -> list[Any]:
-        return encode_node(self.identity.public_key, self.endpoint)
+        endpoint = self.endpoint
+        if self._my_info is None or self._my_info[1] != endpoint:
+            self._my_info = encode_node(self.identity.public_key, endpoint)
+        return self._my_info
 
     # ---- serving --------------------------------------------------------------------------
 
@@ -235,9 +254,9 @@ class DHTProtocol:
 
     # ---- calling --------------------------------------------------------------------------
 
-    async def ping(self, endpoint: str) -> Contact | None:
-        """The contact answering at ``endpoint``, or None if nobody valid does."""
-        response = await self._call(endpoint, "dht.ping", [self._me()])
+    async def ping(self, endpoint: str, *, errors: dict[str, str] | None = None) -> Contact | None:
+        """The contact answering at ``endpoint``, or None (with the reason put in ``errors``)."""
+        response = await self._call(endpoint, "dht.ping", [self._me()], errors=errors)
         if response is None:
             return None
         try:
@@ -245,6 +264,8 @@ class DHTProtocol:
             return self._responder(endpoint, response[0])
         except ValueError as error:
             logger.warning("bad ping response from %s: %s", endpoint, error)
+            if errors is not None:
+                errors[endpoint] = f"bad ping response: {error}"
             return None
 
     async def store(self, contact: Contact, records: Sequence[tuple[DHTRecord, bool]]) -> list[bool] | None:
@@ -313,15 +334,27 @@ class DHTProtocol:
             self.routing_table.remove(contact.node_id)
             return None
 
-    async def _call(self, endpoint: str, method: str, body: Any, contact: Contact | None = None) -> Any:
+    async def _call(
+        self,
+        endpoint: str,
+        method: str,
+        body: Any,
+        contact: Contact | None = None,
+        *,
+        errors: dict[str, str] | None = None,
+    ) -> Any:
         try:
             return await self.rpc.call(endpoint, method, body, timeout=self.config.rpc_timeout)
         except TransportError as error:
             logger.debug("%s to %s failed: %s", method, endpoint, error)
             if contact is not None:
                 self.routing_table.remove(contact.node_id)
+            failure = str(error)
         except (RemoteError, ProtocolError) as error:
             logger.warning("%s to %s was rejected: %s", method, endpoint, error)
+            failure = str(error)
+        if errors is not None:
+            errors[endpoint] = failure
         return None
 
     # ---- routing-table upkeep -------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import heapq
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,9 +150,21 @@ class RoutingTable:
                 return
 
     def nearest(self, target: int, count: int, *, exclude: int | None = None) -> list[Contact]:
-        """The ``count`` known contacts closest to ``target`` by XOR distance."""
-        contacts = (c for c in self if c.node_id != exclude)
-        return heapq.nsmallest(count, contacts, key=lambda c: c.node_id ^ target)
+        """The ``count`` known contacts closest to ``target`` by XOR distance.
+
+        Buckets are power-of-two-aligned ranges, so all ids in one bucket lie in one interval
+        of XOR distance from ``target``, and distinct buckets in disjoint intervals: visiting
+        buckets in the order of their interval finds the nearest contacts without scanning the
+        whole table.
+        """
+        ordered = sorted(self.buckets, key=lambda b: (b.lower ^ target) & ~(b.upper - b.lower - 1))
+        found: list[Contact] = []
+        for bucket in ordered:
+            if len(found) >= count:
+                break
+            found.extend(c for c in bucket.contacts.values() if c.node_id != exclude)
+        found.sort(key=lambda c: c.node_id ^ target)
+        return found[:count]
 
     def stale_buckets(self, now: float, max_age: float) -> list[KBucket]:
         return [bucket for bucket in self.buckets if now - bucket.last_updated > max_age]

@@ -9,12 +9,14 @@ a few.
 Per target, up to ``alpha`` RPCs are in flight; an RPC older than ``straggler_delay`` stops
 counting, so one dead contact does not stall the lookup. A target is done when the ``k``
 nearest contacts not known to have failed have all answered, when ``on_found`` says the value
-found is enough, or when the RPC budget is spent.
+found is enough, or when ``max_rpcs`` RPCs have carried it (the budget is per target, so a
+batch of many targets converges as well as each would alone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ class _Search:
     target: int
     known: dict[int, Contact] = field(default_factory=dict)
     depth: dict[int, int] = field(default_factory=dict)
+    live_by_distance: list[tuple[int, int]] = field(default_factory=list)
+    """(distance, node id) of known contacts not known to have failed, nearest first."""
     asked: set[int] = field(default_factory=set)
     answered: set[int] = field(default_factory=set)
     failed: set[int] = field(default_factory=set)
@@ -57,10 +61,16 @@ class _Search:
         if contact.node_id not in self.known:
             self.known[contact.node_id] = contact
             self.depth[contact.node_id] = depth
+            bisect.insort(self.live_by_distance, (contact.node_id ^ self.target, contact.node_id))
+
+    def fail(self, node_id: int) -> None:
+        if node_id not in self.failed:
+            self.failed.add(node_id)
+            entry = (node_id ^ self.target, node_id)
+            del self.live_by_distance[bisect.bisect_left(self.live_by_distance, entry)]
 
     def frontier(self, k: int) -> list[int]:
-        live = (node_id for node_id in self.known if node_id not in self.failed)
-        return heapq.nsmallest(k, live, key=lambda node_id: node_id ^ self.target)
+        return [node_id for _, node_id in self.live_by_distance[:k]]
 
     def result(self, k: int) -> LookupResult:
         nearest = heapq.nsmallest(k, self.answered, key=lambda node_id: node_id ^ self.target)
@@ -93,7 +103,6 @@ async def traverse(
                 search.learn(contact, 0)
     loop = asyncio.get_running_loop()
     inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]] = {}
-    rpcs = 0
     try:
         while True:
             now = loop.time()
@@ -103,13 +112,12 @@ async def traverse(
                 now,
                 k=k,
                 alpha=alpha,
-                budget=max_rpcs - rpcs,
+                max_rpcs=max_rpcs,
                 straggler_delay=straggler_delay,
             )
             for contact, batch in batches:
                 task = loop.create_task(ask(contact, batch))
                 inflight[task] = (contact, batch, now)
-                rpcs += 1
             _drop_useless(inflight, searches)
             if not inflight:
                 break
@@ -141,7 +149,7 @@ def _plan(
     *,
     k: int,
     alpha: int,
-    budget: int,
+    max_rpcs: int,
     straggler_delay: float,
 ) -> list[tuple[Contact, list[int]]]:
     """Which contacts to ask next, each with the targets it should be asked about."""
@@ -162,7 +170,9 @@ def _plan(
         for node_id in frontier:
             if slots <= 0:
                 break
-            if node_id in search.asked or (node_id not in batches and len(batches) >= budget):
+            if search.rpcs >= max_rpcs:
+                break
+            if node_id in search.asked:
                 continue
             search.asked.add(node_id)
             search.rpcs += 1
@@ -194,7 +204,7 @@ def _absorb(
         if search.finished:
             continue
         if response is None or target not in response:
-            search.failed.add(contact.node_id)
+            search.fail(contact.node_id)
             continue
         search.answered.add(contact.node_id)
         depth = search.depth[contact.node_id] + 1

@@ -160,10 +160,11 @@ class _Connection(asyncio.Protocol):
 class TcpTransport(FramedTransport):
     """Multiplexed request/response over TCP.
 
-    ``max_connections`` caps incoming connections (more are refused, with a log line) and,
-    separately, the pool of outgoing ones (the least recently used idle one is closed to make
-    room). ``max_concurrent_requests`` caps requests served at once per connection: beyond it
-    the connection stops being read until some finish (backpressure, not errors). Connections
+    ``max_incoming`` caps incoming connections (more are refused, with a log line);
+    ``max_outgoing`` caps the pool of outgoing ones (the least recently used idle one is closed
+    to make room, and when all are busy a new one waits for a slot, up to ``connect_timeout``).
+    ``max_concurrent_requests`` caps requests served at once per connection: beyond it the
+    connection stops being read until some finish (backpressure, not errors). Connections
     idle for ``idle_timeout`` seconds are closed (incoming ones after twice that, so the
     client side closes first).
     """
@@ -174,18 +175,20 @@ class TcpTransport(FramedTransport):
         host: str = "127.0.0.1",
         port: int = 0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_connections: int = 1024,
+        max_incoming: int = 1024,
+        max_outgoing: int = 256,
         max_concurrent_requests: int = 256,
         connect_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         backlog: int = 1024,
     ) -> None:
         super().__init__(max_frame_size=max_frame_size)
-        if max_connections < 1 or max_concurrent_requests < 1:
-            raise ValueError("max_connections and max_concurrent_requests must be at least 1")
+        if min(max_incoming, max_outgoing, max_concurrent_requests) < 1:
+            raise ValueError("max_incoming, max_outgoing and max_concurrent_requests must be at least 1")
         self.host = host
         self.port = port
-        self.max_connections = max_connections
+        self.max_incoming = max_incoming
+        self.max_outgoing = max_outgoing
         self.max_concurrent_requests = max_concurrent_requests
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -196,6 +199,7 @@ class TcpTransport(FramedTransport):
         self._connecting: dict[Endpoint, asyncio.Task[_Connection]] = {}
         self._incoming: dict[_Connection, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._slot_waiters: list[asyncio.Future[None]] = []
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -263,6 +267,8 @@ class TcpTransport(FramedTransport):
             link.set_reading(link.serving < self.max_concurrent_requests)
         else:
             link.pending += delta
+        if link.idle and self._slot_waiters:
+            self._wake_slot_waiter()
 
     def _stop_accepting(self) -> None:
         if self._server is not None:
@@ -286,16 +292,17 @@ class TcpTransport(FramedTransport):
     # ---- connection bookkeeping -----------------------------------------------------------
 
     async def _connect(self, peer: Endpoint, host: str, port: int) -> _Connection:
-        self._make_room_for_outgoing()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
+                await self._make_room_for_outgoing(peer)
                 _, connection = await loop.create_connection(
                     lambda: _Connection(self, peer, incoming=False), host, port
                 )
         except TimeoutError:
             raise PeerUnavailable(
-                f"connecting to {peer} timed out after {self.connect_timeout:g} s"
+                f"connecting to {peer} timed out after {self.connect_timeout:g} s "
+                f"(or all {self.max_outgoing} outgoing connections stayed busy)"
             ) from None
         except OSError as error:
             raise PeerUnavailable(f"cannot connect to {peer}: {error.strerror or error}") from None
@@ -312,18 +319,37 @@ class TcpTransport(FramedTransport):
         if not task.cancelled():
             task.exception()  # retrieved here so an abandoned failed connect is not reported twice
 
-    def _make_room_for_outgoing(self) -> None:
-        if len(self._outgoing) < self.max_connections:
-            return
-        idle = [c for c in self._outgoing.values() if c.idle]
-        if not idle:
-            raise PeerUnavailable(
-                f"all {self.max_connections} outgoing connections are busy; raise max_connections"
-            )
-        oldest = min(idle, key=lambda c: c.last_active)
-        del self._outgoing[oldest.peer]
-        if oldest.transport is not None:
-            oldest.transport.close()
+    async def _make_room_for_outgoing(self, peer: Endpoint) -> None:
+        """Keep outgoing connections within ``max_outgoing``.
+
+        At the limit, the least recently used idle connection is closed; when every one is
+        busy, wait until one becomes idle or closes (the caller bounds the wait).
+        """
+        while True:
+            others = len(self._outgoing) + sum(1 for p in self._connecting if p != peer)
+            if others < self.max_outgoing:
+                return
+            idle = [c for c in self._outgoing.values() if c.idle]
+            if idle:
+                oldest = min(idle, key=lambda c: c.last_active)
+                del self._outgoing[oldest.peer]
+                if oldest.transport is not None:
+                    oldest.transport.close()
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+
+    def _wake_slot_waiter(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _connection_made(self, connection: _Connection) -> None:
         if not connection.incoming:
@@ -332,8 +358,8 @@ class TcpTransport(FramedTransport):
             connection.dropped = True
             assert connection.transport is not None
             connection.transport.abort()
-        elif len(self._incoming) >= self.max_connections:
-            self._drop(connection, f"connection limit of {self.max_connections} reached")
+        elif len(self._incoming) >= self.max_incoming:
+            self._drop(connection, f"incoming connection limit of {self.max_incoming} reached")
         else:
             self._incoming[connection] = None
 
@@ -350,6 +376,8 @@ class TcpTransport(FramedTransport):
             )
         reason = f"connection to {connection.peer} lost"
         self._link_lost(connection, f"{reason}: {exc}" if exc else reason)
+        if not connection.incoming and self._slot_waiters:
+            self._wake_slot_waiter()
 
     def _drop(self, connection: _Connection, reason: str) -> None:
         """Close an offending connection at once, logging why; other connections carry on."""

@@ -1,0 +1,145 @@
+"""A swarm of simulated DHT peers, with an oracle that knows who is really alive.
+
+Used by tests, benchmarks and scenarios: it grows the swarm (each peer bootstrapping from up to
+three live peers), crashes or shuts peers down, brings them back with their old identity, and
+answers "which live nodes are truly nearest to this id?" to judge lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Sequence
+
+from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode, Identity
+
+from .churn import ChurnModel, start_churn
+from .network import AccessLink
+from .simulation import Simulation
+
+
+class DHTSwarm:
+    """DHT peers in one simulation; ``nodes`` holds the live ones by address."""
+
+    def __init__(
+        self,
+        sim: Simulation,
+        *,
+        config: DHTConfig | None = None,
+        links: Sequence[AccessLink] = (AccessLink(latency=0.005),),
+        clock_skew: float = 0.0,
+        initial_peers: int = 3,
+    ) -> None:
+        self.sim = sim
+        self.config = config or DHTConfig(max_per_subnet=None)
+        self.links = list(links)
+        self.clock_skew = clock_skew
+        self.initial_peers = initial_peers
+        self.nodes: dict[str, DHTNode] = {}
+        self.identities: dict[str, Identity] = {}
+        self._rng = sim.random("swarm")
+        self._placement: dict[str, tuple[object, AccessLink]] = {}
+        self._skew: dict[str, float] = {}
+        self._starting: dict[str, asyncio.Task[DHTNode]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def live(self) -> list[DHTNode]:
+        return list(self.nodes.values())
+
+    async def grow(self, count: int, *, concurrency: int = 1) -> list[DHTNode]:
+        """Add ``count`` peers, ``concurrency`` of them joining at a time."""
+        added: list[DHTNode] = []
+        for start in range(0, count, concurrency):
+            wave = min(concurrency, count - start)
+            added += await asyncio.gather(*(self.add_peer() for _ in range(wave)))
+        return added
+
+    async def add_peer(self, initial: Sequence[str] | None = None) -> DHTNode:
+        address = f"dht{len(self._placement):05d}"
+        regions = self.sim.network.topology.nodes
+        self._placement[address] = (self._rng.choice(regions), self._rng.choice(self.links))
+        self._skew[address] = self._rng.uniform(-self.clock_skew, self.clock_skew)
+        self.identities[address] = Identity.generate(self.sim.random(f"identity/{address}"))
+        node_name, link = self._placement[address]
+        transport = self.sim.add_peer(address, node=node_name, link=link)
+        return await self._start(address, transport, initial)
+
+    async def crash(self, address: str) -> None:
+        """The peer's machine dies: no goodbye; its tasks stop."""
+        node = self.nodes.pop(address)
+        self.sim.network.crash(address)
+        await node.shutdown()
+
+    async def shut_down(self, address: str) -> None:
+        """The peer leaves gracefully: its connections close and newcomers are refused."""
+        await self.nodes.pop(address).shutdown()
+
+    async def rejoin(self, address: str) -> DHTNode:
+        """A departed peer comes back with its identity but empty storage."""
+        return await self._start(address, self.sim.restart(address), None)
+
+    def churn(self, model: ChurnModel, *, until: float) -> None:
+        """Make every current peer leave and come back according to ``model`` until ``until``."""
+
+        def leave(address: str, graceful: bool) -> None:
+            self._spawn(self._leave(address, graceful))
+
+        def join(address: str) -> None:
+            self._spawn(self._join(address))
+
+        start_churn(self.sim, list(self.nodes), model, leave=leave, join=join, until=until)
+
+    async def stop(self) -> None:
+        """End churn work in progress and shut every live peer down."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for address in list(self.nodes):
+            await self.shut_down(address)
+
+    def nearest_live(self, target: int, k: int, *, exclude: int | None = None) -> list[int]:
+        """The oracle: ids of the ``k`` live nodes truly nearest to ``target``."""
+        ids = (node.node_id for node in self.nodes.values() if node.node_id != exclude)
+        return heapq.nsmallest(k, ids, key=lambda node_id: node_id ^ target)
+
+    def _spawn(self, coroutine) -> None:
+        task = self.sim.loop.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _leave(self, address: str, graceful: bool) -> None:
+        starting = self._starting.get(address)
+        if starting is not None:  # still rejoining: let it finish, then leave
+            await asyncio.gather(starting, return_exceptions=True)
+        if address in self.nodes:
+            await (self.shut_down(address) if graceful else self.crash(address))
+
+    async def _join(self, address: str) -> None:
+        if address in self.nodes or address in self._starting:
+            return
+        task = self.sim.loop.create_task(self.rejoin(address))
+        self._starting[address] = task
+        try:
+            await task
+        except BootstrapError:
+            pass  # nobody it knew was up: it stays down until its next session
+        finally:
+            del self._starting[address]
+
+    async def _start(self, address: str, transport, initial: Sequence[str] | None) -> DHTNode:
+        if initial is None:
+            live = list(self.nodes)  # in simulation a peer's address is its endpoint
+            initial = self._rng.sample(live, min(self.initial_peers, len(live)))
+        loop = self.sim.loop
+        skew = self._skew[address]
+        node = await DHTNode.create(
+            transport,
+            initial_peers=initial,
+            identity=self.identities[address],
+            config=self.config,
+            clock=(lambda: loop.time() + skew) if skew else loop.time,
+            rng=self.sim.random(f"dht/{address}/{loop.time()!r}"),
+        )
+        self.nodes[address] = node
+        return node

@@ -1,0 +1,166 @@
+"""The DHT at scale, in simulation: a thousand peers on world-region latencies, with churn."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+
+import pytest
+
+from hivemind_core.dht import DHTConfig, StoreItem
+from hivemind_sim import AccessLink, Simulation, Topology
+from hivemind_sim.churn import ChurnModel, Weibull
+from hivemind_sim.dht_swarm import DHTSwarm
+
+LINKS = [
+    AccessLink(uplink_bps=20e6, downlink_bps=100e6, latency=0.015),  # home
+    AccessLink(uplink_bps=1e9, downlink_bps=1e9, latency=0.003),  # campus
+]
+
+
+def world(seed: int) -> Simulation:
+    return Simulation(seed=seed, topology=Topology.world_regions(), jitter=0.05)
+
+
+async def lookup_quality(swarm: DHTSwarm, samples: int, k: int = 20) -> tuple[float, float, list[int]]:
+    """Top-1 accuracy, mean Jaccard overlap with the oracle's k nearest, and lookup rounds."""
+    rng = swarm.sim.random("quality")
+    top1, jaccard, rounds = [], [], []
+    for _ in range(samples):
+        searcher = rng.choice(swarm.live)
+        target = rng.getrandbits(160)
+        result = (await searcher.lookup([target], k=k))[target]
+        truth = swarm.nearest_live(target, k, exclude=searcher.node_id)
+        found = [c.node_id for c in result.nearest]
+        top1.append(found[:1] == truth[:1])
+        jaccard.append(len(set(found) & set(truth)) / len(set(found) | set(truth)))
+        rounds.append(result.rounds)
+    return sum(top1) / samples, statistics.mean(jaccard), rounds
+
+
+def test_a_thousand_quiescent_peers_store_get_and_find_exactly() -> None:
+    with world(seed=11) as sim:
+        swarm = DHTSwarm(sim, links=LINKS)
+
+        async def main() -> None:
+            await swarm.grow(1000, concurrency=25)
+            rng = sim.random("workload")
+            for i in range(100):
+                writer, reader = rng.sample(swarm.live, 2)
+                assert await writer.store(f"key{i}", i, writer.now() + 3600), f"store {i} failed"
+                found = await reader.get(f"key{i}")
+                assert found is not None and found.value == i, f"get {i} failed"
+            top1, jaccard, rounds = await lookup_quality(swarm, samples=100)
+            assert top1 == 1.0 and jaccard == 1.0
+            assert statistics.median(rounds) <= math.log2(1000 / 20) + 2, rounds
+            await swarm.stop()
+
+        sim.run(main())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_twenty_simultaneous_joiners_always_form_one_network(seed: int) -> None:
+    with world(seed=seed) as sim:
+        swarm = DHTSwarm(sim, links=LINKS)
+
+        async def main() -> None:
+            first = await swarm.add_peer()
+            second = await swarm.add_peer([first.endpoint])
+            initial = [first.endpoint, second.endpoint]
+            await asyncio.gather(*(swarm.add_peer(initial) for _ in range(20)))
+            everyone = swarm.live
+            for searcher in everyone:
+                others = [n.node_id for n in everyone if n is not searcher]
+                results = await searcher.lookup(others, k=1)
+                assert all(results[t].nearest[0].node_id == t for t in others)
+            await swarm.stop()
+
+        sim.run(main())
+
+
+def test_values_survive_thirty_percent_of_peers_crashing() -> None:
+    with world(seed=5) as sim:
+        swarm = DHTSwarm(sim, links=LINKS)
+
+        async def main() -> None:
+            await swarm.grow(1000, concurrency=25)
+            rng = sim.random("workload")
+            writer = rng.choice(swarm.live)
+            items = [StoreItem(f"key{i}", i, writer.now() + 3600) for i in range(300)]
+            assert all(await writer.store_many(items))
+            for address in rng.sample(list(swarm.nodes), 300):
+                await swarm.crash(address)
+            survivors = swarm.live
+            found = 0
+            for i in range(300):
+                value = await rng.choice(survivors).get(f"key{i}")
+                found += value is not None and value.value == i
+            assert found / 300 >= 0.99, f"only {found}/300 values survived"
+            await swarm.stop()
+
+        sim.run(main())
+
+
+def test_values_stay_retrievable_and_lookups_accurate_under_weibull_churn() -> None:
+    config = DHTConfig(max_per_subnet=None, republish_interval=300, refresh_interval=600)
+    with world(seed=7) as sim:
+        swarm = DHTSwarm(sim, links=LINKS, config=config)
+
+        async def main() -> None:
+            await swarm.grow(300, concurrency=25)
+            rng = sim.random("workload")
+            writer = rng.choice(swarm.live)
+            items = [StoreItem(f"key{i}", i, writer.now() + 7200) for i in range(200)]
+            assert all(await writer.store_many(items))
+            churn = ChurnModel(
+                session=Weibull(shape=0.8, scale=1800),
+                downtime=Weibull(shape=0.8, scale=600),
+                graceful_fraction=0.3,
+            )
+            swarm.churn(churn, until=sim.now + 3600)
+            await asyncio.sleep(1800)
+            top1, jaccard, _ = await lookup_quality(swarm, samples=100)
+            assert top1 >= 0.95 and jaccard >= 0.95, (top1, jaccard)
+            await asyncio.sleep(1800)
+            found = 0
+            for i in range(200):
+                value = await rng.choice(swarm.live).get(f"key{i}")
+                found += value is not None and value.value == i
+            assert found / 200 >= 0.99, f"only {found}/200 values retrievable under churn"
+            await swarm.stop()
+
+        sim.run(main())
+
+
+def test_clock_skew_of_a_few_seconds_is_tolerated() -> None:
+    with world(seed=3) as sim:
+        swarm = DHTSwarm(sim, links=LINKS, clock_skew=5.0)
+
+        async def main() -> None:
+            await swarm.grow(100, concurrency=10)
+            rng = sim.random("workload")
+            for i in range(50):
+                writer, reader = rng.sample(swarm.live, 2)
+                assert await writer.store(f"key{i}", i, writer.now() + 60)
+                found = await reader.get(f"key{i}")
+                assert found is not None and found.value == i
+            await swarm.stop()
+
+        sim.run(main())
+
+
+def test_values_expire() -> None:
+    with world(seed=4) as sim:
+        swarm = DHTSwarm(sim, links=LINKS)
+
+        async def main() -> None:
+            await swarm.grow(50, concurrency=10)
+            writer, reader = swarm.live[:2]
+            assert await writer.store("short-lived", "x", writer.now() + 30)
+            assert (await reader.get("short-lived")) is not None
+            await asyncio.sleep(31)
+            assert await reader.get("short-lived") is None
+            await swarm.stop()
+
+        sim.run(main())
