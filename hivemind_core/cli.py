@@ -38,9 +38,10 @@ def _add_builtin_methods(rpc: RPC) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     rpc = RPC(TcpTransport(host=args.host, port=args.port, max_incoming=args.max_connections))
     _add_builtin_methods(rpc)
+    stop = _stop_on_signals()
     endpoint = await rpc.serve()
     print(f"listening on {endpoint}", flush=True)
-    await _wait_for_stop(args.duration)
+    await _wait_for_stop(stop, args.duration)
     await rpc.transport.close(grace=args.grace)
     print("stopped", flush=True)
     return 0
@@ -58,11 +59,16 @@ def _load_identity(path: Path | None) -> Identity | None:
     return identity
 
 
-async def _wait_for_stop(duration: float | None) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM; install it before telling anyone we are up."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=duration)
 
@@ -70,6 +76,7 @@ async def _wait_for_stop(duration: float | None) -> None:
 async def _dht(args: argparse.Namespace) -> int:
     transport = TcpTransport(host=args.host, port=args.port)
     config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
+    stop = _stop_on_signals()
     node = await DHTNode.create(
         transport,
         initial_peers=args.initial_peers,
@@ -79,7 +86,7 @@ async def _dht(args: argparse.Namespace) -> int:
     )
     where = f"listening on {node.endpoint}" if node.endpoint else "in client mode"
     print(f"dht peer {node.node_id:040x} {where}", flush=True)
-    await _wait_for_stop(args.duration)
+    await _wait_for_stop(stop, args.duration)
     await node.shutdown()
     print("stopped", flush=True)
     return 0

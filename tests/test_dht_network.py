@@ -166,3 +166,18 @@ async def test_bad_values_and_keys_fail_locally_with_the_reason(world) -> None:
     with pytest.raises(TypeError, match="msgpack cannot encode"):
         await node.store("k", object(), node.now() + 60)
     assert key_id(serialize_key("k")) == key_id(serialize_key("k"))
+
+
+@pytest.mark.asyncio(loop_factories=["tcp"])
+async def test_fifty_tcp_peers_in_one_process_all_stores_and_gets_succeed(world) -> None:
+    import random
+
+    rng = random.Random(50)
+    nodes = [await world.dht()]
+    for _ in range(49):
+        nodes.append(await world.dht([n.endpoint for n in rng.sample(nodes, min(3, len(nodes)))]))
+    for i in range(100):
+        writer, reader = rng.sample(nodes, 2)
+        assert await writer.store(f"key{i}", [i, str(i)], writer.now() + 60)
+        found = await reader.get(f"key{i}")
+        assert found is not None and found.value == [i, str(i)]

@@ -1,6 +1,7 @@
 """A Kademlia DHT: peers find each other and each other's records through it."""
 
 from .config import DHTConfig
+from .facade import DHT
 from .identity import Identity
 from .ids import distance, key_id, serialize_key
 from .node import BootstrapError, DHTNode, StoreItem, ValueWithExpiration
@@ -8,6 +9,7 @@ from .routing import Contact, RoutingTable
 from .validation import RecordValidator, SignatureValidator
 
 __all__ = [
+    "DHT",
     "BootstrapError",
     "Contact",
     "DHTConfig",

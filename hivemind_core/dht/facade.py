@@ -1,0 +1,124 @@
+"""DHT: a DHT node for plain synchronous code (training scripts), on its own loop thread.
+
+This is real-mode glue: it starts a thread that runs an asyncio loop, creates a
+:class:`DHTNode` over TCP on it, and turns each call into a blocking wait on that loop.
+Simulations use :class:`DHTNode` directly on the virtual-time loop instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..net import TcpTransport
+from .config import DHTConfig
+from .identity import Identity
+from .node import DHTNode, StoreItem, ValueWithExpiration
+from .routing import Contact
+
+T = TypeVar("T")
+
+
+class DHT:
+    """A blocking DHT peer; use as a context manager or call :meth:`shutdown`."""
+
+    def __init__(
+        self,
+        *,
+        initial_peers: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_mode: bool = False,
+        identity: Identity | None = None,
+        config: DHTConfig | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hivemind-dht", daemon=True)
+        self._thread.start()
+        try:
+            self.node: DHTNode = self._call(
+                DHTNode.create(
+                    TcpTransport(host=host, port=port),
+                    initial_peers=list(initial_peers),
+                    identity=identity,
+                    config=config,
+                    client_mode=client_mode,
+                ),
+                timeout=startup_timeout,
+            )
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.node.endpoint
+
+    @property
+    def node_id(self) -> int:
+        return self.node.node_id
+
+    def now(self) -> float:
+        """The DHT clock, in which expiration times are given."""
+        return self.node.now()
+
+    def store(
+        self,
+        key: Any,
+        value: Any,
+        expiration_time: float,
+        *,
+        subkey: Any = None,
+        timeout: float | None = None,
+    ) -> bool:
+        return self._call(self.node.store(key, value, expiration_time, subkey=subkey), timeout=timeout)
+
+    def store_many(self, items: Sequence[StoreItem], *, timeout: float | None = None) -> list[bool]:
+        return self._call(self.node.store_many(items), timeout=timeout)
+
+    def get(
+        self, key: Any, *, latest: bool = False, timeout: float | None = None
+    ) -> ValueWithExpiration | None:
+        return self._call(self.node.get(key, latest=latest), timeout=timeout)
+
+    def get_many(
+        self, keys: Sequence[Any], *, latest: bool = False, timeout: float | None = None
+    ) -> list[ValueWithExpiration | None]:
+        return self._call(self.node.get_many(keys, latest=latest), timeout=timeout)
+
+    def find_nearest(
+        self, target: int, *, k: int | None = None, timeout: float | None = None
+    ) -> list[Contact]:
+        return self._call(self.node.find_nearest(target, k=k), timeout=timeout)
+
+    def run(self, function: Callable[[DHTNode], Awaitable[T]], *, timeout: float | None = None) -> T:
+        """Run ``await function(node)`` on the DHT's loop and return its result."""
+        return self._call(function(self.node), timeout=timeout)
+
+    def shutdown(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self.node.shutdown(), timeout=30)
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> DHT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def _call(self, coroutine: Awaitable[T], *, timeout: float | None) -> T:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("DHT's blocking methods cannot be called from its own loop; use DHT.node")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
