@@ -99,8 +99,8 @@ def test_subkeys_have_their_own_expiration() -> None:
     assert held(storage, 30.0) == []
 
 
-def test_dictionary_expiration_follows_its_live_subkeys() -> None:
-    """Once its longest-lived subkey is gone, the dictionary's expiration shrinks accordingly."""
+def test_dictionary_expires_with_its_latest_subkey() -> None:
+    """A dictionary lives as long as its longest-lived subkey, which decides against plain values."""
     storage = LocalStorage()
     storage.store(KID, sub("a", b"A", 40.0), now=0.0)
     storage.store(KID, sub("b", b"B", 10.0), now=0.0)

@@ -6,6 +6,7 @@ Each test runs on the virtual-time loop, so the simulated latencies below cost n
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from typing import Any
@@ -255,6 +256,38 @@ async def test_slow_node_does_not_stall_the_lookup() -> None:
     assert nearest_ids(result[target]) == ranked[:K]
     await asyncio.sleep(0)  # let the cancellation reach the task
     assert net.cancelled == [slow], "the straggler's RPC is cancelled once it is useless"
+
+
+async def straggler_wait(loop: asyncio.AbstractEventLoop) -> float:
+    """Seconds from a lookup's start until it gives up waiting on a slow contact (alpha=1)."""
+    slow, fast = Contact(1, "127.0.0.1:1", b""), Contact(2, "127.0.0.1:2", b"")
+    asked: dict[int, float] = {}
+
+    async def ask(contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]]:
+        asked[contact.node_id] = loop.time()
+        await asyncio.sleep(100.0 if contact is slow else LATENCY)
+        return {t: ([], None) for t in targets}
+
+    start = loop.time()
+    await traverse(
+        [0], {0: [slow, fast]}, ask=ask, k=2, alpha=1, max_rpcs=10, straggler_delay=0.5, deadline=start + 5
+    )
+    return asked.get(fast.node_id, math.inf) - start
+
+
+async def test_straggler_delay_holds_whenever_the_lookup_starts() -> None:
+    """The same lookup, started at many virtual times, always moves on after straggler_delay."""
+    loop = asyncio.get_running_loop()
+    # from this start, started + 0.5 rounds to 2.21, and 2.21 - started is 0.4999999999999998
+    await asyncio.sleep(1.7100000000000002 - loop.time())
+    late = []
+    for i in range(200):
+        start = loop.time()
+        wait = await straggler_wait(loop)
+        if wait != pytest.approx(0.5):
+            late.append((start, wait))
+        await asyncio.sleep(0.3 + 0.01 * (i % 7))
+    assert late == []
 
 
 async def test_slow_node_among_the_nearest_is_waited_for() -> None:

@@ -33,12 +33,28 @@ def node_id_for(public_key: bytes) -> int:
     )
 
 
-def serialize_key(key: Any) -> bytes:
-    """The canonical bytes of a user key or subkey (msgpack); raises TypeError if unsupported."""
-    if not isinstance(key, str | bytes | int | tuple | list):
+_INT_RANGE = range(-(1 << 63), 1 << 64)  # what msgpack can encode
+
+
+def _check_key_part(part: Any) -> None:
+    if isinstance(part, tuple | list):
+        for item in part:
+            _check_key_part(item)
+    elif isinstance(part, bool) or not isinstance(part, str | bytes | int):
         raise TypeError(
-            f"DHT keys and subkeys must be str, bytes, int or tuples of them, got {type(key).__name__}"
+            f"DHT keys and subkeys must be str, bytes, int or tuples of them, got {type(part).__name__}"
         )
+    elif isinstance(part, int) and part not in _INT_RANGE:
+        raise TypeError(f"integers in DHT keys must fit in 64 bits, got {part}")
+
+
+def serialize_key(key: Any) -> bytes:
+    """The canonical bytes of a user key or subkey (msgpack); raises TypeError if unsupported.
+
+    Only types with one encoding are allowed (no floats, None, dicts), so equal keys always
+    hash to the same place.
+    """
+    _check_key_part(key)
     return msgpack.packb(key, use_bin_type=True)
 
 

@@ -36,6 +36,8 @@ def subnet_of(endpoint: str) -> str | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     if address.is_loopback:
         return None
     prefix = 24 if address.version == 4 else 64

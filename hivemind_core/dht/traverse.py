@@ -155,7 +155,7 @@ def _plan(
     """Which contacts to ask next, each with the targets it should be asked about."""
     active: dict[int, int] = {}
     for _, batch, started in inflight.values():
-        if now - started < straggler_delay:
+        if started + straggler_delay > now:  # the same test that schedules the wake-up below
             for target in batch:
                 active[target] = active.get(target, 0) + 1
     batches: dict[int, tuple[Contact, list[int]]] = {}
