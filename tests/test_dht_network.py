@@ -75,7 +75,8 @@ async def test_many_keys_in_one_batch(world) -> None:
     assert [v.value if v else None for v in values] == list(range(100))
 
 
-async def test_peers_joining_at_once_form_one_network(world) -> None:
+@pytest.mark.parametrize("trial", range(3))
+async def test_peers_joining_at_once_form_one_network(world, trial: int) -> None:
     seeds = [await world.dht()]
     seeds.append(await world.dht([seeds[0].endpoint]))
     initial = [s.endpoint for s in seeds]
