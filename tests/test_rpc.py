@@ -25,6 +25,22 @@ async def echo(_peer: str, body: Any) -> Any:
     return body
 
 
+class Stall:
+    """An RPC method that never finishes on its own, and notes when it starts and is cancelled."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, _peer: str, _body: Any) -> Any:
+        self.entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
 async def test_echo_round_trips_msgpack_values(world) -> None:
     server = await world.rpc({"echo": echo})
     client = await world.rpc(serve=False)
@@ -73,15 +89,7 @@ async def test_remote_exception_is_reraised_with_its_type_and_message(world) -> 
 
 
 async def test_timeout_raises_and_cancels_the_remote_work(world) -> None:
-    cancelled = asyncio.Event()
-
-    async def stall(_peer: str, _body: Any) -> Any:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    stall = Stall()
     server = await world.rpc({"stall": stall})
     client = await world.rpc(serve=False)
     loop = asyncio.get_running_loop()
@@ -89,7 +97,7 @@ async def test_timeout_raises_and_cancels_the_remote_work(world) -> None:
     with pytest.raises(RequestTimeout):
         await client.call(server.endpoint, "stall", timeout=0.3)
     assert 0.3 <= loop.time() - started < 1.0
-    await asyncio.wait_for(cancelled.wait(), timeout=5)
+    await asyncio.wait_for(stall.cancelled.wait(), timeout=5)
 
 
 async def test_unknown_method(world) -> None:
@@ -100,16 +108,11 @@ async def test_unknown_method(world) -> None:
 
 
 async def test_peer_gone_mid_request(world) -> None:
-    entered = asyncio.Event()
-
-    async def stall(_peer: str, _body: Any) -> Any:
-        entered.set()
-        await asyncio.sleep(3600)
-
+    stall = Stall()
     server = await world.rpc({"stall": stall})
     client = await world.rpc(serve=False)
     call = asyncio.ensure_future(client.call(server.endpoint, "stall", timeout=60))
-    await entered.wait()
+    await stall.entered.wait()
     await server.transport.close(grace=0.05)
     with pytest.raises(PeerUnavailable):
         await asyncio.wait_for(call, timeout=10)
@@ -118,22 +121,13 @@ async def test_peer_gone_mid_request(world) -> None:
 
 
 async def test_cancelling_the_caller_cancels_the_remote_handler(world) -> None:
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def stall(_peer: str, _body: Any) -> Any:
-        entered.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    stall = Stall()
     server = await world.rpc({"stall": stall})
     client = await world.rpc(serve=False)
     call = asyncio.ensure_future(client.call(server.endpoint, "stall", timeout=60))
-    await entered.wait()
+    await stall.entered.wait()
     call.cancel()
-    await asyncio.wait_for(cancelled.wait(), timeout=5)
+    await asyncio.wait_for(stall.cancelled.wait(), timeout=5)
     assert call.cancelled()
 
 
