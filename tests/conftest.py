@@ -13,9 +13,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from hivemind_core.bridge import Bridge, LoopBridge
 from hivemind_core.dht import DHTConfig, DHTNode
+from hivemind_core.moe.client import MoEClient
+from hivemind_core.moe.server import ComputeExecutor, DeviceThread, ExpertBackend, ExpertServer
 from hivemind_core.net import RPC, TcpTransport, Transport
 from hivemind_sim import AccessLink, SimTransport, Simulation
+from hivemind_sim.baton import Baton
+from hivemind_sim.compute import SimulatedDevice
 
 # Simulated peers get a realistic link so tests exercise latency and bandwidth, not zeros.
 SIM_LINK = AccessLink(uplink_bps=1e9, downlink_bps=1e9, latency=0.001)
@@ -36,6 +41,8 @@ class World:
         self.sim: Simulation | None = getattr(loop, "simulation", None)
         self.transports: list[Transport] = []
         self.dht_nodes: list[DHTNode] = []
+        self.servers: list[ExpertServer] = []
+        self.bridge: Bridge = Baton() if self.sim is not None else LoopBridge(loop)
 
     @property
     def kind(self) -> str:
@@ -68,7 +75,32 @@ class World:
         self.dht_nodes.append(node)
         return node
 
+    async def run_trainer(self, function: Any) -> Any:
+        """Run synchronous torch code that calls remote experts through ``self.bridge``."""
+        if isinstance(self.bridge, Baton):
+            return await self.bridge.call(function)
+        return await asyncio.get_running_loop().run_in_executor(None, function)
+
+    def executor(self) -> ComputeExecutor:
+        return SimulatedDevice() if self.sim is not None else DeviceThread()
+
+    async def expert_server(
+        self, backends: list[ExpertBackend], initial_peers: list[str] | tuple[str, ...] = (), **options: Any
+    ) -> ExpertServer:
+        """Experts served by a new peer (its DHT node's port), announced in the DHT."""
+        node = await self.dht(initial_peers)
+        server = ExpertServer(backends, rpc=node.protocol.rpc, dht=node, executor=self.executor(), **options)
+        await server.start()
+        self.servers.append(server)
+        return server
+
+    async def moe_client(self, initial_peers: list[str] | tuple[str, ...], **options: Any) -> MoEClient:
+        node = await self.dht(initial_peers, client_mode=True)
+        return MoEClient(rpc=node.protocol.rpc, dht=node, bridge=self.bridge, **options)
+
     async def close(self) -> None:
+        for server in self.servers:
+            await server.shutdown()
         for node in self.dht_nodes:
             await node.shutdown()
         for transport in self.transports:

@@ -1,17 +1,16 @@
 """DHT: a DHT node for plain synchronous code (training scripts), on its own loop thread.
 
-This is real-mode glue: it starts a thread that runs an asyncio loop, creates a
-:class:`DHTNode` over TCP on it, and turns each call into a blocking wait on that loop.
-Simulations use :class:`DHTNode` directly on the virtual-time loop instead.
+It creates a :class:`DHTNode` over TCP on a :class:`~hivemind_core.bridge.LoopThread` and
+turns each call into a blocking wait on that loop; the same bridge then serves the MoE
+client. Simulations use :class:`DHTNode` directly on the virtual-time loop instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from ..bridge import LoopThread
 from ..net import TcpTransport
 from .config import DHTConfig
 from .identity import Identity
@@ -35,9 +34,7 @@ class DHT:
         config: DHTConfig | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="hivemind-dht", daemon=True)
-        self._thread.start()
+        self.bridge = LoopThread(name="hivemind-dht")
         try:
             self.node: DHTNode = self._call(
                 DHTNode.create(
@@ -50,7 +47,7 @@ class DHT:
                 timeout=startup_timeout,
             )
         except BaseException:
-            self._stop_loop()
+            self.bridge.close()
             raise
 
     @property
@@ -96,15 +93,15 @@ class DHT:
 
     def run(self, function: Callable[[DHTNode], Awaitable[T]], *, timeout: float | None = None) -> T:
         """Run ``await function(node)`` on the DHT's loop and return its result."""
-        return self._call(function(self.node), timeout=timeout)
+        return self._call(function(self.node), timeout=timeout)  # type: ignore[arg-type]
 
     def shutdown(self) -> None:
-        if self._loop.is_closed():
+        if self.bridge.loop.is_closed():
             return
         try:
             self._call(self.node.shutdown(), timeout=30)
         finally:
-            self._stop_loop()
+            self.bridge.close()
 
     def __enter__(self) -> DHT:
         return self
@@ -112,13 +109,5 @@ class DHT:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    def _call(self, coroutine: Awaitable[T], *, timeout: float | None) -> T:
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("DHT's blocking methods cannot be called from its own loop; use DHT.node")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
-        return future.result(timeout)
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
+    def _call(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None) -> T:
+        return self.bridge.run(coroutine, timeout=timeout)

@@ -53,6 +53,10 @@ class RPC:
             raise ValueError(f"RPC method {name!r} is already registered")
         self._methods[name] = method
 
+    def unregister(self, name: str) -> None:
+        """Stop serving ``name``; later calls get UnknownMethodError."""
+        self._methods.pop(name, None)
+
     async def serve(self) -> Endpoint:
         """Start answering calls to the registered methods; returns this peer's endpoint."""
         return await self.transport.listen(self._dispatch)

@@ -1,0 +1,1 @@
+"""Experts and the Decentralized Mixture-of-Experts layer."""

@@ -1,0 +1,74 @@
+"""RemoteExpert: one remote expert as a torch module, with autograd through the network.
+
+Forward sends the inputs to the expert's server; backward sends them again with the output
+gradients, gets the input gradients back, and the server steps the expert's optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .client import MoEClient
+
+
+class RemoteExpert(nn.Module):
+    """Calls expert ``uid`` at ``endpoint`` as if it were a local module."""
+
+    def __init__(
+        self,
+        uid: str,
+        endpoint: str,
+        client: MoEClient,
+        *,
+        forward_timeout: float = 10.0,
+        backward_timeout: float = 20.0,
+    ) -> None:
+        super().__init__()
+        self.uid = uid
+        self.endpoint = endpoint
+        self.client = client
+        self.forward_timeout = forward_timeout
+        self.backward_timeout = backward_timeout
+        # makes autograd call backward (which trains the remote expert) even when no input needs grad
+        self._dummy = nn.Parameter(torch.empty(0), requires_grad=True)
+
+    def info(self) -> dict[str, Any]:
+        return self.client.bridge.run(self.client.info(self.uid, self.endpoint))
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = _RemoteCall.apply(self._dummy, self, *inputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+class _RemoteCall(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, _dummy: torch.Tensor, expert: RemoteExpert, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        client = expert.client
+        detached = [x.detach() for x in inputs]
+        outputs = client.bridge.run(
+            client.forward(expert.uid, expert.endpoint, detached, timeout=expert.forward_timeout)
+        )
+        ctx.expert = expert
+        ctx.save_for_backward(*detached)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        expert: RemoteExpert = ctx.expert
+        inputs = ctx.saved_tensors
+        client = expert.client
+        grads = client.bridge.run(
+            client.backward(
+                expert.uid,
+                expert.endpoint,
+                list(inputs),
+                [g.contiguous() for g in grad_outputs],
+                timeout=expert.backward_timeout,
+            )
+        )
+        return (None, None, *grads)

@@ -1,0 +1,277 @@
+"""RemoteMixtureOfExperts: a DMoE layer whose experts live on other peers.
+
+For a batch ``x``:
+
+1. a linear gate scores every coordinate of every grid dimension;
+2. a beam search over the DHT picks, per sample, the ``k_best`` alive experts with the best
+   summed scores;
+3. each chosen expert receives all its samples in one call, all calls in parallel; once every
+   sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more;
+4. samples left with fewer than ``k_min`` answers get a fresh search that skips the experts
+   that failed (up to ``max_searches`` searches), then a clear error if still short;
+5. the output is the softmax-weighted average of the experts that answered; failed ones are
+   masked out of the average and out of backward.
+
+Backward sends each answering expert the gradients of its samples (it trains on them) and
+sums the input gradients it returns. The gate's gradient flows through ordinary torch ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .beam_search import Choice, MoEBeamSearcher
+from .client import MoEClient
+
+logger = logging.getLogger(__name__)
+
+
+class ExpertsUnavailable(RuntimeError):
+    """Fewer than ``k_min`` experts answered for some sample, even after searching again."""
+
+
+@dataclass
+class _Assignment:
+    """One expert call: which samples it got (and, once answered, in which of their slots)."""
+
+    choice: Choice
+    samples: list[int]
+    slots: list[int] = field(default_factory=list)
+    output: torch.Tensor | None = None
+    error: str | None = None
+
+
+@dataclass
+class _ForwardResult:
+    outputs: torch.Tensor
+    mask: torch.Tensor
+    coords: torch.Tensor
+    answered: list[_Assignment] = field(default_factory=list)
+
+
+class RemoteMixtureOfExperts(nn.Module):
+    """A mixture of the best ``k_best`` remote experts of grid ``uid_prefix``; see the module doc.
+
+    Inputs are ``[batch, in_features]`` or ``[batch, ..., in_features]`` (the gate then sees the
+    mean over the middle dimensions); experts must map a sample to an output of one fixed shape.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        grid_size: Sequence[int],
+        uid_prefix: str,
+        client: MoEClient,
+        k_best: int,
+        k_min: int = 1,
+        forward_timeout: float = 10.0,
+        backward_timeout: float = 20.0,
+        timeout_after_k_min: float = 1.0,
+        max_searches: int = 3,
+        beam_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= k_min <= k_best:
+            raise ValueError(f"need 0 <= k_min <= k_best, got k_min={k_min}, k_best={k_best}")
+        for name, value in (
+            ("forward_timeout", forward_timeout),
+            ("backward_timeout", backward_timeout),
+            ("timeout_after_k_min", timeout_after_k_min),
+        ):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a finite positive number of seconds, got {value}")
+        self.grid_size = list(grid_size)
+        self.client = client
+        self.k_best, self.k_min = k_best, k_min
+        self.forward_timeout, self.backward_timeout = forward_timeout, backward_timeout
+        self.timeout_after_k_min = timeout_after_k_min
+        self.max_searches = max_searches
+        self.beam_size = beam_size
+        self.searcher = MoEBeamSearcher(client, uid_prefix, grid_size)
+        self.proj = nn.Linear(in_features, sum(grid_size))
+        self._dummy = nn.Parameter(torch.empty(0), requires_grad=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_input = x if x.dim() == 2 else x.flatten(1, -2).mean(1)
+        logits = self.proj(gate_input).split(self.grid_size, dim=-1)
+        outputs, mask, coords = _MixtureCall.apply(self._dummy, x, self, [lg.detach() for lg in logits])
+        scores = sum(lg.gather(1, coords[:, :, d].clamp(min=0)) for d, lg in enumerate(logits))
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+        weights = torch.nan_to_num(weights)  # a sample with no expert at all (k_min=0) gets zeros
+        return (weights.reshape(*weights.shape, *[1] * (outputs.dim() - 2)) * outputs).sum(1)
+
+    # ---- the remote work, run on the bridge's event loop -----------------------------------
+
+    async def _forward_all(self, x: torch.Tensor, logits: list[torch.Tensor]) -> _ForwardResult:
+        batch = x.shape[0]
+        answered: list[list[_Assignment]] = [[] for _ in range(batch)]
+        failed: set[str] = set()
+        assignments: list[_Assignment] = []
+        needy = list(range(batch))
+        for attempt in range(self.max_searches):
+            done_uids = {a.choice.uid for s in needy for a in answered[s]}
+            picks = await self.searcher.search(
+                [lg[needy] for lg in logits],
+                self.k_best,
+                beam_size=self.beam_size,
+                exclude=failed | done_uids,
+                fresh=attempt > 0,
+            )
+            round_ = self._group(needy, picks, {s: self.k_best - len(answered[s]) for s in needy})
+            await self._call_forward(x, round_, answered)
+            for assignment in round_:
+                if assignment.output is None:
+                    failed.add(assignment.choice.uid)
+                else:
+                    assignments.append(assignment)
+            needy = [s for s in range(batch) if len(answered[s]) < self.k_min]
+            if not needy:
+                break
+        if needy:
+            errors = (
+                "; ".join(sorted({f"{a.choice.uid}: {a.error}" for a in round_ if a.error})) or "none found"
+            )
+            raise ExpertsUnavailable(
+                f"only {min(len(answered[s]) for s in needy)} of k_min={self.k_min} experts answered for "
+                f"{len(needy)} sample(s) after {self.max_searches} searches of {self.searcher.grid!r} "
+                f"(last failures: {errors})"
+            )
+        return self._assemble(x, answered, assignments)
+
+    @staticmethod
+    def _group(samples: list[int], picks: list[list[Choice]], wanted: dict[int, int]) -> list[_Assignment]:
+        """One call per chosen expert, carrying every sample that chose it."""
+        by_uid: dict[str, _Assignment] = {}
+        for sample, choices in zip(samples, picks, strict=True):
+            for choice in choices[: wanted[sample]]:
+                by_uid.setdefault(choice.uid, _Assignment(choice, [])).samples.append(sample)
+        return list(by_uid.values())
+
+    async def _call_forward(
+        self, x: torch.Tensor, round_: list[_Assignment], answered: list[list[_Assignment]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        calls = {
+            loop.create_task(
+                self.client.forward(
+                    a.choice.uid, a.choice.endpoint, [x[a.samples]], timeout=self.forward_timeout
+                )
+            ): a
+            for a in round_
+        }
+        deadline = loop.time() + self.forward_timeout
+        shortened = False
+        try:
+            while calls and loop.time() < deadline:
+                done, _ = await asyncio.wait(
+                    calls, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in [t for t in calls if t in done]:
+                    assignment = calls.pop(task)
+                    try:
+                        assignment.output = task.result()[0]
+                    except (
+                        Exception
+                    ) as error:  # refused, timed out, remote error, bad answer: all mean "skip it"
+                        assignment.error = f"{type(error).__name__}: {error}"
+                        logger.debug("expert %s failed: %s", assignment.choice.uid, assignment.error)
+                        continue
+                    for sample in assignment.samples:
+                        answered[sample].append(assignment)
+                if not shortened and all(len(answered[s]) >= self.k_min for a in round_ for s in a.samples):
+                    shortened = True
+                    deadline = min(deadline, loop.time() + self.timeout_after_k_min)
+        finally:
+            for task, assignment in calls.items():
+                task.cancel()
+                assignment.error = "no answer in time"
+
+    def _assemble(
+        self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
+    ) -> _ForwardResult:
+        batch, dims = x.shape[0], len(self.grid_size)
+        sample_shape = (
+            assignments[0].output.shape[1:]
+            if assignments and assignments[0].output is not None
+            else x.shape[1:]
+        )
+        outputs = x.new_zeros(batch, self.k_best, *sample_shape)
+        mask = torch.zeros(batch, self.k_best, dtype=torch.bool)
+        coords = torch.full((batch, self.k_best, dims), -1, dtype=torch.long)
+        final: list[_Assignment] = []
+        for assignment in assignments:
+            assert assignment.output is not None
+            kept_samples, kept_slots, rows = [], [], []
+            for row, sample in enumerate(assignment.samples):
+                slot = answered[sample].index(assignment)
+                if slot < self.k_best:
+                    kept_samples.append(sample)
+                    kept_slots.append(slot)
+                    rows.append(row)
+            if not kept_samples:
+                continue
+            outputs[kept_samples, kept_slots] = assignment.output[rows].to(outputs.dtype)
+            mask[kept_samples, kept_slots] = True
+            coords[kept_samples, kept_slots] = torch.tensor(assignment.choice.coords)
+            final.append(_Assignment(assignment.choice, kept_samples, slots=kept_slots))
+        return _ForwardResult(outputs, mask, coords, final)
+
+    async def _backward_all(
+        self, x: torch.Tensor, grad_outputs: torch.Tensor, answered: list[_Assignment]
+    ) -> torch.Tensor:
+        loop = asyncio.get_running_loop()
+        calls = [
+            loop.create_task(
+                self.client.backward(
+                    a.choice.uid,
+                    a.choice.endpoint,
+                    [x[a.samples]],
+                    [grad_outputs[a.samples, a.slots].contiguous()],
+                    timeout=self.backward_timeout,
+                )
+            )
+            for a in answered
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        grad_x = torch.zeros_like(x)
+        for assignment, result in zip(answered, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.debug("backward to %s failed and is skipped: %s", assignment.choice.uid, result)
+                continue
+            grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
+        return grad_x
+
+
+class _MixtureCall(torch.autograd.Function):
+    """Runs the expert calls; outputs, answered mask and chosen coordinates per (sample, slot)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        _dummy: torch.Tensor,
+        x: torch.Tensor,
+        layer: RemoteMixtureOfExperts,
+        logits: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        detached = x.detach()
+        result = layer.client.bridge.run(layer._forward_all(detached, logits))
+        ctx.layer = layer
+        ctx.answered = result.answered
+        ctx.save_for_backward(detached)
+        ctx.mark_non_differentiable(result.mask, result.coords)
+        return result.outputs, result.mask, result.coords
+
+    @staticmethod
+    def backward(ctx: Any, grad_outputs: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        layer: RemoteMixtureOfExperts = ctx.layer
+        grad_x = layer.client.bridge.run(layer._backward_all(x, grad_outputs, ctx.answered))
+        return None, grad_x, None, None

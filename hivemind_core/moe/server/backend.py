@@ -1,0 +1,159 @@
+"""ExpertBackend: one expert a server hosts: its module, optimizer and tensor schemas.
+
+Requests are checked against the schema before they reach a batch, so one bad request can
+only ever fail itself. Backward recomputes the forward pass (servers keep no per-request
+state), returns the gradients for the inputs, and takes one optimizer step: every backward
+request trains the expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import SAMPLE_SHAPES, make_expert
+from ..uid import parse_uid
+
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The shape of one sample (batch dimension excluded) and the dtype of a tensor."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def describe(self) -> list[Any]:
+        return [list(self.shape), str(self.dtype).removeprefix("torch.")]
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorSpec:
+        return cls(tuple(tensor.shape[1:]), tensor.dtype)
+
+
+def _as_list(outputs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+
+
+class ExpertBackend:
+    """A hosted expert; see the module docstring."""
+
+    def __init__(
+        self,
+        uid: str,
+        module: nn.Module,
+        *,
+        inputs: Sequence[TensorSpec],
+        optimizer: OptimizerFactory | None = None,
+        max_batch_size: int = 4096,
+        device: str | torch.device = "cpu",
+        clip_grad_norm: float | None = None,
+    ) -> None:
+        parse_uid(uid)
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.uid = uid
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        self.optimizer = (optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3)))(
+            self.module.parameters()
+        )
+        self.inputs = list(inputs)
+        self.max_batch_size = max_batch_size
+        self.clip_grad_norm = clip_grad_norm
+        self.num_parameters = sum(p.numel() for p in self.module.parameters())
+        with torch.no_grad():
+            sample = [
+                torch.zeros((1, *spec.shape), dtype=spec.dtype, device=self.device) for spec in self.inputs
+            ]
+            self.outputs = [TensorSpec.of(t) for t in _as_list(self.module(*sample))]
+
+    @classmethod
+    def create(
+        cls,
+        uid: str,
+        expert_type: str,
+        hidden_dim: int,
+        *,
+        lr: float = 1e-3,
+        device: str | torch.device = "cpu",
+        max_batch_size: int = 4096,
+        seed: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> ExpertBackend:
+        """A built-in expert type (``ffn``, ``transformer``) with an Adam optimizer."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        module = make_expert(expert_type, hidden_dim).to(dtype)
+        spec = TensorSpec(SAMPLE_SHAPES[expert_type](hidden_dim), dtype)
+        return cls(
+            uid,
+            module,
+            inputs=[spec],
+            optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+            max_batch_size=max_batch_size,
+            device=device,
+        )
+
+    @property
+    def flops_per_sample(self) -> float:
+        """Rough forward cost of one sample (2 flops per parameter), for simulated devices."""
+        return 2.0 * self.num_parameters
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "inputs": [spec.describe() for spec in self.inputs],
+            "outputs": [spec.describe() for spec in self.outputs],
+            "max_batch_size": self.max_batch_size,
+        }
+
+    def check(self, tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], what: str) -> None:
+        """Raise ValueError, naming the problem, unless ``tensors`` fit ``specs`` as one batch."""
+        if len(tensors) != len(specs):
+            raise ValueError(f"{self.uid} takes {len(specs)} {what}, got {len(tensors)}")
+        batch = tensors[0].shape[0] if tensors and tensors[0].dim() else None
+        for i, (tensor, spec) in enumerate(zip(tensors, specs, strict=True)):
+            if tensor.dtype != spec.dtype:
+                raise ValueError(f"{what} {i} of {self.uid} must be {spec.dtype}, got {tensor.dtype}")
+            if tensor.dim() != len(spec.shape) + 1 or tuple(tensor.shape[1:]) != spec.shape:
+                raise ValueError(
+                    f"{what} {i} of {self.uid} must have shape [batch, {', '.join(map(str, spec.shape))}], "
+                    f"got {list(tensor.shape)}"
+                )
+            if tensor.shape[0] != batch:
+                raise ValueError(f"{what} of {self.uid} disagree on the batch size")
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"{what} {i} of {self.uid} contains NaN or infinite values")
+        if batch is not None and batch > self.max_batch_size:
+            raise ValueError(f"batch of {batch} exceeds {self.uid}'s max_batch_size of {self.max_batch_size}")
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            outputs = self.module(*(x.to(self.device) for x in inputs))
+        return [y.cpu() for y in _as_list(outputs)]
+
+    def backward(
+        self, inputs: Sequence[torch.Tensor], grad_outputs: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Gradients for ``inputs``; also steps the optimizer (asynchronous training)."""
+        leaves = [x.to(self.device).requires_grad_(x.is_floating_point()) for x in inputs]
+        with torch.enable_grad():
+            outputs = _as_list(self.module(*leaves))
+            torch.autograd.backward(outputs, [g.to(self.device) for g in grad_outputs])
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return [(x.grad if x.grad is not None else torch.zeros_like(x)).cpu() for x in leaves]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])

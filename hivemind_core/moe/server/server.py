@@ -1,0 +1,220 @@
+"""ExpertServer: hosts experts, serves their forward/backward RPCs, announces them in the DHT.
+
+RPC methods (msgpack bodies; tensors in the ``moe.tensors`` wire format):
+
+* ``moe.info``     ``uid`` -> the expert's input/output schema and batch limit
+* ``moe.forward``  ``[uid, inputs, compression]`` -> outputs
+* ``moe.backward`` ``[uid, inputs, grad_outputs, compression]`` -> input gradients (and the
+  expert takes an optimizer step)
+
+Every request is validated against the expert's schema before it joins a batch; a bad one
+gets an error naming the problem and nobody else notices. The server shares its RPC (and so
+its port) with the peer's DHT node, and re-announces its experts every ``announce_period``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...dht import DHTNode
+from ...net import RPC
+from ..declare import declare_experts
+from ..tensors import Compression, deserialize_tensors, serialize_tensors
+from .backend import ExpertBackend
+from .batching import TaskPool
+from .device import ComputeExecutor
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("moe.info", "moe.forward", "moe.backward")
+
+
+class ExpertServer:
+    """Serves a set of :class:`ExpertBackend`; see the module docstring."""
+
+    def __init__(
+        self,
+        backends: Sequence[ExpertBackend],
+        *,
+        rpc: RPC,
+        executor: ComputeExecutor,
+        dht: DHTNode | None = None,
+        batch_wait: float = 0.002,
+        announce_period: float = 10.0,
+        announce_ttl: float = 30.0,
+        checkpoint_dir: str | Path | None = None,
+        max_elements: int = 1 << 26,
+        fault_rate: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not backends:
+            raise ValueError("an expert server needs at least one expert")
+        if not 0 <= fault_rate <= 1:
+            raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
+        self.backends = {backend.uid: backend for backend in backends}
+        if len(self.backends) != len(backends):
+            raise ValueError("expert UIDs must be unique")
+        self.rpc = rpc
+        self.executor = executor
+        self.dht = dht
+        self.announce_period = announce_period
+        self.announce_ttl = announce_ttl
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.max_elements = max_elements
+        self.fault_rate = fault_rate
+        self.rng = rng or random.Random()
+        self.forward_pools = {
+            uid: TaskPool(
+                f"{uid}.forward",
+                b.forward,
+                executor=executor,
+                max_batch_size=b.max_batch_size,
+                max_wait=batch_wait,
+                flops_per_sample=b.flops_per_sample,
+            )
+            for uid, b in self.backends.items()
+        }
+        self.backward_pools = {
+            uid: TaskPool(
+                f"{uid}.backward",
+                self._backward_process(b),
+                executor=executor,
+                max_batch_size=b.max_batch_size,
+                max_wait=batch_wait,
+                flops_per_sample=3 * b.flops_per_sample,
+            )
+            for uid, b in self.backends.items()
+        }
+        self._announcer: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.rpc.endpoint
+
+    async def start(self) -> None:
+        """Load checkpoints, start serving, and announce the experts (if there is a DHT)."""
+        if self.checkpoint_dir is not None:
+            await self.load_checkpoints()
+        self.rpc.register("moe.info", self._info)
+        self.rpc.register("moe.forward", self._forward)
+        self.rpc.register("moe.backward", self._backward)
+        if self.dht is not None:
+            if self.endpoint is None:
+                raise ValueError("an expert server must listen to be announced in the DHT")
+            await self.announce()
+            self._announcer = asyncio.get_running_loop().create_task(self._announce_forever())
+
+    async def shutdown(self) -> None:
+        """Stop announcing and serving; save a final checkpoint if a directory is set."""
+        if self._announcer is not None:
+            self._announcer.cancel()
+            await asyncio.gather(self._announcer, return_exceptions=True)
+        for name in METHODS:
+            self.rpc.unregister(name)
+        for pool in [*self.forward_pools.values(), *self.backward_pools.values()]:
+            await pool.close()
+        if self.checkpoint_dir is not None:
+            await self.save_checkpoints()
+        await self.executor.close()
+
+    async def announce(self) -> bool:
+        assert self.dht is not None and self.endpoint is not None
+        return await declare_experts(
+            self.dht, list(self.backends), self.endpoint, self.dht.now() + self.announce_ttl
+        )
+
+    async def save_checkpoints(self) -> None:
+        """Write each expert's parameters and optimizer state (atomically, file per expert)."""
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for uid, backend in self.backends.items():
+            path = self.checkpoint_dir / f"{uid}.pt"
+            await self.executor.run(lambda b=backend, p=path: _save(b, p), flops=0)
+
+    async def load_checkpoints(self) -> int:
+        """Restore every expert that has a checkpoint; returns how many did."""
+        assert self.checkpoint_dir is not None
+        loaded = 0
+        for uid, backend in self.backends.items():
+            path = self.checkpoint_dir / f"{uid}.pt"
+            if path.exists():
+                state = torch.load(path, map_location=backend.device, weights_only=True)
+                await self.executor.run(lambda b=backend, s=state: b.load_state_dict(s), flops=0)
+                loaded += 1
+        return loaded
+
+    # ---- RPC methods ----------------------------------------------------------------------
+
+    async def _info(self, _peer: str, uid: Any) -> dict[str, Any]:
+        return self._backend(uid).info()
+
+    async def _forward(self, _peer: str, body: Any) -> list[Any]:
+        uid, raw_inputs, compression = _unpack(body, 3, "forward body must be [uid, inputs, compression]")
+        backend = self._backend(uid)
+        reply = Compression(compression)
+        inputs = deserialize_tensors(raw_inputs, max_elements=self.max_elements)
+        backend.check(inputs, backend.inputs, "input")
+        self._maybe_fail(uid)
+        return serialize_tensors(await self.forward_pools[uid].submit(inputs), reply)
+
+    async def _backward(self, _peer: str, body: Any) -> list[Any]:
+        uid, raw_inputs, raw_grads, compression = _unpack(
+            body, 4, "backward body must be [uid, inputs, grad_outputs, compression]"
+        )
+        backend = self._backend(uid)
+        reply = Compression(compression)
+        inputs = deserialize_tensors(raw_inputs, max_elements=self.max_elements)
+        grads = deserialize_tensors(raw_grads, max_elements=self.max_elements)
+        backend.check(inputs, backend.inputs, "input")
+        backend.check(grads, backend.outputs, "grad_output")
+        if inputs[0].shape[0] != grads[0].shape[0]:
+            raise ValueError(f"{uid}: {inputs[0].shape[0]} inputs but {grads[0].shape[0]} output gradients")
+        self._maybe_fail(uid)
+        return serialize_tensors(await self.backward_pools[uid].submit([*inputs, *grads]), reply)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _backend(self, uid: Any) -> ExpertBackend:
+        backend = self.backends.get(uid) if isinstance(uid, str) else None
+        if backend is None:
+            hosted = ", ".join(sorted(self.backends))
+            raise KeyError(f"no expert {uid!r} on this server; it hosts: {hosted}")
+        return backend
+
+    def _maybe_fail(self, uid: str) -> None:
+        if self.fault_rate and self.rng.random() < self.fault_rate:
+            raise RuntimeError(f"injected fault in {uid} (fault_rate={self.fault_rate})")
+
+    @staticmethod
+    def _backward_process(backend: ExpertBackend):  # type: ignore[no-untyped-def]
+        count = len(backend.inputs)
+        return lambda merged: backend.backward(merged[:count], merged[count:])
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.announce_period)
+            try:
+                if not await self.announce():
+                    logger.warning("some expert declarations were not stored; retrying next heartbeat")
+            except Exception:
+                logger.exception("announcing experts failed; retrying next heartbeat")
+
+
+def _unpack(body: Any, size: int, message: str) -> list[Any]:
+    if not isinstance(body, list) or len(body) != size:
+        raise ValueError(message)
+    return body
+
+
+def _save(backend: ExpertBackend, path: Path) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(backend.state_dict(), temporary)
+    os.replace(temporary, path)

@@ -1,0 +1,74 @@
+"""Expert UIDs on a grid: ``ffn.4.17`` is expert (4, 17) of grid ``ffn``.
+
+The beam search walks the grid one dimension at a time through DHT *prefix* entries
+(``ffn.`` -> alive first coordinates, ``ffn.4.`` -> alive second coordinates under 4), so
+every UID also names the prefixes it must be announced under.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+_PREFIX = r"[A-Za-z_][A-Za-z0-9_\-]*"
+_UID = re.compile(rf"^({_PREFIX})((?:\.\d+)+)$")
+_PATTERN_PART = re.compile(r"^(?:\d+|\[\d+:\d+\])$")
+MAX_UID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertUID:
+    """A parsed UID: the grid's name and the expert's coordinates in it."""
+
+    grid: str
+    coords: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return ".".join([self.grid, *map(str, self.coords)])
+
+    def prefixes(self) -> list[tuple[str, int]]:
+        """(prefix, next coordinate) pairs to announce: ``ffn.`` -> 4, ``ffn.4.`` -> 17."""
+        return [(prefix_of(self.grid, self.coords[:d]), self.coords[d]) for d in range(len(self.coords))]
+
+
+def prefix_of(grid: str, coords: tuple[int, ...]) -> str:
+    """The DHT key under which the coordinates following ``coords`` are announced."""
+    return ".".join([grid, *map(str, coords)]) + "."
+
+
+def parse_uid(uid: str) -> ExpertUID:
+    """Parse ``grid.c1.c2...``; raises ValueError naming what is wrong."""
+    if not isinstance(uid, str) or len(uid) > MAX_UID_LENGTH:
+        raise ValueError(
+            f"an expert UID must be a string of at most {MAX_UID_LENGTH} characters, got {uid!r}"
+        )
+    match = _UID.match(uid)
+    if match is None:
+        raise ValueError(
+            f"invalid expert UID {uid!r}: expected a grid name and one or more coordinates, like 'ffn.4.17'"
+        )
+    coords = tuple(int(part) for part in match.group(2)[1:].split("."))
+    if str(ExpertUID(match.group(1), coords)) != uid:
+        raise ValueError(f"invalid expert UID {uid!r}: coordinates must not have leading zeros")
+    return ExpertUID(match.group(1), coords)
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """UIDs matching ``grid.[a:b].c...``: ranges are half-open, like Python slices."""
+    grid, _, rest = pattern.partition(".")
+    parts = rest.split(".") if rest else []
+    if not re.fullmatch(_PREFIX, grid) or not parts or not all(_PATTERN_PART.match(p) for p in parts):
+        raise ValueError(
+            f"invalid expert pattern {pattern!r}: expected e.g. 'ffn.[0:8].[0:16]' or 'ffn.3.[0:4]'"
+        )
+    ranges = []
+    for part in parts:
+        if part.startswith("["):
+            start, stop = map(int, part[1:-1].split(":"))
+            if stop <= start:
+                raise ValueError(f"invalid expert pattern {pattern!r}: empty range {part}")
+            ranges.append(range(start, stop))
+        else:
+            ranges.append(range(int(part), int(part) + 1))
+    return [str(ExpertUID(grid, coords)) for coords in itertools.product(*ranges)]
