@@ -1,8 +1,8 @@
 """``hivemind-core``: run a real peer over TCP, or probe one.
 
 ``serve`` starts a peer answering the built-in ``ping`` and ``echo`` methods, ``dht`` a DHT
-peer; both run until stopped (SIGINT/SIGTERM) or ``--duration`` runs out. ``ping`` measures
-round trips to a peer.
+peer, ``expert-server`` a peer hosting experts; each runs until stopped (SIGINT/SIGTERM) or
+``--duration`` runs out. ``ping`` measures round trips to a peer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 from . import __version__
 from .dht import DHTConfig, DHTNode, Identity
+from .moe.server import DeviceThread, ExpertBackend, ExpertServer
+from .moe.uid import expand_pattern
 from .net import RPC, TcpTransport, TransportError
 
 
@@ -92,6 +94,50 @@ async def _dht(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _expert_server(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    uids = [uid for pattern in args.experts for uid in expand_pattern(pattern)]
+    backends = [
+        ExpertBackend.create(
+            uid,
+            args.expert_type,
+            args.hidden_dim,
+            lr=args.lr,
+            device=args.device,
+            max_batch_size=args.max_batch_size,
+        )
+        for uid in uids
+    ]
+    transport = TcpTransport(host=args.host, port=args.port)
+    config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
+    stop = _stop_on_signals()
+    node = await DHTNode.create(
+        transport, initial_peers=args.initial_peers, config=config, identity=_load_identity(args.identity)
+    )
+    server = ExpertServer(
+        backends,
+        rpc=node.protocol.rpc,
+        dht=node,
+        executor=DeviceThread(args.device),
+        announce_period=args.announce_period,
+        announce_ttl=3 * args.announce_period,
+        checkpoint_dir=args.checkpoint_dir,
+        fault_rate=args.fault_rate,
+    )
+    await server.start()
+    print(
+        f"expert server with {len(uids)} {args.expert_type} experts listening on {node.endpoint}", flush=True
+    )
+    await _wait_for_stop(stop, args.duration)
+    await server.shutdown()
+    await node.shutdown()
+    print("stopped", flush=True)
+    return 0
+
+
 async def _probe(args: argparse.Namespace) -> int:
     rpc = RPC(TcpTransport())
     loop = asyncio.get_running_loop()
@@ -159,6 +205,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dht.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     dht.set_defaults(run=_dht)
+
+    experts = commands.add_parser("expert-server", help="host experts and announce them in the DHT")
+    experts.add_argument(
+        "--experts",
+        nargs="+",
+        required=True,
+        metavar="PATTERN",
+        help="expert UIDs or patterns, e.g. 'ffn.[0:4].[0:8]'",
+    )
+    experts.add_argument("--expert-type", default="ffn", help="built-in expert type: ffn or transformer")
+    experts.add_argument("--hidden-dim", type=int, default=512, help="experts' hidden size")
+    experts.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every expert")
+    experts.add_argument(
+        "--max-batch-size", type=int, default=4096, help="largest batch one request may carry"
+    )
+    experts.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    experts.add_argument(
+        "--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    experts.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    experts.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    experts.add_argument(
+        "--initial-peers",
+        nargs="*",
+        default=[],
+        metavar="HOST:PORT",
+        help="DHT peers to join through (none: start a new network)",
+    )
+    experts.add_argument("--identity", type=Path, default=None, help="file holding this peer's private key")
+    experts.add_argument(
+        "--no-subnet-limit", action="store_true", help="allow any number of contacts per /24"
+    )
+    experts.add_argument(
+        "--announce-period",
+        type=float,
+        default=10.0,
+        help="seconds between re-announcements (entries live 3 periods)",
+    )
+    experts.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="restore experts from here at start, save here at stop",
+    )
+    experts.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="fail this fraction of requests on purpose (fault-tolerance experiments)",
+    )
+    experts.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    experts.set_defaults(run=_expert_server)
 
     ping = commands.add_parser("ping", help="measure round trips to a peer")
     ping.add_argument("endpoint", help="host:port of the peer")

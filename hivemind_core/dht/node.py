@@ -157,14 +157,21 @@ class DHTNode:
         )
         return stored
 
-    async def get(self, key: Any, *, latest: bool = False) -> ValueWithExpiration | None:
+    async def get(
+        self, key: Any, *, latest: bool = False, timeout: float | None = None
+    ) -> ValueWithExpiration | None:
         """The value under ``key``, or None. With ``latest``, ask all nearest nodes for the newest."""
-        return (await self.get_many([key], latest=latest))[0]
+        return (await self.get_many([key], latest=latest, timeout=timeout))[0]
 
     async def get_many(
-        self, keys: Sequence[Any], *, latest: bool = False
+        self, keys: Sequence[Any], *, latest: bool = False, timeout: float | None = None
     ) -> list[ValueWithExpiration | None]:
-        """Values for many keys with one batched lookup, in the order of ``keys``."""
+        """Values for many keys with one batched lookup, in the order of ``keys``.
+
+        ``timeout`` bounds the lookup (default ``lookup_timeout``): when it passes, what was
+        found so far is returned. With ``latest`` that is how a caller avoids waiting for a
+        frozen replica to time out.
+        """
         key_bytes = {key_id(kb): kb for kb in (serialize_key(key) for key in keys)}
         now = self.now()
         found: dict[int, LocalStorage] = {}
@@ -183,7 +190,7 @@ class DHTNode:
             holders.setdefault(target, set()).add(contact.node_id)
             return not latest
 
-        lookups = await self._lookup(pending, k=self.config.k, on_found=on_found)
+        lookups = await self._lookup(pending, k=self.config.k, on_found=on_found, timeout=timeout)
         if not latest:
             self._cache_along_path(lookups, found, holders)
         return [self._decode(found.get(key_id(serialize_key(key))), now) for key in keys]
@@ -233,7 +240,12 @@ class DHTNode:
         await self.find_nearest(self.node_id)
 
     async def _lookup(
-        self, targets: list[int], *, k: int, on_found: Callable[[int, Contact, Any], bool] | None = None
+        self,
+        targets: list[int],
+        *,
+        k: int,
+        on_found: Callable[[int, Contact, Any], bool] | None = None,
+        timeout: float | None = None,
     ) -> dict[int, LookupResult]:
         if not targets:
             return {}
@@ -249,7 +261,7 @@ class DHTNode:
             straggler_delay=self.config.straggler_delay,
             on_found=on_found,
             exclude=self.node_id,
-            deadline=loop.time() + self.config.lookup_timeout,
+            deadline=loop.time() + min(self.config.lookup_timeout, timeout or self.config.lookup_timeout),
         )
 
     async def _ask(self, contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]] | None:

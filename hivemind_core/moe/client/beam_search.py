@@ -4,8 +4,9 @@ Dimension by dimension, each sample keeps its ``beam_size`` best coordinate pref
 sum of the gating logits of its coordinates). The prefixes' alive children come from the DHT
 prefix entries (``ffn.`` -> alive first coordinates, ``ffn.4.`` -> alive second coordinates
 under 4...), fetched once per distinct prefix for the whole batch and cached for
-``cache_ttl`` seconds. The last dimension's entries name the expert and its endpoint; experts
-on banned endpoints or in ``exclude`` are skipped. No scan of the grid is ever needed.
+``cache_ttl`` seconds; each fetch merges the replicas that answer within ``lookup_timeout``.
+The last dimension's entries name the expert and its endpoint; experts on banned endpoints or
+in ``exclude`` are skipped. No scan of the grid is ever needed.
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ class MoEBeamSearcher:
     """Finds the top-k alive experts of ``grid`` for each sample's gating scores."""
 
     def __init__(
-        self, client: MoEClient, grid: str, grid_size: Sequence[int], *, cache_ttl: float = 2.0
+        self,
+        client: MoEClient,
+        grid: str,
+        grid_size: Sequence[int],
+        *,
+        cache_ttl: float = 2.0,
+        lookup_timeout: float = 1.0,
     ) -> None:
         self.client = client
         self.grid = grid
         self.grid_size = list(grid_size)
         self.cache_ttl = cache_ttl
+        self.lookup_timeout = lookup_timeout
         self._cache: dict[str, tuple[float, dict[int, tuple[str, str]]]] = {}
 
     async def search(
@@ -110,8 +118,9 @@ class MoEBeamSearcher:
             if self.client.dht is None:
                 raise RuntimeError("searching for experts needs a DHT node")
             # latest: merge each prefix's dictionary across its replicas, as a replica may lack the
-            # subkeys a server announced before that replica joined
-            found = await self.client.dht.get_many(missing, latest=True)
+            # subkeys a server announced before that replica joined; the timeout keeps a frozen
+            # replica from stalling training (what answered by then is used)
+            found = await self.client.dht.get_many(missing, latest=True, timeout=self.lookup_timeout)
             for prefix, value in zip(missing, found, strict=True):
                 children: dict[int, tuple[str, str]] = {}
                 if value is not None and isinstance(value.value, dict):

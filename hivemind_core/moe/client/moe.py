@@ -6,7 +6,8 @@ For a batch ``x``:
 2. a beam search over the DHT picks, per sample, the ``k_best`` alive experts with the best
    summed scores;
 3. each chosen expert receives all its samples in one call, all calls in parallel; once every
-   sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more;
+   sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more (a server
+   that misses the deadline is banned by the client for ``ban_time``, like one that failed);
 4. samples left with fewer than ``k_min`` answers get a fresh search that skips the experts
    that failed (up to ``max_searches`` searches), then a clear error if still short;
 5. the output is the softmax-weighted average of the experts that answered; failed ones are
@@ -193,6 +194,8 @@ class RemoteMixtureOfExperts(nn.Module):
             for task, assignment in calls.items():
                 task.cancel()
                 assignment.error = "no answer in time"
+                # a frozen or overloaded server never fails at the transport level: skip it for a while
+                self.client.ban(assignment.choice.endpoint)
 
     def _assemble(
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
