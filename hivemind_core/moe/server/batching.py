@@ -3,7 +3,9 @@
 Requests queue up; a runner takes as many as fit in ``max_batch_size`` samples, waiting up to
 ``max_wait`` seconds for more when the batch is not full, concatenates them, runs the batch
 on the executor and hands every request its own slice of the result. Batching across clients
-is what makes a busy expert efficient; the short wait bounds the latency it adds.
+is what makes a busy expert efficient. The wait is adaptive: it is only worth paying while
+requests actually overlap, so after a batch that caught a single request the pool stops
+waiting, and tries again every ``PROBE_EVERY`` batches to notice when overlap returns.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from .device import ComputeExecutor
 
 Process = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+PROBE_EVERY = 8
 
 
 class TaskPool:
@@ -40,6 +43,7 @@ class TaskPool:
         self.flops_per_sample = flops_per_sample
         self.batches = 0
         self.requests = 0
+        self._overlapping = True
         self._queue: deque[tuple[list[torch.Tensor], asyncio.Future[list[torch.Tensor]]]] = deque()
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -72,7 +76,8 @@ class TaskPool:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = loop.time() + self.max_wait
+            wait = self._overlapping or self.batches % PROBE_EVERY == 0
+            deadline = loop.time() + (self.max_wait if wait else 0.0)
             while self.queued_samples < self.max_batch_size and loop.time() < deadline:
                 self._arrived.clear()
                 try:
@@ -95,6 +100,7 @@ class TaskPool:
         batch = [(tensors, future) for tensors, future in batch if not future.done()]  # callers that gave up
         if not batch:
             return
+        self._overlapping = len(batch) > 1
         sizes = [tensors[0].shape[0] for tensors, _ in batch]
         merged = [torch.cat(column) for column in zip(*(tensors for tensors, _ in batch), strict=True)]
         self.batches += 1
