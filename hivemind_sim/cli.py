@@ -13,6 +13,7 @@ from rich.table import Table
 from hivemind_core import __version__
 
 from .demo import SwarmConfig, SwarmReport, run_swarm
+from .moe_swarm import MoESwarmConfig, run_moe_swarm
 
 
 def _print_report(report: SwarmReport, console: Console) -> None:
@@ -49,6 +50,36 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _moe(args: argparse.Namespace) -> int:
+    config = MoESwarmConfig(
+        servers=args.servers,
+        trainers=args.trainers,
+        steps=args.steps,
+        crash_servers=args.crash_servers,
+        seed=args.seed,
+    )
+    report = run_moe_swarm(config)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    table = Table(
+        title=f"Simulated DMoE training: {args.servers} expert servers, {args.trainers} trainers",
+        show_header=False,
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("training steps per trainer", str(args.steps))
+    table.add_row("servers crashed mid-run", str(args.crash_servers))
+    table.add_row("mean loss, first / last step", f"{report.first_loss:.3f} / {report.last_loss:.3f}")
+    table.add_row("messages delivered", str(report.messages))
+    table.add_row("simulated time", f"{report.virtual_s:.1f} s")
+    table.add_row("wall time", f"{report.wall_s:.2f} s")
+    console = Console()
+    console.print(table)
+    console.print(f"trace digest: [bold]{report.digest}[/bold]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hivemind-sim", description="Simulate swarms of peers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -65,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     demo.set_defaults(run=_demo)
+
+    moe = commands.add_parser("moe", help="train a DMoE model with simulated expert servers and trainers")
+    moe.add_argument("--servers", type=int, default=MoESwarmConfig.servers, help="expert servers")
+    moe.add_argument("--trainers", type=int, default=MoESwarmConfig.trainers, help="trainers")
+    moe.add_argument("--steps", type=int, default=MoESwarmConfig.steps, help="training steps per trainer")
+    moe.add_argument(
+        "--crash-servers", type=int, default=MoESwarmConfig.crash_servers, help="servers that crash mid-run"
+    )
+    moe.add_argument("--seed", type=int, default=0, help="random seed")
+    moe.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    moe.set_defaults(run=_moe)
     return parser
 
 

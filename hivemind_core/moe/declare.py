@@ -35,8 +35,11 @@ def declaration(uids: Sequence[str], endpoint: str, expiration_time: float) -> l
 
 
 async def declare_experts(dht: DHTNode, uids: Sequence[str], endpoint: str, expiration_time: float) -> bool:
-    """Announce ``uids`` at ``endpoint`` until ``expiration_time``; True if every record landed."""
-    return all(await dht.store_many(declaration(uids, endpoint, expiration_time)))
+    """Announce ``uids`` at ``endpoint`` until ``expiration_time``; True if every expert's own
+    record landed. A prefix subkey may be refused: several servers share it, and another
+    server's newer entry for the same coordinate serves the beam search just as well."""
+    stored = await dht.store_many(declaration(uids, endpoint, expiration_time))
+    return all(stored[: len(uids)])
 
 
 def parse_child(value: Any) -> tuple[str, str] | None:
