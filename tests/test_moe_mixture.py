@@ -176,3 +176,15 @@ async def test_timeouts_must_be_finite(world) -> None:
             k_best=1,
             forward_timeout=float("inf"),
         )
+
+
+async def test_excluded_experts_never_crowd_out_the_remaining_ones(world) -> None:
+    servers, _ = await grid_of_servers(world)
+    client = await world.moe_client([servers[0].endpoint])
+    layer = RemoteMixtureOfExperts(in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=2)
+    logits = [torch.tensor([[9.0, 1.0, 0.0]]), torch.tensor([[4.0, 3.0, 2.0, 1.0]])]
+    row_zero = {f"ffn.0.{j}" for j in range(4)}  # the best-scored row, and the beam's top two: excluded
+    chosen = await world.run_trainer(
+        lambda: client.bridge.run(layer.searcher.search(logits, 2, beam_size=2, exclude=row_zero))
+    )
+    assert [c.uid for c in chosen[0]] == ["ffn.1.0", "ffn.1.1"]

@@ -73,12 +73,16 @@ class MoEBeamSearcher:
         batch = logits[0].shape[0]
         beams = torch.zeros(batch, 1, 0, dtype=torch.long)  # [batch, beam, dims so far]
         scores = torch.zeros(batch, 1)
+        last = len(logits) - 1
         for d, dim_logits in enumerate(logits):
             children = await self._children_of(beams)
             available = torch.zeros(batch, beams.shape[1], self.grid_size[d], dtype=torch.bool)
             for (s, b), alive in children.items():
-                for coordinate in alive:
-                    if coordinate < self.grid_size[d]:
+                for coordinate, (uid, endpoint) in alive.items():
+                    # experts themselves are only known at the last dimension: rule out the
+                    # excluded and banned ones before ranking, so they never crowd out the rest
+                    usable = d < last or (uid not in exclude and not self.client.is_banned(endpoint))
+                    if coordinate < self.grid_size[d] and usable:
                         available[s, b, coordinate] = True
             candidates = scores[:, :, None] + dim_logits.detach().float().cpu()[:, None, :]
             candidates = candidates.masked_fill(~available, float("-inf"))

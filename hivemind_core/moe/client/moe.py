@@ -9,7 +9,7 @@ For a batch ``x``:
    sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more (a server
    that misses the deadline is banned by the client for ``ban_time``, like one that failed);
 4. samples left with fewer than ``k_min`` answers get a fresh search that skips the experts
-   that failed (up to ``max_searches`` searches), then a clear error if still short;
+   that just failed (up to ``max_searches`` searches), then a clear error if still short;
 5. the output is the softmax-weighted average of the experts that answered; failed ones are
    masked out of the average and out of backward.
 
@@ -114,6 +114,9 @@ class RemoteMixtureOfExperts(nn.Module):
     async def _forward_all(self, x: torch.Tensor, logits: list[torch.Tensor]) -> _ForwardResult:
         batch = x.shape[0]
         answered: list[list[_Assignment]] = [[] for _ in range(batch)]
+        # A retry avoids the experts that just failed. Older failures are not held against an
+        # expert: dead or frozen servers are already banned by the client, and an expert that
+        # failed once at random may well answer the next time.
         failed: set[str] = set()
         assignments: list[_Assignment] = []
         needy = list(range(batch))
@@ -128,6 +131,7 @@ class RemoteMixtureOfExperts(nn.Module):
             )
             round_ = self._group(needy, picks, {s: self.k_best - len(answered[s]) for s in needy})
             await self._call_forward(x, round_, answered)
+            failed = set()
             for assignment in round_:
                 if assignment.output is None:
                     failed.add(assignment.choice.uid)

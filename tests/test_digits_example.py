@@ -1,0 +1,21 @@
+"""The digits example trains over real TCP even while half of all expert calls fail."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits_dmoe.py"
+
+
+def test_digits_example_converges_with_half_the_expert_calls_failing() -> None:
+    spec = importlib.util.spec_from_file_location("digits_dmoe", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up there
+    spec.loader.exec_module(example)
+    curve = example.train(0.5, epochs=3, seed=1)
+    assert curve.train_loss[-1] < 0.5 * curve.train_loss[0]
+    assert curve.test_accuracy[-1] >= 0.85, curve.test_accuracy
+    assert curve.skipped_steps == 0
