@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from hivemind_core.dht import DHT  # noqa: E402
-from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts  # noqa: E402
+from hivemind_core.dht import DHT
+from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
 
 HIDDEN = 64
 GRID = (4, 4)
