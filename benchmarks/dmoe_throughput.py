@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import torch
@@ -19,6 +17,7 @@ from torch import nn
 
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
+from hivemind_sim.processes import PeerProcess, expert_server
 
 
 def main() -> None:
@@ -35,33 +34,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     total = args.servers * args.experts_per_server
-    servers: list[subprocess.Popen[str]] = []
+    servers: list[PeerProcess] = []
     dht = None
+    options = ["--device", args.device, "--torch-threads", str(args.server_threads), "--duration", "900"]
     try:
-        endpoints: list[str] = []
         for i in range(args.servers):
             first, last = i * args.experts_per_server, (i + 1) * args.experts_per_server
-            command = [
-                sys.executable,
-                "-m",
-                "hivemind_core.cli",
-                "expert-server",
-                "--experts",
-                f"ffn.[{first}:{last}]",
-                "--hidden-dim",
-                str(args.hid),
-                "--device",
-                args.device,
-                "--torch-threads",
-                str(args.server_threads),
-                "--duration",
-                "900",
-            ]
-            if endpoints:
-                command += ["--initial-peers", endpoints[0]]
-            servers.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
-            endpoints.append(servers[-1].stdout.readline().split()[-1])  # type: ignore[union-attr]
-        dht = DHT(initial_peers=endpoints, client_mode=True)
+            initial = [servers[0].endpoint] if servers else []
+            servers.append(
+                expert_server(
+                    f"ffn.[{first}:{last}]", hidden_dim=args.hid, args=options, initial_peers=initial
+                )
+            )
+        dht = DHT(initial_peers=[server.endpoint for server in servers], client_mode=True)
         client = MoEClient.from_dht(dht)
         model = nn.Sequential(
             nn.Linear(args.hid, args.hid),
@@ -101,8 +86,7 @@ def main() -> None:
         if dht is not None:
             dht.shutdown()
         for server in servers:
-            server.terminate()
-            server.communicate(timeout=60)
+            server.stop()
     print(
         json.dumps(
             {

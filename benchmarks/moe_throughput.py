@@ -20,6 +20,7 @@ import torch
 
 from hivemind_core.moe.layers import FeedforwardBlock
 from hivemind_core.moe.server.backend import adam
+from hivemind_sim.processes import expert_server
 
 
 def client_main(args: argparse.Namespace) -> None:
@@ -102,27 +103,12 @@ def main() -> None:
         client_main(args)
         return
 
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hivemind_core.cli",
-            "expert-server",
-            "--experts",
-            f"ffn.[0:{args.experts}]",
-            "--hidden-dim",
-            str(args.hid),
-            "--device",
-            args.device,
-            "--duration",
-            "900",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    server = expert_server(
+        f"ffn.[0:{args.experts}]", hidden_dim=args.hid, args=["--device", args.device, "--duration", "900"]
     )
     clients: list[subprocess.Popen[str]] = []
     try:
-        endpoint = server.stdout.readline().split()[-1]  # type: ignore[union-attr]
+        endpoint = server.endpoint
         for i in range(args.clients):
             clients.append(
                 subprocess.Popen(
@@ -155,10 +141,11 @@ def main() -> None:
         samples = sum(int(client.stdout.readline().split()[1]) for client in clients)  # type: ignore[union-attr]
         wall = time.perf_counter() - started
     finally:
-        for process in [*clients, server]:
-            if process.poll() is None:
-                process.terminate()
-            process.communicate(timeout=60)
+        for client in clients:
+            if client.poll() is None:
+                client.terminate()
+            client.communicate(timeout=60)
+        server.stop()
     remote = samples / wall
     local = local_throughput(args)
     print(

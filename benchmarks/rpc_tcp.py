@@ -11,11 +11,10 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 from hivemind_core.net import RPC, TcpTransport
+from hivemind_sim.processes import rpc_peer
 
 PAYLOADS = {"1KiB": 1024, "1MiB": 1024 * 1024}
 
@@ -59,13 +58,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="calls in flight")
     parser.add_argument("--max-seconds", type=float, default=15.0, help="time cap per payload size")
     args = parser.parse_args()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hivemind_core.cli", "serve", "--duration", "600"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        endpoint = server.stdout.readline().split()[-1]
+    with rpc_peer("--duration", "600") as server:
+        endpoint = server.endpoint
         results = {
             name: asyncio.run(
                 measure(
@@ -78,9 +72,6 @@ def main() -> None:
             )
             for name, size in PAYLOADS.items()
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(json.dumps({"transport": "tcp", "concurrency": args.concurrency, "payloads": results}))
 
 

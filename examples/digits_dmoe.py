@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import matplotlib.pyplot as plt
 
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
+from hivemind_sim.processes import expert_server
 
 HIDDEN = 64
 GRID = (4, 4)
@@ -57,40 +56,29 @@ class ExpertServers:
     """Two expert-server processes sharing the grid; ended by PID on exit."""
 
     def __init__(self, fault_rate: float) -> None:
-        self.processes: list[subprocess.Popen[str]] = []
-        self.endpoints: list[str] = []
-        for rows in ("[0:2]", "[2:4]"):
-            command = [
-                sys.executable,
-                "-m",
-                "hivemind_core.cli",
-                "expert-server",
-                "--experts",
-                f"ffn.{rows}.[0:4]",
-                "--hidden-dim",
-                str(HIDDEN),
-                "--lr",
-                "3e-3",
-                "--fault-rate",
-                str(fault_rate),
-                "--torch-threads",
-                "1",
-                "--duration",
-                "1800",
-            ]
-            if self.endpoints:
-                command += ["--initial-peers", self.endpoints[0]]
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-            self.processes.append(process)
-            self.endpoints.append(process.stdout.readline().split()[-1])  # type: ignore[union-attr]
+        options = [
+            "--lr",
+            "3e-3",
+            "--fault-rate",
+            str(fault_rate),
+            "--torch-threads",
+            "1",
+            "--duration",
+            "1800",
+        ]
+        first = expert_server("ffn.[0:2].[0:4]", hidden_dim=HIDDEN, args=options)
+        second = expert_server(
+            "ffn.[2:4].[0:4]", hidden_dim=HIDDEN, args=options, initial_peers=[first.endpoint]
+        )
+        self.processes = [first, second]
+        self.endpoints = [first.endpoint, second.endpoint]
 
     def __enter__(self) -> ExpertServers:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         for process in self.processes:
-            process.terminate()
-            process.communicate(timeout=60)
+            process.stop()
 
 
 def train(fault_rate: float, *, epochs: int, seed: int = 0, batch: int = 64) -> Curve:

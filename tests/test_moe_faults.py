@@ -7,10 +7,7 @@ when their DHT entries expire.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -19,47 +16,16 @@ import torch
 
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
+from hivemind_sim.processes import PeerProcess, expert_server
 
 HID = 32
 
 
-class ServerProcess:
-    """An ``hivemind-core expert-server`` process, ended by its PID."""
-
-    def __init__(self, experts: str, *initial_peers: str) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "hivemind_core.cli",
-            "expert-server",
-            "--experts",
-            experts,
-            "--hidden-dim",
-            str(HID),
-            "--torch-threads",
-            "1",
-            "--duration",
-            "300",
-        ]
-        if initial_peers:
-            command += ["--initial-peers", *initial_peers]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        banner = self.process.stdout.readline()
-        assert banner.startswith("expert server with"), banner
-        self.endpoint = banner.split()[-1]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-        self.process.communicate(timeout=30)  # also closes our end of its stdout
-
-
 @pytest.fixture
-def swarm() -> Iterator[tuple[ServerProcess, ServerProcess, DHT]]:
-    first = ServerProcess("ffn.0.[0:4]")
-    second = ServerProcess("ffn.1.[0:4]", first.endpoint)
+def swarm() -> Iterator[tuple[PeerProcess, PeerProcess, DHT]]:
+    options = ["--torch-threads", "1", "--duration", "300"]
+    first = expert_server("ffn.0.[0:4]", hidden_dim=HID, args=options)
+    second = expert_server("ffn.1.[0:4]", hidden_dim=HID, initial_peers=[first.endpoint], args=options)
     dht = DHT(initial_peers=[first.endpoint, second.endpoint], client_mode=True)
     try:
         yield first, second, dht
@@ -101,7 +67,7 @@ def test_training_survives_a_server_fault_within_the_timeouts(swarm, fault: sign
         step()
     assert chosen_endpoints(layer, dht) == {first.endpoint, second.endpoint}
 
-    os.kill(second.process.pid, fault)
+    second.signal(fault)
     faulted = time.perf_counter()
     durations = [step() for _ in range(5)]
     bound = layer.forward_timeout + layer.backward_timeout
