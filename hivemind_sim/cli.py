@@ -12,41 +12,44 @@ from rich.table import Table
 
 from hivemind_core import __version__
 
-from .demo import SwarmConfig, SwarmReport, run_swarm
+from .demo import SwarmConfig, run_swarm
 from .moe_swarm import MoESwarmConfig, run_moe_swarm
 
 
-def _print_report(report: SwarmReport, console: Console) -> None:
-    table = Table(title=f"Simulated swarm of {report.peers} peers", show_header=False)
+def _print_summary(title: str, rows: list[tuple[str, str]], digest: str) -> None:
+    table = Table(title=title, show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
-    share = report.succeeded / report.calls if report.calls else 0.0
-    table.add_row("calls", f"{report.calls}")
-    table.add_row("succeeded", f"{report.succeeded} ({share:.1%})")
-    for reason, count in report.failures.items():
-        table.add_row(f"failed: {reason}", f"{count}")
-    table.add_row("latency p50 / p99", f"{report.latency_p50_ms:.1f} / {report.latency_p99_ms:.1f} ms")
-    table.add_row("peers crashed mid-run", f"{report.crashed}")
-    table.add_row("messages delivered", f"{report.messages} ({report.megabytes:.1f} MB)")
-    table.add_row("simulated time", f"{report.virtual_s:.1f} s")
-    table.add_row("wall time", f"{report.wall_s:.2f} s")
+    for name, value in rows:
+        table.add_row(name, value)
+    console = Console()
     console.print(table)
-    console.print(f"trace digest: [bold]{report.digest}[/bold]")
+    console.print(f"trace digest: [bold]{digest}[/bold]")
 
 
 def _demo(args: argparse.Namespace) -> int:
     config = SwarmConfig(
-        peers=args.peers,
-        rpcs_per_peer=args.rpcs,
-        seed=args.seed,
-        crash_fraction=args.crash,
-        loss=args.loss,
+        peers=args.peers, rpcs_per_peer=args.rpcs, seed=args.seed, crash_fraction=args.crash, loss=args.loss
     )
     report = run_swarm(config)
     if args.json:
         print(json.dumps(report.as_dict()))
-    else:
-        _print_report(report, Console())
+        return 0
+    share = report.succeeded / report.calls if report.calls else 0.0
+    _print_summary(
+        f"Simulated swarm of {report.peers} peers",
+        [
+            ("calls", f"{report.calls}"),
+            ("succeeded", f"{report.succeeded} ({share:.1%})"),
+            *[(f"failed: {reason}", f"{count}") for reason, count in report.failures.items()],
+            ("latency p50 / p99", f"{report.latency_p50_ms:.1f} / {report.latency_p99_ms:.1f} ms"),
+            ("peers crashed mid-run", f"{report.crashed}"),
+            ("messages delivered", f"{report.messages} ({report.megabytes:.1f} MB)"),
+            ("simulated time", f"{report.virtual_s:.1f} s"),
+            ("wall time", f"{report.wall_s:.2f} s"),
+        ],
+        report.digest,
+    )
     return 0
 
 
@@ -62,21 +65,18 @@ def _moe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict()))
         return 0
-    table = Table(
-        title=f"Simulated DMoE training: {args.servers} expert servers, {args.trainers} trainers",
-        show_header=False,
+    _print_summary(
+        f"Simulated DMoE training: {args.servers} expert servers, {args.trainers} trainers",
+        [
+            ("training steps per trainer", str(args.steps)),
+            ("servers crashed mid-run", str(args.crash_servers)),
+            ("mean loss, first / last step", f"{report.first_loss:.3f} / {report.last_loss:.3f}"),
+            ("messages delivered", str(report.messages)),
+            ("simulated time", f"{report.virtual_s:.1f} s"),
+            ("wall time", f"{report.wall_s:.2f} s"),
+        ],
+        report.digest,
     )
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
-    table.add_row("training steps per trainer", str(args.steps))
-    table.add_row("servers crashed mid-run", str(args.crash_servers))
-    table.add_row("mean loss, first / last step", f"{report.first_loss:.3f} / {report.last_loss:.3f}")
-    table.add_row("messages delivered", str(report.messages))
-    table.add_row("simulated time", f"{report.virtual_s:.1f} s")
-    table.add_row("wall time", f"{report.wall_s:.2f} s")
-    console = Console()
-    console.print(table)
-    console.print(f"trace digest: [bold]{report.digest}[/bold]")
     return 0
 
 
