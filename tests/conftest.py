@@ -8,10 +8,12 @@ with ``@pytest.mark.asyncio(loop_factories=["sim"])``.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 
 from hivemind_core.bridge import Bridge, LoopBridge
 from hivemind_core.dht import DHTConfig, DHTNode
@@ -21,6 +23,15 @@ from hivemind_core.net import RPC, TcpTransport, Transport
 from hivemind_sim import AccessLink, SimTransport, Simulation
 from hivemind_sim.baton import Baton
 from hivemind_sim.compute import SimulatedDevice
+
+# Property tests: a quick profile by default, HYPOTHESIS_PROFILE=thorough for a long hunt.
+settings.register_profile(
+    "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Simulated peers get a realistic link so tests exercise latency and bandwidth, not zeros.
 SIM_LINK = AccessLink(uplink_bps=1e9, downlink_bps=1e9, latency=0.001)

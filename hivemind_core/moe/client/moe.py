@@ -121,15 +121,17 @@ class RemoteMixtureOfExperts(nn.Module):
         assignments: list[_Assignment] = []
         needy = list(range(batch))
         for attempt in range(self.max_searches):
-            done_uids = {a.choice.uid for s in needy for a in answered[s]}
+            # a sample's own answered experts are skipped per sample (in _group), so ask for as
+            # many more as the fullest sample already holds
+            held = max(len(answered[s]) for s in needy)
             picks = await self.searcher.search(
                 [lg[needy] for lg in logits],
-                self.k_best,
-                beam_size=self.beam_size,
-                exclude=failed | done_uids,
+                self.k_best + held,
+                beam_size=self.beam_size and self.beam_size + held,
+                exclude=failed,
                 fresh=attempt > 0,
             )
-            round_ = self._group(needy, picks, {s: self.k_best - len(answered[s]) for s in needy})
+            round_ = self._group(needy, picks, answered, self.k_best)
             await self._call_forward(x, round_, answered)
             failed = set()
             for assignment in round_:
@@ -152,11 +154,15 @@ class RemoteMixtureOfExperts(nn.Module):
         return self._assemble(x, answered, assignments)
 
     @staticmethod
-    def _group(samples: list[int], picks: list[list[Choice]], wanted: dict[int, int]) -> list[_Assignment]:
-        """One call per chosen expert, carrying every sample that chose it."""
+    def _group(
+        samples: list[int], picks: list[list[Choice]], answered: list[list[_Assignment]], k_best: int
+    ) -> list[_Assignment]:
+        """One call per chosen expert, carrying every sample that chose it and still needs it."""
         by_uid: dict[str, _Assignment] = {}
         for sample, choices in zip(samples, picks, strict=True):
-            for choice in choices[: wanted[sample]]:
+            held = {a.choice.uid for a in answered[sample]}
+            fresh = [choice for choice in choices if choice.uid not in held]
+            for choice in fresh[: k_best - len(held)]:
                 by_uid.setdefault(choice.uid, _Assignment(choice, [])).samples.append(sample)
         return list(by_uid.values())
 
