@@ -101,7 +101,7 @@ async def run_tcp(peers: int, keys: int, seed: int) -> dict[str, Any]:
     memory = rss_mb() - memory_before
     result = await workload(nodes, keys, rng, time.perf_counter, lambda node: node.shutdown())
     for node in nodes:
-        await node.shutdown()
+        await node.shutdown(handoff_timeout=0)  # the whole network goes: no one to hand records to
     return {"setup_s": round(setup, 3), "mem_mb_per_peer": round(memory / peers, 3), **result}
 
 
@@ -128,8 +128,7 @@ def run_sim(peers: int, keys: int, seed: int) -> dict[str, Any]:
             sim.loop.time,
             lambda node: swarm.shut_down(address_of[node.node_id]),
         )
-        for address in list(swarm.nodes):
-            await swarm.shut_down(address)
+        await swarm.stop()
         return {
             "setup_s": round(setup, 3),
             "setup_virtual_s": round(sim.now, 3),

@@ -69,10 +69,10 @@ class DHTSwarm:
         """The peer's machine dies: no goodbye; its tasks stop."""
         node = self.nodes.pop(address)
         self.sim.network.crash(address)
-        await node.shutdown()
+        await node.shutdown(handoff_timeout=0)  # a dead machine says no goodbye
 
     async def shut_down(self, address: str) -> None:
-        """The peer leaves gracefully: its connections close and newcomers are refused."""
+        """The peer leaves gracefully: it hands its records on, then its connections close."""
         await self.nodes.pop(address).shutdown()
 
     async def rejoin(self, address: str) -> DHTNode:
@@ -96,7 +96,7 @@ class DHTSwarm:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         for address in list(self.nodes):
-            await self.shut_down(address)
+            await self.nodes.pop(address).shutdown(handoff_timeout=0)  # the whole world ends
 
     def nearest_live(self, target: int, k: int, *, exclude: int | None = None) -> list[int]:
         """The oracle: ids of the ``k`` live nodes truly nearest to ``target``."""

@@ -113,7 +113,7 @@ class World:
         for server in self.servers:
             await server.shutdown()
         for node in self.dht_nodes:
-            await node.shutdown()
+            await node.shutdown(handoff_timeout=0)
         for transport in self.transports:
             await transport.close(grace=0)
 

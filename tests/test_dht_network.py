@@ -182,3 +182,22 @@ async def test_fifty_tcp_peers_in_one_process_all_stores_and_gets_succeed(world)
         assert await writer.store(f"key{i}", [i, str(i)], writer.now() + 60)
         found = await reader.get(f"key{i}")
         assert found is not None and found.value == [i, str(i)]
+
+
+async def test_a_leaving_peer_hands_its_records_to_the_remaining_replicas(world) -> None:
+    from hivemind_core.dht import DHTConfig
+
+    config = DHTConfig(max_per_subnet=None, replicas=2)
+    nodes = [await world.dht(config=config)]
+    for _ in range(7):
+        nodes.append(await world.dht([nodes[0].endpoint], config=config))
+    writer = nodes[0]
+    assert await writer.store("precious", "value", writer.now() + 600)
+    target = key_id(serialize_key("precious"))
+    holders = [n for n in nodes if n.protocol.storage.get(target, n.now())]
+    assert len(holders) >= 2  # two replicas, plus the writer when it is among the nearest
+    for holder in holders:  # every replica leaves, one after the other
+        await holder.shutdown()
+    reader = next(n for n in nodes if n not in holders)
+    found = await reader.get("precious")
+    assert found is not None and found.value == "value", "the value left with its holders"

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from ..net import RPC, Transport
+from ..net import RPC, Transport, TransportClosed
 from ..realtime import wall_clock
 from .config import DHTConfig
 from .identity import Identity
@@ -203,11 +203,21 @@ class DHTNode:
         """Full lookup results (nearest nodes, rounds, RPCs) for many targets at once."""
         return await self._lookup(list(targets), k=k or self.config.k)
 
-    async def shutdown(self) -> None:
-        """Stop maintenance and close the transport; peers see this node leave."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
+    async def shutdown(self, *, handoff_timeout: float = 5.0) -> None:
+        """Leave the network: hand what this node holds to the current nearest replicas (for at
+        most ``handoff_timeout`` seconds; 0 skips it), then stop and close the transport."""
+        maintenance, self._maintenance = self._maintenance, None
+        if maintenance is not None:
+            maintenance.cancel()
+            await asyncio.gather(maintenance, return_exceptions=True)
+        if handoff_timeout > 0 and maintenance is not None:  # only a node that fully started
+            # a goodbye keeps replication up when many peers leave at once: with 5 replicas
+            # and 30% of peers leaving, 0.3^5 of keys would otherwise lose every holder
+            try:
+                async with asyncio.timeout(handoff_timeout):
+                    await self._republish()
+            except (TimeoutError, TransportClosed):
+                pass
         await self.protocol.cancel_background()
         await self.protocol.rpc.transport.close(grace=0.1)
 

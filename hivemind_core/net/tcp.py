@@ -228,21 +228,30 @@ class TcpTransport(FramedTransport):
     # ---- FramedTransport hooks ------------------------------------------------------------
 
     async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
-        connection = self._outgoing.get(peer)
-        if connection is not None and connection.writable:
-            return connection
+        """A writable connection to ``peer``, dialling one if needed.
+
+        A connection fresh from a dial is idle until its requester resumes, and a concurrent
+        dial to another peer may evict it from a full pool meanwhile; a closed one is never
+        handed out (the request would wait for its whole timeout), so that case dials again.
+        """
         loop = asyncio.get_running_loop()
-        task = self._connecting.get(peer)
-        if task is None:
-            host, port = parse_endpoint(peer)
-            task = loop.create_task(self._connect(peer, host, port))
-            self._connecting[peer] = task
-            task.add_done_callback(lambda done: self._connect_finished(peer, done))
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await asyncio.shield(task)
-        except TimeoutError:
-            raise RequestTimeout(f"connecting to {peer} took longer than the request's timeout") from None
+        host, port = parse_endpoint(peer)
+        while True:
+            connection = self._outgoing.get(peer)
+            if connection is not None and connection.writable:
+                return connection
+            task = self._connecting.get(peer)
+            if task is None:
+                task = loop.create_task(self._connect(peer, host, port))
+                self._connecting[peer] = task
+                task.add_done_callback(lambda done: self._connect_finished(peer, done))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = await asyncio.shield(task)
+            except TimeoutError:
+                raise RequestTimeout(f"connecting to {peer} took longer than the request's timeout") from None
+            if connection.writable:
+                return connection
 
     def _write(self, link: Link, kind: FrameKind, request_id: int, payload: bytes) -> None:
         assert isinstance(link, _Connection)
