@@ -119,7 +119,7 @@ async def _expert_server(args: argparse.Namespace) -> int:
     )
     server = ExpertServer(
         backends,
-        rpc=node.protocol.rpc,
+        rpc=node.rpc,
         dht=node,
         executor=DeviceThread(args.device),
         announce_period=args.announce_period,

@@ -111,7 +111,7 @@ def _run(config: MoESwarmConfig) -> MoESwarmReport:
             for i, (node, hosted) in enumerate(zip(server_nodes, backends, strict=True)):
                 server = ExpertServer(
                     hosted,
-                    rpc=node.protocol.rpc,
+                    rpc=node.rpc,
                     dht=node,
                     executor=SimulatedDevice(DeviceModel(flops=2e12)),
                     rng=sim.random(f"server{i}"),
@@ -131,7 +131,7 @@ def _run(config: MoESwarmConfig) -> MoESwarmReport:
             models = []
             for i in range(config.trainers):
                 torch.manual_seed(config.seed * 1000 + i)
-                client = MoEClient(rpc=trainer_nodes[i].protocol.rpc, dht=trainer_nodes[i], bridge=baton)
+                client = MoEClient(rpc=trainer_nodes[i].rpc, dht=trainer_nodes[i], bridge=baton)
                 models.append(
                     nn.Sequential(
                         nn.Linear(config.hidden_dim, config.hidden_dim),

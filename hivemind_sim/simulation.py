@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import simpy
 
 from hivemind_core.net.frames import DEFAULT_MAX_FRAME_SIZE
+from hivemind_core.world import WORLD_ATTRIBUTE
 
 from .loop import VirtualTimeLoop
 from .network import AccessLink, SimNetwork
@@ -28,6 +29,8 @@ class Simulation:
         self.env = simpy.Environment()
         self.loop = VirtualTimeLoop(self.env)
         self.loop.simulation = self
+        setattr(self.loop, WORLD_ATTRIBUTE, self)  # core code's default clock and random streams
+        self._streams: dict[str, int] = {}
         self.trace = TraceDigest()
         self.network = SimNetwork(
             self.env,
@@ -44,6 +47,16 @@ class Simulation:
     def random(self, stream: str) -> random.Random:
         """An independent, reproducible random stream derived from the seed and a name."""
         return random.Random(f"{self.seed}/{stream}")
+
+    # ---- hivemind_core.world.World: what core code gets when it is not handed a clock or rng
+
+    def clock(self) -> float:
+        return self.env.now
+
+    def rng(self, purpose: str) -> random.Random:
+        """A fresh stream per call: the n-th stream asked for ``purpose`` is always the same."""
+        index = self._streams[purpose] = self._streams.get(purpose, -1) + 1
+        return self.random(f"default/{purpose}/{index}")
 
     def add_peer(
         self,

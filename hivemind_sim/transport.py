@@ -56,11 +56,7 @@ class SimTransport(FramedTransport):
             return
         self._closing = True
         self.network.detach(self.address, crashed=True)
-        for task in self._serving.values():
-            task.cancel()
-        for pending in self._pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(TransportClosed(f"peer {self.address} crashed"))
+        self._abandon(f"peer {self.address} crashed")
 
     # ---- called by the network ------------------------------------------------------------
 

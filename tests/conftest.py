@@ -100,14 +100,14 @@ class World:
     ) -> ExpertServer:
         """Experts served by a new peer (its DHT node's port), announced in the DHT."""
         node = await self.dht(initial_peers)
-        server = ExpertServer(backends, rpc=node.protocol.rpc, dht=node, executor=self.executor(), **options)
+        server = ExpertServer(backends, rpc=node.rpc, dht=node, executor=self.executor(), **options)
         await server.start()
         self.servers.append(server)
         return server
 
     async def moe_client(self, initial_peers: list[str] | tuple[str, ...], **options: Any) -> MoEClient:
         node = await self.dht(initial_peers, client_mode=True)
-        return MoEClient(rpc=node.protocol.rpc, dht=node, bridge=self.bridge, **options)
+        return MoEClient(rpc=node.rpc, dht=node, bridge=self.bridge, **options)
 
     async def close(self) -> None:
         for server in self.servers:

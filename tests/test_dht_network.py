@@ -135,7 +135,7 @@ async def test_malformed_requests_get_clear_errors_and_the_node_keeps_serving(wo
     nodes = await small_network(world, 4)
     target, caller = nodes[0], nodes[1]
     me = encode_node(caller.identity.public_key, caller.endpoint)
-    rpc = caller.protocol.rpc
+    rpc = caller.rpc
     cases = [
         ("dht.find", "not a list", "find body must be [sender, ids, count]"),
         ("dht.find", [me, [b"short"], 20], "ids[0] must be 20 bytes"),

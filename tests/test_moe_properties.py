@@ -63,7 +63,7 @@ def test_forward_tolerates_any_set_of_dead_servers(
             for i, share in enumerate(shares):
                 nodes.append(await node(f"server{i}", [nodes[0].endpoint] if nodes else []))
                 servers.append(
-                    ExpertServer(share, rpc=nodes[-1].protocol.rpc, dht=nodes[-1], executor=SimulatedDevice())
+                    ExpertServer(share, rpc=nodes[-1].rpc, dht=nodes[-1], executor=SimulatedDevice())
                 )
                 await servers[-1].start()
             trainer = await node("trainer", [nodes[0].endpoint], client_mode=True)
@@ -71,7 +71,7 @@ def test_forward_tolerates_any_set_of_dead_servers(
                 sim.network.crash(f"server{i}")
                 await servers[i].shutdown()
             baton = Baton()
-            client = MoEClient(rpc=trainer.protocol.rpc, dht=trainer, bridge=baton)
+            client = MoEClient(rpc=trainer.rpc, dht=trainer, bridge=baton)
             layer = RemoteMixtureOfExperts(
                 in_features=HID,
                 grid_size=GRID,

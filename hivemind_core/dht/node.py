@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 
 from ..net import RPC, Transport, TransportClosed
-from ..realtime import wall_clock
+from ..world import wall_clock
 from .config import DHTConfig
 from .identity import Identity
 from .ids import key_id, random_id, serialize_key
@@ -111,6 +111,11 @@ class DHTNode:
     @property
     def endpoint(self) -> str | None:
         return self.protocol.endpoint
+
+    @property
+    def rpc(self) -> RPC:
+        """This peer's RPC endpoint: other services (expert servers, clients) share its port."""
+        return self.protocol.rpc
 
     @property
     def contact(self) -> Contact | None:

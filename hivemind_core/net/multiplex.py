@@ -126,14 +126,16 @@ class FramedTransport(Transport):
         serving = list(self._serving.values())
         if serving and grace > 0:
             await asyncio.wait(serving, timeout=grace)
-        for task in serving:
+        self._abandon("transport closed while a request to {peer} was in flight")
+        await self._close_links()
+
+    def _abandon(self, reason: str) -> None:
+        """Stop serving and fail this side's pending requests (``reason`` may name ``{peer}``)."""
+        for task in self._serving.values():
             task.cancel()
         for pending in self._pending.values():
             if not pending.future.done():
-                pending.future.set_exception(
-                    TransportClosed(f"transport closed while a request to {pending.peer} was in flight")
-                )
-        await self._close_links()
+                pending.future.set_exception(TransportClosed(reason.format(peer=pending.peer)))
 
     # ---- called by the concrete transport when frames arrive or links break ---------------
 

@@ -43,7 +43,7 @@ class MoEClient:
     @classmethod
     def from_dht(cls, dht: DHT, **options: Any) -> MoEClient:
         """A client sharing a blocking :class:`DHT`'s node, port and loop thread."""
-        return cls(rpc=dht.node.protocol.rpc, dht=dht.node, bridge=dht.bridge, **options)
+        return cls(rpc=dht.node.rpc, dht=dht.node, bridge=dht.bridge, **options)
 
     def is_banned(self, endpoint: str) -> bool:
         until = self._banned.get(endpoint)
