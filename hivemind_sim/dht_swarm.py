@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode, Identity
 
@@ -37,11 +38,13 @@ class DHTSwarm:
         self.initial_peers = initial_peers
         self.nodes: dict[str, DHTNode] = {}
         self.identities: dict[str, Identity] = {}
+        self.departed: set[str] = set()  # peers that churn took down and has not brought back yet
         self._rng = sim.random("swarm")
         self._placement: dict[str, tuple[object, AccessLink]] = {}
         self._skew: dict[str, float] = {}
         self._starting: dict[str, asyncio.Task[DHTNode]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._leaving: dict[str, asyncio.Task[None]] = {}
+        self._background: dict[asyncio.Task[None], None] = {}  # ordered: stop() cancels deterministically
 
     @property
     def live(self) -> list[DHTNode]:
@@ -66,29 +69,50 @@ class DHTSwarm:
         return await self._start(address, transport, initial)
 
     async def crash(self, address: str) -> None:
-        """The peer's machine dies: no goodbye; its tasks stop."""
-        node = self.nodes.pop(address)
-        self.sim.network.crash(address)
-        await node.shutdown(handoff_timeout=0)  # a dead machine says no goodbye
+        """The peer's machine dies: no goodbye; its tasks stop. A graceful leave in progress is cut
+        short (its hand-off dies with the machine)."""
+        node = self.nodes.pop(address, None)
+        leaving = self._leaving.get(address)
+        if node is None and leaving is None:
+            raise KeyError(f"peer {address!r} is not up")
+        self.sim.network.crash(address)  # fails the hand-off's requests at once
+        if node is not None:
+            await self._stop_node(address, node.shutdown(handoff_timeout=0))  # a dead machine says no goodbye
+        else:
+            await asyncio.wait([leaving])
 
     async def shut_down(self, address: str) -> None:
         """The peer leaves gracefully: it hands its records on, then its connections close."""
-        await self.nodes.pop(address).shutdown()
+        await self._stop_node(address, self.nodes.pop(address).shutdown())
 
     async def rejoin(self, address: str) -> DHTNode:
-        """A departed peer comes back with its identity but empty storage."""
+        """A departed peer comes back with its identity but empty storage.
+
+        A peer still leaving (handing its records on) holds its address: the new process waits
+        for the old one to let go of it, as a restarted server waits for its port.
+        """
+        leaving = self._leaving.get(address)
+        if leaving is not None:
+            await asyncio.wait([leaving])  # not gather: a cancelled rejoin must not cancel the leave
         return await self._start(address, self.sim.restart(address), None)
 
     def churn(self, model: ChurnModel, *, until: float) -> None:
         """Make every current peer leave and come back according to ``model`` until ``until``."""
 
         def leave(address: str, graceful: bool) -> None:
+            self.departed.add(address)
             self._spawn(self._leave(address, graceful))
 
         def join(address: str) -> None:
+            self.departed.discard(address)
             self._spawn(self._join(address))
 
         start_churn(self.sim, list(self.nodes), model, leave=leave, join=join, until=until)
+
+    async def settle(self) -> None:
+        """Wait until every leave and rejoin that churn has started so far is over."""
+        while self._background:
+            await asyncio.wait(list(self._background))
 
     async def stop(self) -> None:
         """End churn work in progress and shut every live peer down."""
@@ -105,8 +129,8 @@ class DHTSwarm:
 
     def _spawn(self, coroutine) -> None:
         task = self.sim.loop.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background[task] = None
+        task.add_done_callback(self._background.pop)
 
     async def _leave(self, address: str, graceful: bool) -> None:
         starting = self._starting.get(address)
@@ -126,6 +150,16 @@ class DHTSwarm:
             pass  # nobody it knew was up: it stays down until its next session
         finally:
             del self._starting[address]
+
+    async def _stop_node(self, address: str, shutdown: Coroutine[Any, Any, None]) -> None:
+        """Run a node's ``shutdown`` as a task of its own, which a rejoin or a crash can wait for."""
+        leaving = self.sim.loop.create_task(shutdown)
+        self._leaving[address] = leaving
+        try:
+            await leaving
+        finally:
+            if self._leaving.get(address) is leaving:
+                del self._leaving[address]
 
     async def _start(self, address: str, transport, initial: Sequence[str] | None) -> DHTNode:
         if initial is None:
