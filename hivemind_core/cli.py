@@ -19,9 +19,10 @@ from typing import Any
 
 from . import __version__
 from .dht import DHTConfig, DHTNode, Identity
-from .moe.server import DeviceThread, ExpertBackend, ExpertServer
-from .moe.uid import expand_pattern
 from .net import RPC, TcpTransport, TransportError
+
+# torch takes about a second to import: only the subcommand that hosts experts loads it (with the
+# expert modules), so that ping, serve and dht start at once.
 
 
 async def _ping(_peer: str, _body: Any) -> str:
@@ -96,6 +97,9 @@ async def _dht(args: argparse.Namespace) -> int:
 
 async def _expert_server(args: argparse.Namespace) -> int:
     import torch
+
+    from .moe.server import DeviceThread, ExpertBackend, ExpertServer
+    from .moe.uid import expand_pattern
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -65,3 +65,19 @@ def test_core_ping_reports_an_unreachable_peer() -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "invalid endpoint 'nonsense'" in bad.stderr
+
+
+def test_core_cli_loads_torch_only_for_the_expert_server() -> None:
+    """ping, serve and dht start fast: neither importing the CLI nor running ping imports torch."""
+    script = """
+import contextlib, sys
+from hivemind_core.cli import main
+with contextlib.suppress(SystemExit):
+    main(["ping", "--help"])
+assert main(["ping", "127.0.0.1:1", "--count", "1", "--timeout", "5"]) == 1
+heavy = sorted(name for name in ("torch", "numpy") if name in sys.modules)
+assert not heavy, f"hivemind-core ping imported {heavy}"
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: hivemind-core ping" in result.stdout
