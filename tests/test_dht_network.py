@@ -8,7 +8,7 @@ import re
 import pytest
 
 from hivemind_core.dht import BootstrapError, DHTNode, key_id, serialize_key
-from hivemind_core.dht.protocol import encode_node
+from hivemind_core.dht.codec import encode_node
 from hivemind_core.net import RemoteError
 
 pytestmark = pytest.mark.asyncio
@@ -53,7 +53,7 @@ async def test_newer_expiration_wins(world) -> None:
     leader = key_id(serialize_key("leader"))
 
     def holds_new(node: DHTNode) -> bool:
-        entry = node.protocol.storage.get(leader, node.now())
+        entry = node.storage.get(leader, node.now())
         return entry is not None and entry.expiration_time == pytest.approx(now + 200)
 
     holders = [n for n in nodes if holds_new(n)]
@@ -104,7 +104,7 @@ async def test_client_mode_peer_stores_and_gets_but_is_never_routed_through(worl
     found = await client.get("from-client")
     assert found is not None and found.value == "hello"
     for node in nodes:
-        assert client.node_id not in node.protocol.routing_table
+        assert client.node_id not in node.routing_table
 
 
 async def test_a_non_owner_cannot_overwrite_a_signed_record(world) -> None:
@@ -126,7 +126,7 @@ async def test_a_non_owner_cannot_overwrite_a_signed_record(world) -> None:
     )
     for node in nodes:
         if node is not intruder:
-            assert await intruder.protocol.store(node.contact, [(record, False)]) == [False]
+            assert await intruder.calls.store(node.contact, [(record, False)]) == [False]
     found = await nodes[3].get("experts.owned", latest=True)
     assert found is not None and found.value[subkey].value == "genuine"
 
@@ -194,7 +194,7 @@ async def test_a_leaving_peer_hands_its_records_to_the_remaining_replicas(world)
     writer = nodes[0]
     assert await writer.store("precious", "value", writer.now() + 600)
     target = key_id(serialize_key("precious"))
-    holders = [n for n in nodes if n.protocol.storage.get(target, n.now())]
+    holders = [n for n in nodes if n.storage.get(target, n.now())]
     assert len(holders) >= 2  # two replicas, plus the writer when it is among the nearest
     for holder in holders:  # every replica leaves, one after the other
         await holder.shutdown()

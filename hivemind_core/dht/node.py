@@ -12,15 +12,19 @@ from typing import Any
 import msgpack
 
 from ..net import RPC, Transport, TransportClosed
-from ..world import wall_clock
+from ..world import default_clock, default_rng, running_world
+from .background import Background
+from .calls import FindResult, PeerCalls
 from .config import DHTConfig
+from .handlers import DHTHandlers
 from .identity import Identity
-from .ids import key_id, random_id, serialize_key
-from .protocol import DHTProtocol, FindResult
-from .routing import Contact, KBucket
+from .ids import key_id, serialize_key
+from .maintenance import Maintenance
+from .membership import Membership
+from .routing import Contact, RoutingTable
 from .storage import DHTRecord, LocalStorage, StoredEntry
 from .traverse import LookupResult, traverse
-from .validation import RecordValidator, SignatureValidator, ValidatorChain
+from .validation import RecordRules, RecordValidator, SignatureValidator, ValidatorChain
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +54,66 @@ class DHTNode:
 
     Expiration times are absolute times on the DHT clock (``node.now()``): wall-clock time
     for real peers, virtual time in simulation.
+
+    A node is assembled from parts with one job each: :class:`Membership` (the routing table
+    and how it learns), :class:`PeerCalls` (calling other nodes), :class:`DHTHandlers`
+    (answering them), :class:`Maintenance` (periodic upkeep) and :class:`RecordRules` (what
+    may be stored). The node itself does lookups, stores and gets.
     """
 
-    def __init__(self, protocol: DHTProtocol, *, rng: random.Random) -> None:
-        self.protocol = protocol
-        self.config = protocol.config
+    def __init__(
+        self,
+        rpc: RPC,
+        *,
+        identity: Identity,
+        config: DHTConfig,
+        clock: Callable[[], float],
+        rng: random.Random,
+        validators: Iterable[RecordValidator] = (),
+    ) -> None:
+        self.rpc = rpc
+        """This peer's RPC endpoint: expert servers and clients share its port."""
+        self.identity = identity
+        self.config = config
+        self.clock = clock
         self.rng = rng
+        self.rules = RecordRules(
+            ValidatorChain([*validators, SignatureValidator(identity)]),
+            max_key_size=config.max_key_size,
+            max_value_size=config.max_value_size,
+        )
+        self.storage = LocalStorage()
+        """Records this node holds as one of their replicas."""
+        self.cache = LocalStorage(capacity=config.cache_capacity)
+        """Records copied here by lookups that passed by."""
+        self._background = Background()
+        self.membership = Membership(
+            identity.node_id,
+            config=config,
+            transport=rpc.transport,
+            background=self._background,
+            ping=lambda contact: self.calls.is_alive(contact),
+        )
+        self.calls = PeerCalls(rpc, identity=identity, config=config, membership=self.membership)
+        DHTHandlers(
+            config=config,
+            membership=self.membership,
+            storage=self.storage,
+            cache=self.cache,
+            rules=self.rules,
+            clock=clock,
+            me=self.calls.me,
+        ).register(rpc)
+        self.maintenance = Maintenance(
+            config=config,
+            storage=self.storage,
+            cache=self.cache,
+            routing_table=self.membership.routing_table,
+            lookup=lambda targets, k: self._lookup(targets, k=k),
+            store_all=self.calls.store_all,
+            clock=clock,
+            rng=rng,
+        )
         self._maintenance: asyncio.Task[None] | None = None
 
     @classmethod
@@ -66,7 +124,7 @@ class DHTNode:
         initial_peers: Sequence[str] = (),
         identity: Identity | None = None,
         config: DHTConfig | None = None,
-        clock: Callable[[], float] = wall_clock,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         client_mode: bool = False,
         validators: Iterable[RecordValidator] = (),
@@ -74,48 +132,52 @@ class DHTNode:
         """Start a node on ``transport`` and join the network through ``initial_peers``.
 
         With no initial peers the node starts a new network. Raises :class:`BootstrapError`
-        if initial peers were given and none answered. A client-mode node does not listen:
-        it can store and get but others never route through it (as behind a NAT).
-        Simulations pass a seeded ``rng`` (identity and refresh targets come from it) and a
-        virtual ``clock``.
+        if initial peers were given and none answered, ValueError if one is not an endpoint
+        the transport can reach. A client-mode node does not listen: it can store and get but
+        others never route through it (as behind a NAT).
+
+        ``clock`` and ``rng`` default to the running loop's world: the wall clock and the
+        OS's randomness for real peers, the virtual clock and a seeded stream in simulation.
+        Real peers draw their keys from the OS's secure randomness unless ``rng`` is given.
         """
-        # keys come from the OS's secure randomness unless a simulation hands in a seeded rng
-        identity = identity or Identity.generate(rng)
-        rng = rng or random.Random()
-        config = config or DHTConfig()
-        chain = ValidatorChain([*validators, SignatureValidator(identity)])
-        protocol = DHTProtocol(
-            RPC(transport), identity=identity, config=config, clock=clock, validators=chain
+        for peer in initial_peers:
+            try:
+                transport.check_endpoint(peer)
+            except ValueError as error:
+                raise ValueError(f"initial peer {peer!r} is not a valid endpoint: {error}") from None
+        keys_from = rng if rng is not None or running_world() is None else default_rng("dht-identity")
+        identity = identity or Identity.generate(keys_from)
+        node = cls(
+            RPC(transport),
+            identity=identity,
+            config=config or DHTConfig(),
+            clock=clock or default_clock(),
+            rng=rng or default_rng("dht"),
+            validators=validators,
         )
-        node = cls(protocol, rng=rng)
         try:
             if not client_mode:
-                await protocol.rpc.serve()
+                await node.rpc.serve()
             await node._bootstrap(initial_peers)
         except BaseException:
             await node.shutdown()
             raise
-        node._maintenance = asyncio.get_running_loop().create_task(node._maintain())
+        node._maintenance = asyncio.get_running_loop().create_task(node.maintenance.run())
         return node
 
     # ---- identity and state ---------------------------------------------------------------
 
     @property
     def node_id(self) -> int:
-        return self.protocol.node_id
-
-    @property
-    def identity(self) -> Identity:
-        return self.protocol.identity
+        return self.identity.node_id
 
     @property
     def endpoint(self) -> str | None:
-        return self.protocol.endpoint
+        return self.rpc.endpoint
 
     @property
-    def rpc(self) -> RPC:
-        """This peer's RPC endpoint: other services (expert servers, clients) share its port."""
-        return self.protocol.rpc
+    def routing_table(self) -> RoutingTable:
+        return self.membership.routing_table
 
     @property
     def contact(self) -> Contact | None:
@@ -124,7 +186,7 @@ class DHTNode:
 
     def now(self) -> float:
         """The current time on the DHT clock, in which expiration times are given."""
-        return self.protocol.clock()
+        return self.clock()
 
     # ---- public API -----------------------------------------------------------------------
 
@@ -153,13 +215,16 @@ class DHTNode:
                 plan.setdefault(contact.node_id, (contact, []))[1].extend(indices)
             if self._should_hold(target, replicas):
                 for index in indices:
-                    stored[index] |= self.protocol.storage.store(target, records[index], now)
-        await asyncio.gather(
+                    stored[index] |= self.storage.store(target, records[index], now)
+        answers = await asyncio.gather(
             *(
-                self._send(contact, [records[i] for i in indices], indices, stored)
+                self.calls.store_all(contact, [records[i] for i in indices])
                 for contact, indices in plan.values()
             )
         )
+        for (_, indices), held in zip(plan.values(), answers, strict=True):
+            for index, ok in zip(indices, held, strict=True):
+                stored[index] |= ok
         return stored
 
     async def get(
@@ -182,7 +247,7 @@ class DHTNode:
         found: dict[int, LocalStorage] = {}
         pending = []
         for target in key_bytes:
-            local = self.protocol.storage.get(target, now) or self.protocol.cache.get(target, now)
+            local = self.storage.get(target, now) or self.cache.get(target, now)
             if local is not None:
                 self._merge(found, target, local, now)
             if latest or target not in found:
@@ -220,11 +285,13 @@ class DHTNode:
             # and 30% of peers leaving, 0.3^5 of keys would otherwise lose every holder
             try:
                 async with asyncio.timeout(handoff_timeout):
-                    await self._republish()
+                    await self.maintenance.republish()
             except (TimeoutError, TransportClosed):
                 pass
-        await self.protocol.cancel_background()
-        await self.protocol.rpc.transport.close(grace=0.1)
+            except Exception:  # leaving must not fail: the transport is closed whatever happened
+                logger.exception("handing records on before leaving failed")
+        await self._background.cancel_all()
+        await self.rpc.transport.close(grace=0.1)
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -234,7 +301,7 @@ class DHTNode:
         errors: dict[str, str] = {}
         try:
             async with asyncio.timeout(self.config.bootstrap_timeout):
-                answers = await asyncio.gather(*(self.protocol.ping(p, errors=errors) for p in initial_peers))
+                answers = await asyncio.gather(*(self.calls.ping(p, errors=errors) for p in initial_peers))
         except TimeoutError:
             answers = []
         alive = [contact for contact in answers if contact is not None]
@@ -248,7 +315,7 @@ class DHTNode:
             )
         now = asyncio.get_running_loop().time()
         for contact in alive:
-            self.protocol.routing_table.add(contact, now)
+            self.routing_table.add(contact, now)
         # One lookup of our own id fills our table and announces us to our nearest peers. Far
         # buckets fill from ordinary traffic and periodic refresh: refreshing them all on join
         # costs ~9x the messages for no measurable gain in lookup accuracy (1000-peer sims).
@@ -264,7 +331,7 @@ class DHTNode:
     ) -> dict[int, LookupResult]:
         if not targets:
             return {}
-        table = self.protocol.routing_table
+        table = self.routing_table
         loop = asyncio.get_running_loop()
         return await traverse(
             targets,
@@ -282,7 +349,7 @@ class DHTNode:
     async def _ask(self, contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]] | None:
         results: list[dict[int, FindResult]] = []
         for start in range(0, len(targets), self.config.max_batch):
-            answer = await self.protocol.find(contact, targets[start : start + self.config.max_batch])
+            answer = await self.calls.find(contact, targets[start : start + self.config.max_batch])
             if answer is None:
                 return None
             results.append(answer)
@@ -294,10 +361,10 @@ class DHTNode:
         except (TypeError, ValueError, OverflowError) as error:
             raise TypeError(f"cannot store a value msgpack cannot encode: {error}") from None
         subkey = None if item.subkey is None else serialize_key(item.subkey)
-        record = self.protocol.validators.sign(
+        record = self.rules.sign(
             DHTRecord(serialize_key(item.key), subkey, value, float(item.expiration_time))
         )
-        reason = self.protocol.check_record(record)
+        reason = self.rules.check(record)
         if reason is not None:
             raise ValueError(f"cannot store under {item.key!r}: {reason}")
         return record
@@ -310,23 +377,12 @@ class DHTNode:
             return True
         return self.node_id ^ target < replicas[-1].node_id ^ target
 
-    async def _send(
-        self, contact: Contact, records: list[DHTRecord], indices: list[int], stored: list[bool]
-    ) -> None:
-        for start in range(0, len(records), self.config.max_batch):
-            chunk = records[start : start + self.config.max_batch]
-            result = await self.protocol.store(contact, [(record, False) for record in chunk])
-            if result is None:
-                return
-            for index, ok in zip(indices[start : start + len(chunk)], result, strict=True):
-                stored[index] |= ok
-
     def _merge(self, found: dict[int, LocalStorage], target: int, entry: StoredEntry, now: float) -> bool:
         """Add the valid records of ``entry`` to what we found for ``target``; True if any."""
         merged = found.get(target)
         accepted = False
         for record in entry.records():
-            if key_id(record.key) != target or self.protocol.check_record(record) is not None:
+            if key_id(record.key) != target or self.rules.check(record) is not None:
                 continue
             if merged is None:
                 merged = found[target] = LocalStorage()
@@ -338,7 +394,7 @@ class DHTNode:
         if merged is None:
             return None
         for _, entry in merged.items(now):
-            strip = self.protocol.validators.strip
+            strip = self.rules.strip
             try:
                 if entry.subkeys is None:
                     record = next(entry.records())
@@ -373,53 +429,7 @@ class DHTNode:
                 records = [(record, True) for record in entry.records()]
                 plan.setdefault(closest_without.node_id, (closest_without, []))[1].extend(records)
         for contact, records in plan.values():
-            self.protocol.spawn(self.protocol.store(contact, records[: self.config.max_batch]))
-
-    async def _maintain(self) -> None:
-        loop = asyncio.get_running_loop()
-        period = min(self.config.refresh_interval, self.config.republish_interval) / 4
-        next_republish = loop.time() + self.config.republish_interval * self.rng.uniform(0.5, 1.0)
-        while True:
-            await asyncio.sleep(period * self.rng.uniform(0.9, 1.1))
-            try:
-                now = self.now()
-                self.protocol.storage.remove_expired(now)
-                self.protocol.cache.remove_expired(now)
-                if loop.time() >= next_republish:
-                    next_republish = loop.time() + self.config.republish_interval * self.rng.uniform(0.9, 1.1)
-                    await self._republish()
-                stale = self.protocol.routing_table.stale_buckets(loop.time(), self.config.refresh_interval)
-                await self._refresh(stale)
-            except Exception:
-                logger.exception("DHT maintenance failed; it will run again")
-
-    async def _refresh(self, buckets: list[KBucket]) -> None:
-        """Look up a random id in each bucket, to learn live contacts there."""
-        if not buckets:
-            return
-        targets = [random_id(self.rng, bucket.lower, bucket.upper) for bucket in buckets]
-        await self._lookup(targets, k=self.config.k)
-        now = asyncio.get_running_loop().time()
-        for bucket in buckets:
-            bucket.last_updated = now
-
-    async def _republish(self) -> None:
-        """Store everything this node holds on the current nearest replicas of each key."""
-        now = self.now()
-        by_id = {target: list(entry.records()) for target, entry in self.protocol.storage.items(now)}
-        if not by_id:
-            return
-        lookups = await self._lookup(list(by_id), k=self.config.replicas)
-        plan: dict[int, tuple[Contact, list[DHTRecord]]] = {}
-        for target, records in by_id.items():
-            for contact in lookups[target].nearest[: self.config.replicas]:
-                plan.setdefault(contact.node_id, (contact, []))[1].extend(records)
-        await asyncio.gather(
-            *(
-                self._send(contact, records, list(range(len(records))), [False] * len(records))
-                for contact, records in plan.values()
-            )
-        )
+            self._background.spawn(self.calls.store(contact, records[: self.config.max_batch]))
 
 
 def _unpack_key(subkey: bytes | None) -> Any:

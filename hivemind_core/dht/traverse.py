@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import heapq
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .routing import Contact
+
+logger = logging.getLogger(__name__)
 
 Ask = Callable[[Contact, list[int]], Awaitable[Mapping[int, tuple[Sequence[Contact], Any]] | None]]
 OnFound = Callable[[int, Contact, Any], bool]
@@ -135,11 +138,20 @@ async def traverse(
             )
             for task in [task for task in inflight if task in done]:  # set order is not reproducible
                 contact, batch, _ = inflight.pop(task)
-                _absorb(searches, contact, batch, task.result(), on_found, exclude)
+                _absorb(searches, contact, batch, _answer(task, contact), on_found, exclude)
     finally:
         for task in inflight:
             task.cancel()
     return {target: search.result(k) for target, search in searches.items()}
+
+
+def _answer(task: asyncio.Task[Any], contact: Contact) -> Any:
+    """The task's answer; an ``ask`` that raised counts as that contact failing, not the lookup."""
+    try:
+        return task.result()
+    except Exception:
+        logger.exception("asking %s failed unexpectedly; the lookup goes on without it", contact.endpoint)
+        return None
 
 
 def _plan(

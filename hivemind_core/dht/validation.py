@@ -119,3 +119,31 @@ class SignatureValidator(RecordValidator):
             return record.value
         value, _ = msgpack.unpackb(record.value, raw=False)
         return value
+
+
+class RecordRules:
+    """Everything a node checks about a record: size limits first, then its validator chain.
+
+    The same rules apply to what this node writes (before sending), what others ask it to
+    store, and what lookups bring back.
+    """
+
+    def __init__(self, chain: ValidatorChain, *, max_key_size: int, max_value_size: int) -> None:
+        self.chain = chain
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+
+    def check(self, record: DHTRecord) -> str | None:
+        """Why ``record`` may not be stored or believed, or None if it may."""
+        for part, name in ((record.key, "key"), (record.subkey, "subkey")):
+            if part is not None and len(part) > self.max_key_size:
+                return f"{name} of {len(part)} bytes exceeds the {self.max_key_size}-byte limit"
+        if len(record.value) > self.max_value_size:
+            return f"value of {len(record.value)} bytes exceeds the {self.max_value_size}-byte limit"
+        return self.chain.validate(record)
+
+    def sign(self, record: DHTRecord) -> DHTRecord:
+        return self.chain.sign(record)
+
+    def strip(self, record: DHTRecord) -> bytes:
+        return self.chain.strip(record)

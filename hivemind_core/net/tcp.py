@@ -43,6 +43,17 @@ def format_endpoint(host: str, port: int) -> Endpoint:
     return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
 
 
+def _canonical_host(host: str) -> str:
+    """One spelling per address (an IPv4-mapped IPv6 address is its IPv4 address); names as given."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection: splits the byte stream into frames and handles flow control."""
 
@@ -204,6 +215,16 @@ class TcpTransport(FramedTransport):
     @property
     def endpoint(self) -> Endpoint | None:
         return self._endpoint
+
+    def check_endpoint(self, endpoint: Endpoint) -> None:
+        parse_endpoint(endpoint)
+
+    def same_host(self, announced: Endpoint, caller: Endpoint) -> bool:
+        try:
+            hosts = parse_endpoint(announced)[0], parse_endpoint(caller)[0]
+        except ValueError:
+            return False
+        return _canonical_host(hosts[0]) == _canonical_host(hosts[1])
 
     @property
     def connection_count(self) -> int:

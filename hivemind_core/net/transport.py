@@ -49,3 +49,21 @@ class Transport(abc.ABC):
         Requests being served get up to ``grace`` seconds to finish; this side's own pending
         requests fail with ``TransportClosed``.
         """
+
+    def check_endpoint(self, endpoint: Endpoint) -> None:
+        """Raise ValueError unless ``endpoint`` is an address this transport could reach.
+
+        Peers announce where they listen; a lie must be refused where it enters, before anyone
+        stores it or dials it. This default accepts any non-empty name (simulated addresses).
+        """
+        if not isinstance(endpoint, str) or not endpoint or not endpoint.isprintable():
+            raise ValueError(f"invalid endpoint {endpoint!r}: expected a non-empty printable name")
+
+    def same_host(self, announced: Endpoint, caller: Endpoint) -> bool:
+        """Whether a peer whose request came from ``caller`` may claim to listen at ``announced``.
+
+        This default compares everything before the last colon (the whole name when there is
+        none), which is the host for ``host:port`` endpoints.
+        """
+        return (announced.rpartition(":")[0] or announced) == (caller.rpartition(":")[0] or caller)
+

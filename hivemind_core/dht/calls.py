@@ -1,0 +1,193 @@
+"""Calling other nodes: dht.ping, dht.store and dht.find, and what their answers teach us.
+
+Every failure of one peer ends as ``None`` (with the reason logged, or put in ``errors``) and
+never as an exception, so one dead, slow or lying contact costs a lookup one answer, never the
+whole lookup. A peer that does not answer in time is forgotten; a malformed answer is treated
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..net import RPC, ProtocolError, RemoteError, TransportError
+from .codec import decode_contact, decode_entry, decode_node, encode_node, encode_record, require
+from .config import DHTConfig
+from .identity import Identity
+from .ids import id_to_bytes, node_id_for
+from .membership import Membership
+from .routing import Contact
+from .storage import DHTRecord, StoredEntry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FindResult:
+    """What one node said about one looked-up id."""
+
+    nearest: list[Contact]
+    entry: StoredEntry | None
+
+
+class PeerCalls:
+    """This node's side of the DHT RPCs; see the module docstring."""
+
+    def __init__(self, rpc: RPC, *, identity: Identity, config: DHTConfig, membership: Membership) -> None:
+        self.rpc = rpc
+        self.identity = identity
+        self.config = config
+        self.membership = membership
+        self._me: list[Any] | None = None
+
+    def me(self) -> list[Any]:
+        """This node as it introduces itself on the wire."""
+        endpoint = self.rpc.endpoint
+        if self._me is None or self._me[1] != endpoint:
+            self._me = encode_node(self.identity.public_key, endpoint)
+        return self._me
+
+    async def ping(self, endpoint: str, *, errors: dict[str, str] | None = None) -> Contact | None:
+        """The contact answering at ``endpoint``, or None (with the reason put in ``errors``)."""
+        response = await self._call(endpoint, "dht.ping", [self.me()], errors=errors)
+        if response is None:
+            return None
+        try:
+            require(isinstance(response, list) and len(response) == 1, "ping response must be [responder]")
+            public_key, announced = decode_node(response[0], "responder")
+        except ValueError as error:
+            logger.warning("bad ping response from %s: %s", endpoint, error)
+            if errors is not None:
+                errors[endpoint] = f"bad ping response: {error}"
+            return None
+        contact = Contact(node_id_for(public_key), endpoint, public_key)
+        if announced is not None:
+            self.membership.seen(contact)
+        return contact
+
+    async def is_alive(self, contact: Contact) -> bool:
+        """Whether ``contact`` still answers as the same node."""
+        answered = await self.ping(contact.endpoint)
+        return answered is not None and answered.node_id == contact.node_id
+
+    async def store(self, contact: Contact, records: Sequence[tuple[DHTRecord, bool]]) -> list[bool] | None:
+        """Ask ``contact`` to store records (each with its is_cache flag); None if it failed."""
+        body = [self.me(), [encode_record(record, is_cache) for record, is_cache in records]]
+        response = await self._call(contact.endpoint, "dht.store", body, contact)
+        if response is None:
+            return None
+        try:
+            require(
+                isinstance(response, list) and len(response) == 2,
+                "store response must be [responder, results]",
+            )
+            self._check_responder(contact, response[0])
+            results = response[1]
+            require(isinstance(results, list) and len(results) == len(records), "one result per record")
+            stored = []
+            for result in results:
+                require(
+                    isinstance(result, list) and len(result) == 2 and isinstance(result[0], bool),
+                    "each result must be [stored, reason]",
+                )
+                if not result[0] and result[1]:
+                    logger.debug("%s refused a record: %s", contact.endpoint, result[1])
+                stored.append(result[0])
+            return stored
+        except ValueError as error:
+            logger.warning("bad store response from %s: %s", contact.endpoint, error)
+            self.membership.failed(contact)
+            return None
+
+    async def store_all(self, contact: Contact, records: Sequence[DHTRecord]) -> list[bool]:
+        """Store ``records`` on ``contact`` in batches; one flag per record (False if it failed)."""
+        stored = [False] * len(records)
+        for start in range(0, len(records), self.config.max_batch):
+            chunk = records[start : start + self.config.max_batch]
+            result = await self.store(contact, [(record, False) for record in chunk])
+            if result is None:
+                break
+            stored[start : start + len(chunk)] = result
+        return stored
+
+    async def find(self, contact: Contact, targets: Sequence[int]) -> dict[int, FindResult] | None:
+        """What ``contact`` knows about each target id; None if it failed."""
+        body = [self.me(), [id_to_bytes(t) for t in targets], self.config.k]
+        response = await self._call(contact.endpoint, "dht.find", body, contact)
+        if response is None:
+            return None
+        try:
+            require(
+                isinstance(response, list) and len(response) == 3,
+                "find response must be [responder, contacts, results]",
+            )
+            self._check_responder(contact, response[0])
+            raw_contacts, raw_results = response[1], response[2]
+            require(
+                isinstance(raw_contacts, list)
+                and isinstance(raw_results, list)
+                and len(raw_results) == len(targets),
+                "find response has the wrong shape",
+            )
+            contacts = [
+                self._contact_or_none(raw, f"contacts[{i}]", contact) for i, raw in enumerate(raw_contacts)
+            ]
+            found: dict[int, FindResult] = {}
+            for i, (target, raw) in enumerate(zip(targets, raw_results, strict=True)):
+                require(
+                    isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list),
+                    f"results[{i}] must be [entry, indices]",
+                )
+                require(
+                    all(isinstance(j, int) and 0 <= j < len(contacts) for j in raw[1]),
+                    f"results[{i}] has a contact index out of range",
+                )
+                entry = None if raw[0] is None else decode_entry(raw[0], f"results[{i}].entry")
+                nearest = [c for c in (contacts[j] for j in raw[1]) if c is not None]
+                found[target] = FindResult(nearest, entry)
+            return found
+        except ValueError as error:
+            logger.warning("bad find response from %s: %s", contact.endpoint, error)
+            self.membership.failed(contact)
+            return None
+
+    async def _call(
+        self,
+        endpoint: str,
+        method: str,
+        body: Any,
+        contact: Contact | None = None,
+        *,
+        errors: dict[str, str] | None = None,
+    ) -> Any:
+        try:
+            self.rpc.transport.check_endpoint(endpoint)
+            return await self.rpc.call(endpoint, method, body, timeout=self.config.rpc_timeout)
+        except (TransportError, ValueError) as error:  # ValueError: an endpoint we cannot dial
+            logger.debug("%s to %s failed: %s", method, endpoint, error)
+            if contact is not None:
+                self.membership.failed(contact)
+            failure = str(error)
+        except (RemoteError, ProtocolError) as error:
+            logger.warning("%s to %s was rejected: %s", method, endpoint, error)
+            failure = str(error)
+        if errors is not None:
+            errors[endpoint] = failure
+        return None
+
+    def _contact_or_none(self, raw: Any, where: str, source: Contact) -> Contact | None:
+        """A contact from a find answer; one we could never dial is skipped, not believed."""
+        try:
+            return decode_contact(raw, where, self.rpc.transport.check_endpoint)
+        except ValueError as error:
+            logger.debug("%s sent an unusable contact: %s", source.endpoint, error)
+            return None
+
+    def _check_responder(self, contact: Contact, raw: Any) -> None:
+        public_key, _ = decode_node(raw, "responder")
+        if public_key != contact.public_key:
+            raise ValueError(f"{contact.endpoint} is now a different node")
+        self.membership.seen(contact)

@@ -1,0 +1,105 @@
+"""Serving the DHT RPCs (dht.ping, dht.store, dht.find) to other nodes.
+
+A malformed body is answered with an error naming the field at fault (a ``ValueError``, which
+the RPC layer sends back); the node keeps serving everyone else. Wire formats are in
+:mod:`.codec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..net import RPC
+from .codec import decode_record, encode_entry, encode_node, require
+from .config import DHTConfig
+from .ids import ID_BYTES, id_from_bytes, key_id
+from .membership import Membership
+from .storage import LocalStorage
+from .validation import RecordRules
+
+
+class DHTHandlers:
+    """Answers other nodes from this node's storage and routing table."""
+
+    def __init__(
+        self,
+        *,
+        config: DHTConfig,
+        membership: Membership,
+        storage: LocalStorage,
+        cache: LocalStorage,
+        rules: RecordRules,
+        clock: Callable[[], float],
+        me: Callable[[], list[Any]],
+    ) -> None:
+        self.config = config
+        self.membership = membership
+        self.storage = storage
+        self.cache = cache
+        self.rules = rules
+        self.clock = clock
+        self.me = me
+
+    def register(self, rpc: RPC) -> None:
+        rpc.register("dht.ping", self.ping)
+        rpc.register("dht.store", self.store)
+        rpc.register("dht.find", self.find)
+
+    async def ping(self, peer: str, body: Any) -> Any:
+        require(isinstance(body, list) and len(body) == 1, "ping body must be [sender]")
+        self.membership.observe_requester(peer, body[0])
+        return [self.me()]
+
+    async def store(self, peer: str, body: Any) -> Any:
+        require(isinstance(body, list) and len(body) == 2, "store body must be [sender, records]")
+        sender, raw_records = body
+        require(isinstance(raw_records, list), "store records must be a list")
+        require(
+            len(raw_records) <= self.config.max_batch,
+            f"store carries {len(raw_records)} records; the limit is {self.config.max_batch}",
+        )
+        records = [decode_record(raw, f"records[{i}]") for i, raw in enumerate(raw_records)]
+        self.membership.observe_requester(peer, sender)
+        now = self.clock()
+        results = []
+        for record, is_cache in records:
+            reason = self.rules.check(record)
+            if reason is not None:
+                results.append([False, reason])
+                continue
+            storage = self.cache if is_cache else self.storage
+            stored = storage.store(key_id(record.key), record, now)
+            results.append([stored, None if stored else "expired, or older than the value held"])
+        return [self.me(), results]
+
+    async def find(self, peer: str, body: Any) -> Any:
+        require(isinstance(body, list) and len(body) == 3, "find body must be [sender, ids, count]")
+        sender, raw_ids, count = body
+        require(
+            isinstance(raw_ids, list) and len(raw_ids) <= self.config.max_batch,
+            f"find ids must be a list of at most {self.config.max_batch}",
+        )
+        require(
+            isinstance(count, int) and 0 < count <= self.config.k, f"find count must be in 1..{self.config.k}"
+        )
+        ids = []
+        for i, raw in enumerate(raw_ids):
+            require(isinstance(raw, bytes) and len(raw) == ID_BYTES, f"ids[{i}] must be {ID_BYTES} bytes")
+            ids.append(id_from_bytes(raw))
+        sender_id = self.membership.observe_requester(peer, sender)
+        now = self.clock()
+        table = self.membership.routing_table
+        contacts: list[list[Any]] = []
+        index_of: dict[int, int] = {}
+        results = []
+        for target in ids:
+            indices = []
+            for contact in table.nearest(target, count, exclude=sender_id):
+                if contact.node_id not in index_of:
+                    index_of[contact.node_id] = len(contacts)
+                    contacts.append(encode_node(contact.public_key, contact.endpoint))
+                indices.append(index_of[contact.node_id])
+            entry = self.storage.get(target, now) or self.cache.get(target, now)
+            results.append([encode_entry(entry) if entry is not None else None, indices])
+        return [self.me(), contacts, results]
