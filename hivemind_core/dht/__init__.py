@@ -6,6 +6,7 @@ from .identity import Identity
 from .ids import distance, key_id, serialize_key
 from .node import BootstrapError, DHTNode, StoreItem, ValueWithExpiration
 from .routing import Contact, RoutingTable
+from .stats import DHTStats
 from .validation import RecordValidator, SignatureValidator
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Contact",
     "DHTConfig",
     "DHTNode",
+    "DHTStats",
     "Identity",
     "RecordValidator",
     "RoutingTable",

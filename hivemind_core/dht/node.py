@@ -22,6 +22,7 @@ from .ids import key_id, serialize_key
 from .maintenance import Maintenance
 from .membership import Membership
 from .routing import Contact, RoutingTable
+from .stats import DHTStats
 from .storage import DHTRecord, LocalStorage, StoredEntry
 from .traverse import LookupResult, traverse
 from .validation import RecordRules, RecordValidator, SignatureValidator, ValidatorChain
@@ -77,6 +78,8 @@ class DHTNode:
         self.config = config
         self.clock = clock
         self.rng = rng
+        self.stats = DHTStats()
+        """What this node has seen and done; see :class:`DHTStats`."""
         self.rules = RecordRules(
             ValidatorChain([*validators, SignatureValidator(identity)]),
             max_key_size=config.max_key_size,
@@ -409,6 +412,7 @@ class DHTNode:
                 }
                 return ValueWithExpiration(values, entry.expiration_time)
             except Exception as error:
+                self.stats.undecodable_values += 1
                 logger.warning("dropping a value that cannot be decoded: %s", error)
         return None
 

@@ -1,0 +1,13 @@
+"""Counters a DHT node keeps about itself, so users and scenarios can see what happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DHTStats:
+    """Running totals since the node started; read them, never write them from outside."""
+
+    undecodable_values: int = 0
+    """Values found by a lookup that could not be decoded (dropped; logged at WARNING)."""
