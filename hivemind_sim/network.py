@@ -20,15 +20,25 @@ import random
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import simpy
 
 from .topology import Node, Topology
 from .trace import TraceDigest
 
-if TYPE_CHECKING:
-    from .transport import SimTransport
+
+class Receiver(Protocol):
+    """What the network calls on a peer's transport (``SimTransport`` is one)."""
+
+    def frame_arrived(self, src: str, frame: bytes) -> None:
+        """A frame from ``src`` has been delivered."""
+
+    def reset_received(self, src: str) -> None:
+        """``src`` closed or refused every exchange with this peer (a TCP reset)."""
+
+    def crash(self) -> None:
+        """The machine died: stop everything at once and tell nobody."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ class _Peer:
     up_free_at: float = 0.0
     down_free_at: float = 0.0
     state: PeerState = PeerState.CLOSED
-    transport: SimTransport | None = None
+    transport: Receiver | None = None
 
     def __post_init__(self) -> None:
         self.set_link(self.link)
@@ -125,7 +135,7 @@ class SimNetwork:
             raise ValueError(f"backbone node {node!r} is not in topology {self.topology.name!r}")
         self._peers[address] = _Peer(address, node, link or AccessLink())
 
-    def attach(self, address: str, transport: SimTransport) -> None:
+    def attach(self, address: str, transport: Receiver) -> None:
         """Bring a peer's transport up (first start, or restart after a crash or close)."""
         peer = self._peer(address)
         if peer.state is PeerState.UP:

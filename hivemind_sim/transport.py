@@ -86,7 +86,6 @@ class SimTransport(FramedTransport):
         pass  # new requests are answered with an error once _closing is set
 
     async def _close_links(self) -> None:
-        peers = dict.fromkeys([p.link for p in self._pending.values()] + [link for link, _ in self._serving])
-        for peer in peers:
+        for peer in self._active_links():
             self.network.reset(self.address, peer)
         self.network.detach(self.address, crashed=False)

@@ -50,21 +50,21 @@ async def test_echo_round_trips_msgpack_values(world) -> None:
 
 async def test_hundred_concurrent_requests_are_multiplexed(world) -> None:
     active = 0
-    peak = 0
+    all_in_service = asyncio.Event()
 
-    async def slow_echo(_peer: str, body: Any) -> Any:
-        nonlocal active, peak
+    async def gated_echo(_peer: str, body: Any) -> Any:
+        """Answers only once all 100 requests are in service at the same time."""
+        nonlocal active
         active += 1
-        peak = max(peak, active)
-        await asyncio.sleep(0.05)
-        active -= 1
+        if active == 100:
+            all_in_service.set()
+        await all_in_service.wait()
         return body
 
-    server = await world.rpc({"echo": slow_echo})
+    server = await world.rpc({"echo": gated_echo})
     client = await world.rpc(serve=False)
-    results = await asyncio.gather(*(client.call(server.endpoint, "echo", i) for i in range(100)))
-    assert results == list(range(100))
-    assert peak == 100, "all 100 requests should be in service at the same time"
+    calls = [client.call(server.endpoint, "echo", i, timeout=10) for i in range(100)]
+    assert await asyncio.gather(*calls) == list(range(100))
 
 
 async def test_sixteen_mebibyte_payload(world) -> None:
@@ -145,10 +145,24 @@ async def test_frame_limit_applies_to_requests_and_responses(world) -> None:
 
 
 async def test_client_mode_peer_calls_out_but_refuses_requests(world) -> None:
-    server = await world.rpc({"echo": echo})
-    client = await world.rpc(serve=False)
+    """The server calls back whoever called it: a client-mode caller refuses the request."""
+    refusals: list[BaseException] = []
+
+    async def call_back(caller: str, _body: Any) -> str:
+        with pytest.raises((RemoteError, PeerUnavailable)) as refused:
+            await server.call(caller, "echo", "in", timeout=5)
+        refusals.append(refused.value)
+        return "called back"
+
+    server = await world.rpc({"echo": echo, "call_back": call_back})
+    client = await world.rpc({"echo": echo}, serve=False)
     assert client.endpoint is None
     assert await client.call(server.endpoint, "echo", "out") == "out"
+    assert await client.call(server.endpoint, "call_back") == "called back"
+    if world.kind == "sim":  # the request reaches it, and its transport answers with an error
+        assert "does not accept requests (client mode)" in str(refusals[0])
+    else:  # nothing listens where its requests come from (a raw request: test_tcp_transport)
+        assert isinstance(refusals[0], PeerUnavailable)
 
 
 async def test_closed_transport_refuses_to_send(world) -> None:

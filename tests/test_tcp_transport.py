@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from hivemind_core.net import RPC, PeerUnavailable, TcpTransport
+from hivemind_core.net.frames import HEADER, HEADER_SIZE, KIND_AND_ID, FrameKind, encode_frame
+from hivemind_core.net.rpc import pack
 
 pytestmark = pytest.mark.asyncio(loop_factories=["tcp"])
 
@@ -91,7 +93,10 @@ async def test_backpressure_caps_requests_in_service_per_connection() -> None:
 
 
 async def test_graceful_close_lets_requests_in_service_finish() -> None:
+    started = asyncio.Event()
+
     async def slow(_peer: str, body: Any) -> Any:
+        started.set()
         await asyncio.sleep(0.1)
         return body
 
@@ -101,7 +106,7 @@ async def test_graceful_close_lets_requests_in_service_finish() -> None:
     client = RPC(TcpTransport())
     try:
         call = asyncio.ensure_future(client.call(server.endpoint, "slow", "done"))
-        await asyncio.sleep(0.02)
+        await asyncio.wait_for(started.wait(), timeout=5)
         await server.transport.close(grace=2.0)
         assert await call == "done"
     finally:
@@ -134,3 +139,35 @@ async def test_ipv6_loopback() -> None:
     finally:
         await client.transport.close()
         await server.transport.close()
+
+
+async def test_client_mode_peer_refuses_a_request_sent_back_over_its_own_connection() -> None:
+    """A server may send a request over the connection a client-mode peer opened: refused."""
+    refusal: asyncio.Future[tuple[int, int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+        length, kind, request_id = HEADER.unpack(await reader.readexactly(HEADER_SIZE))
+        return kind, request_id, await reader.readexactly(length - KIND_AND_ID.size)
+
+    async def turn_around(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, client_request, _ = await read_frame(reader)
+        writer.write(encode_frame(FrameKind.REQUEST, 7, pack(("echo", "in"))))
+        refusal.set_result(await read_frame(reader))
+        writer.write(encode_frame(FrameKind.RESPONSE, client_request, pack((0, "out"))))
+        await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
+
+    raw_server = await asyncio.start_server(turn_around, "127.0.0.1", 0)
+    port = raw_server.sockets[0].getsockname()[1]
+    client = RPC(TcpTransport())
+    client.register("echo", echo)  # registered, but the peer does not listen
+    try:
+        assert await client.call(f"127.0.0.1:{port}", "echo", "out", timeout=5) == "out"
+        kind, request_id, reason = await asyncio.wait_for(refusal, timeout=5)
+        assert (kind, request_id) == (FrameKind.ERROR, 7)
+        assert reason == b"this peer does not accept requests (client mode)"
+    finally:
+        await client.transport.close()
+        raw_server.close()
+        await raw_server.wait_closed()

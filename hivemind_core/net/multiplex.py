@@ -63,8 +63,12 @@ class FramedTransport(Transport):
     def _write(self, link: Link, kind: FrameKind, request_id: int, payload: bytes) -> None:
         """Queue one frame on ``link`` without blocking; do nothing if the link is gone."""
 
-    async def _drain(self, link: Link) -> None:
-        """Wait until ``link`` can take more data (flow control); no-op by default."""
+    def _backlogged(self, link: Link) -> bool:
+        """Whether ``link`` holds more unsent data than it may (flow control); never, by default."""
+        return False
+
+    async def _drained(self, link: Link, until: asyncio.Future[bytes] | None = None) -> None:
+        """Wait until ``link`` is no longer backlogged, is gone, or ``until`` is done."""
 
     @abc.abstractmethod
     def _sender(self, link: Link) -> Endpoint:
@@ -107,7 +111,8 @@ class FramedTransport(Transport):
         timer = loop.call_at(deadline, self._expire, request_id, timeout)
         try:
             self._write(link, FrameKind.REQUEST, request_id, payload)
-            await self._drain(link)
+            if self._backlogged(link):
+                await self._drained(link, until=future)
             return await future
         except asyncio.CancelledError:
             if not self._closing:
@@ -136,6 +141,12 @@ class FramedTransport(Transport):
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(TransportClosed(reason.format(peer=pending.peer)))
+
+    def _active_links(self) -> list[Link]:
+        """Links with a request in flight either way, in the order they were first used."""
+        links = [pending.link for pending in self._pending.values()]
+        links += [link for link, _ in self._serving]
+        return list(dict.fromkeys(links))
 
     # ---- called by the concrete transport when frames arrive or links break ---------------
 
@@ -191,8 +202,15 @@ class FramedTransport(Transport):
         self._on_inflight(link, serving=True, delta=1)
 
     async def _serve(self, link: Link, request_id: int, payload: bytes) -> None:
+        """Run the handler and send its answer; both wait while the link is backlogged.
+
+        Waiting before the handler keeps a peer that does not read its replies from having
+        more computed for it; waiting before the write bounds what is queued on its link.
+        """
         assert self._handler is not None
         try:
+            if self._backlogged(link):
+                await self._drained(link)
             try:
                 response = await self._handler(self._sender(link), payload)
             except ProtocolError as error:
@@ -202,6 +220,8 @@ class FramedTransport(Transport):
                 logger.exception("request handler failed for a request from %s", self._sender(link))
                 self._write_error(link, request_id, f"handler failed: {type(error).__name__}: {error}")
                 return
+            if self._backlogged(link):
+                await self._drained(link)
             if not isinstance(response, bytes | bytearray | memoryview):
                 self._write_error(link, request_id, f"handler returned {type(response).__name__}, not bytes")
             elif HEADER_SIZE + len(response) > self.max_frame_size:
@@ -212,7 +232,6 @@ class FramedTransport(Transport):
                 )
             else:
                 self._write(link, FrameKind.RESPONSE, request_id, bytes(response))
-                await self._drain(link)
         finally:
             del self._serving[link, request_id]
             self._on_inflight(link, serving=True, delta=-1)

@@ -1,9 +1,16 @@
 """TcpTransport: frames over real TCP sockets with asyncio.
 
 One persistent connection per remote endpoint carries any number of concurrent requests
-(multiplexed by request id). Incoming connections are capped; outgoing ones are pooled, and
-idle ones are closed so a peer that talks to thousands of others keeps few sockets open. A
-peer that sends garbage loses only its own connection, with the reason in the log.
+(multiplexed by request id). Incoming connections are capped, in total and per remote host;
+outgoing ones are pooled, and idle ones are closed so a peer that talks to thousands of others
+keeps few sockets open. A peer that sends garbage loses only its own connection, with the
+reason in the log.
+
+What one remote peer can cost is bounded: a frame must arrive at a minimum rate (so a
+connection trickling bytes, or sending nothing, gives its slot back), replies queue only up to
+a backlog per connection and in total (a peer that does not read its replies stops being
+served, and is dropped if it still does not read), and connections take turns, host by host,
+at handing frames to the handler (so one greedy peer cannot take the event loop from others).
 
 This module and the real compute executor are the only places in ``hivemind_core`` allowed
 to touch sockets.
@@ -12,8 +19,12 @@ to touch sockets.
 from __future__ import annotations
 
 import asyncio
+import collections
+import enum
 import ipaddress
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from .errors import PeerUnavailable, RequestTimeout, TransportClosed
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, KIND_AND_ID, PREFIX, FrameKind, encode_header
@@ -23,6 +34,40 @@ from .transport import Endpoint, RequestHandler
 logger = logging.getLogger(__name__)
 
 _COALESCE_LIMIT = 64 * 1024  # payloads below this are copied into one write with their header
+_FRAMES_PER_TURN = 16  # frames a connection hands over before the other hosts get a turn
+_READ_AHEAD = 256 * 1024  # unparsed bytes a connection may hold while it waits for its turn
+_PRESSURE_BACKLOG = 64 * 1024  # per-connection backlog while the total is over its budget
+
+
+class DropReason(enum.StrEnum):
+    """Why this side closed a connection on its own initiative."""
+
+    PROTOCOL = "protocol"
+    """A malformed or oversized frame, or a body the handler refused (``ProtocolError``)."""
+    INCOMING_LIMIT = "incoming_limit"
+    """``max_incoming`` connections were already open."""
+    HOST_LIMIT = "host_limit"
+    """``max_incoming_per_host`` connections from the same host were already open."""
+    SLOW_FRAME = "slow_frame"
+    """A frame (or a new connection's first one) did not arrive at the minimum rate."""
+    STALLED_READER = "stalled_reader"
+    """The peer did not read what was queued for it at the minimum rate."""
+
+
+@dataclass(frozen=True)
+class TcpStats:
+    """A snapshot of what a :class:`TcpTransport` holds and has refused."""
+
+    incoming: int
+    """Open incoming connections."""
+    outgoing: int
+    """Open outgoing connections."""
+    queued_bytes: int
+    """Bytes written to connections that the kernel has not taken yet, all connections together."""
+    peak_queued_bytes: int
+    """The most ``queued_bytes`` seen (at every connection backlog and every snapshot)."""
+    dropped: Mapping[DropReason, int]
+    """Connections closed by this side, by reason."""
 
 
 def parse_endpoint(endpoint: Endpoint) -> tuple[str, int]:
@@ -54,12 +99,20 @@ def _canonical_host(host: str) -> str:
     return str(address)
 
 
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection: splits the byte stream into frames and handles flow control."""
 
     def __init__(self, owner: TcpTransport, peer: Endpoint | None, *, incoming: bool) -> None:
         self.owner = owner
         self.peer = peer or "?"
+        self.host = "?"
         self.incoming = incoming
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -69,9 +122,15 @@ class _Connection(asyncio.Protocol):
         self.serving = 0
         self.dropped = False
         self.lost: asyncio.Future[None] = self.loop.create_future()
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._write_paused = False
+        self.waiting_turn = False  # complete frames wait for this connection's next turn
+        self.blocked = False  # a request waits for a serving slot or for the backlog to drain
+        self.write_paused = False
         self._read_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._frame_started: float | None = None  # when the incomplete frame in the buffer began
+        self._frame_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_mark = 0  # backlog at the last stall check
 
     @property
     def writable(self) -> bool:
@@ -81,66 +140,119 @@ class _Connection(asyncio.Protocol):
     def idle(self) -> bool:
         return self.pending == 0 and self.serving == 0
 
+    @property
+    def can_serve(self) -> bool:
+        return self.serving < self.owner.max_concurrent_requests and not self.write_paused
+
     # asyncio.Protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if self.incoming:
-            peername = transport.get_extra_info("peername")
-            self.peer = format_endpoint(peername[0], peername[1]) if peername else "?"
+        peername = transport.get_extra_info("peername")
+        if peername:
+            self.host = _canonical_host(peername[0])
+            if self.incoming:
+                self.peer = format_endpoint(peername[0], peername[1])
+        transport.set_write_buffer_limits(high=self.owner._backlog_limit())
         self.owner._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
         if self.dropped:
             return
         self.last_active = self.loop.time()
-        buffer = self.buffer
-        buffer += data
-        limit = self.owner.max_frame_size
-        offset, end = 0, len(buffer)
-        while end - offset >= PREFIX.size:
-            (length,) = PREFIX.unpack_from(buffer, offset)
-            if length + PREFIX.size > limit:
-                size = length + PREFIX.size
-                self.owner._drop(self, f"frame of {size} bytes exceeds the {limit}-byte limit")
-                return
-            if length < KIND_AND_ID.size:
-                self.owner._drop(self, f"frame length {length} is shorter than the frame header")
-                return
-            if end - offset - PREFIX.size < length:
-                break
-            kind, request_id = KIND_AND_ID.unpack_from(buffer, offset + PREFIX.size)
-            with memoryview(buffer) as view:
-                payload = bytes(view[offset + HEADER_SIZE : offset + PREFIX.size + length])
-            offset += PREFIX.size + length
-            self.owner._frame_received(self, kind, request_id, payload)
-            if self.dropped:
-                return
-        if offset:
-            del buffer[:offset]
+        self.buffer += data
+        if self.waiting_turn or self.blocked:
+            self._update_reading()
+        elif self.owner._turns:  # others are waiting: queue behind them
+            self.owner._want_turn(self)
+            self._update_reading()
+        else:
+            self.dispatch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self._stop_frame_clock()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self._wake_drain_waiters()
         self.owner._connection_lost(self, exc)
         if not self.lost.done():
             self.lost.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
+        assert self.transport is not None
+        self._stall_mark = self.transport.get_write_buffer_size()
+        self._stall_timer = self.loop.call_later(self.owner.transfer_timeout, self._check_stall)
+        self.owner._backlog_grew(self)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self.write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._wake_drain_waiters()
+        self.owner._backlog_drained(self)
+        self.unblock()
 
     # used by the owner
+
+    def dispatch(self) -> None:
+        """Hand this turn's complete frames (up to ``_FRAMES_PER_TURN``) to the owner.
+
+        Stops early at a request it may not serve yet (too many in service, or replies not
+        read), leaving it and what follows in the buffer until ``unblock``.
+        """
+        if self.dropped or self.transport is None:
+            return
+        owner = self.owner
+        buffer = self.buffer
+        limit = owner.max_frame_size
+        offset, end = 0, len(buffer)
+        budget = _FRAMES_PER_TURN
+        more = blocked = False
+        while end - offset >= PREFIX.size:
+            (length,) = PREFIX.unpack_from(buffer, offset)
+            if length + PREFIX.size > limit:
+                size = length + PREFIX.size
+                owner._drop(self, f"frame of {size} bytes exceeds the {limit}-byte limit")
+                return
+            if length < KIND_AND_ID.size:
+                owner._drop(self, f"frame length {length} is shorter than the frame header")
+                return
+            if end - offset - PREFIX.size < length:
+                break
+            kind, request_id = KIND_AND_ID.unpack_from(buffer, offset + PREFIX.size)
+            if kind == FrameKind.REQUEST and not self.can_serve:
+                blocked = True
+                break
+            if not budget:
+                more = True
+                break
+            budget -= 1
+            with memoryview(buffer) as view:
+                payload = bytes(view[offset + HEADER_SIZE : offset + PREFIX.size + length])
+            offset += PREFIX.size + length
+            owner._frame_received(self, kind, request_id, payload)
+            if self.dropped:
+                return
+        if offset:
+            del buffer[:offset]
+        self.blocked = blocked
+        if more:
+            owner._want_turn(self)
+        if buffer and not (more or blocked):
+            self._start_frame_clock(restart=offset > 0)
+        else:
+            self._stop_frame_clock()
+        self._update_reading()
+
+    def unblock(self) -> None:
+        """Called when a serving slot frees up or the backlog drains: take a turn again."""
+        if self.blocked and self.can_serve:
+            self.blocked = False
+            self.owner._want_turn(self)
 
     def write(self, header: bytes, payload: bytes) -> None:
         if not self.writable:
@@ -152,13 +264,45 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((header, payload))
         self.last_active = self.loop.time()
 
-    async def drain(self) -> None:
-        if self._write_paused and self.writable:
+    async def drain(self, until: asyncio.Future[bytes] | None = None) -> None:
+        """Wait while the backlog is over its limit (or until the connection or ``until`` ends)."""
+        while self.write_paused and self.writable and not (until is not None and until.done()):
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
-            await waiter
 
-    def set_reading(self, enabled: bool) -> None:
+            def wake(_: object, waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            if until is not None:
+                until.add_done_callback(wake)
+            try:
+                await waiter
+            finally:
+                if until is not None:
+                    until.remove_done_callback(wake)
+                if not waiter.done():
+                    self._drain_waiters.remove(waiter)
+
+    def set_write_limit(self, high: int) -> None:
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=high)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    # internals
+
+    def _wake_drain_waiters(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def _update_reading(self) -> None:
+        """Read unless a request is blocked or too much waits for a turn (bounds the buffer)."""
+        enabled = not self.blocked and not (self.waiting_turn and len(self.buffer) > _READ_AHEAD)
         if self.transport is None or enabled != self._read_paused:
             return
         if enabled:
@@ -167,17 +311,98 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self._read_paused = not enabled
 
+    def _start_frame_clock(self, *, restart: bool) -> None:
+        """An incomplete frame is in the buffer (or a new connection has sent nothing yet)."""
+        if restart or self._frame_started is None:
+            self._frame_started = self.loop.time()
+        deadline = self._frame_deadline()
+        timer = self._frame_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._frame_timer = self.loop.call_at(deadline, self._check_frame_clock)
+
+    def _stop_frame_clock(self) -> None:
+        self._frame_started = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def _frame_deadline(self) -> float:
+        """The frame so far must have arrived at the minimum rate after ``transfer_timeout``."""
+        assert self._frame_started is not None
+        owner = self.owner
+        return self._frame_started + owner.transfer_timeout + len(self.buffer) / owner.min_transfer_rate
+
+    def _check_frame_clock(self) -> None:
+        self._frame_timer = None
+        if self._frame_started is None or self.dropped:
+            return
+        deadline = self._frame_deadline()
+        now = self.loop.time()
+        if now < deadline:
+            self._frame_timer = self.loop.call_at(deadline, self._check_frame_clock)
+            return
+        owner = self.owner
+        sent = f"sent {len(self.buffer)} bytes of a frame" if self.buffer else "sent nothing"
+        owner._drop(
+            self,
+            f"{sent} in {now - self._frame_started:.1f} s (a frame must arrive within "
+            f"{owner.transfer_timeout:g} s plus its size at {owner.min_transfer_rate:g} bytes/s)",
+            DropReason.SLOW_FRAME,
+        )
+
+    def _check_stall(self) -> None:
+        """Still backlogged: the peer must have read at the minimum rate since the last check."""
+        self._stall_timer = None
+        if not self.write_paused or self.transport is None or self.dropped:
+            return
+        owner = self.owner
+        queued = self.transport.get_write_buffer_size()
+        required = min(self._stall_mark, owner.min_transfer_rate * owner.transfer_timeout)
+        if self._stall_mark - queued < required:
+            owner._drop(
+                self,
+                f"read {max(self._stall_mark - queued, 0)} of {self._stall_mark} queued bytes in "
+                f"{owner.transfer_timeout:g} s (less than {owner.min_transfer_rate:g} bytes/s)",
+                DropReason.STALLED_READER,
+            )
+            return
+        self._stall_mark = queued
+        self._stall_timer = self.loop.call_later(owner.transfer_timeout, self._check_stall)
+
+
+class _Host:
+    """Connections from (or to) one remote host: how many came in, and which wait for a turn."""
+
+    __slots__ = ("in_turns", "incoming", "ready")
+
+    def __init__(self) -> None:
+        self.incoming = 0
+        self.ready: collections.deque[_Connection] = collections.deque()
+        self.in_turns = False
+
 
 class TcpTransport(FramedTransport):
     """Multiplexed request/response over TCP.
 
-    ``max_incoming`` caps incoming connections (more are refused, with a log line);
+    Connections: ``max_incoming`` caps incoming connections and ``max_incoming_per_host``
+    those from one remote host (``None``: no per-host cap); more are refused, with a log line.
     ``max_outgoing`` caps the pool of outgoing ones (the least recently used idle one is closed
     to make room, and when all are busy a new one waits for a slot, up to ``connect_timeout``).
-    ``max_concurrent_requests`` caps requests served at once per connection: beyond it the
-    connection stops being read until some finish (backpressure, not errors). Connections
-    idle for ``idle_timeout`` seconds are closed (incoming ones after twice that, so the
-    client side closes first).
+    Connections idle for ``idle_timeout`` seconds are closed (incoming ones after twice that,
+    so the client side closes first). A transport listening on a specific address dials from
+    that address too, so its peers see requests come from the host it announces.
+
+    Slow or greedy peers: a frame must arrive within ``transfer_timeout`` seconds plus its
+    size at ``min_transfer_rate`` bytes/s, and a new connection must start its first frame
+    within ``transfer_timeout``; a connection whose replies queue beyond
+    ``max_connection_backlog`` bytes is served no more until it reads, and is closed if it
+    then reads less than ``min_transfer_rate`` over each ``transfer_timeout``. When the
+    backlog of all connections together exceeds ``max_total_backlog``, every connection's
+    limit drops to 64 KiB until it halves, so the peers that read keep being served.
+    ``max_concurrent_requests`` caps requests served at once per connection (backpressure,
+    not errors), and connections take turns, host by host, at handing requests over.
     """
 
     def __init__(
@@ -187,8 +412,13 @@ class TcpTransport(FramedTransport):
         port: int = 0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_incoming: int = 1024,
+        max_incoming_per_host: int | None = 64,
         max_outgoing: int = 256,
         max_concurrent_requests: int = 256,
+        max_connection_backlog: int = 1024 * 1024,
+        max_total_backlog: int = 128 * 1024 * 1024,
+        transfer_timeout: float = 10.0,
+        min_transfer_rate: float = 32 * 1024,
         connect_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         backlog: int = 1024,
@@ -196,11 +426,28 @@ class TcpTransport(FramedTransport):
         super().__init__(max_frame_size=max_frame_size)
         if min(max_incoming, max_outgoing, max_concurrent_requests) < 1:
             raise ValueError("max_incoming, max_outgoing and max_concurrent_requests must be at least 1")
+        if max_incoming_per_host is not None and max_incoming_per_host < 1:
+            raise ValueError(f"max_incoming_per_host must be at least 1 or None, got {max_incoming_per_host}")
+        if not 0 < max_connection_backlog <= max_total_backlog:
+            raise ValueError(
+                f"need 0 < max_connection_backlog ({max_connection_backlog}) <= max_total_backlog "
+                f"({max_total_backlog})"
+            )
+        if not (transfer_timeout > 0 and min_transfer_rate > 0):
+            raise ValueError(
+                f"transfer_timeout ({transfer_timeout!r}) and min_transfer_rate ({min_transfer_rate!r}) "
+                f"must be positive"
+            )
         self.host = host
         self.port = port
         self.max_incoming = max_incoming
+        self.max_incoming_per_host = max_incoming_per_host
         self.max_outgoing = max_outgoing
         self.max_concurrent_requests = max_concurrent_requests
+        self.max_connection_backlog = max_connection_backlog
+        self.max_total_backlog = max_total_backlog
+        self.transfer_timeout = transfer_timeout
+        self.min_transfer_rate = min_transfer_rate
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.backlog = backlog
@@ -211,6 +458,13 @@ class TcpTransport(FramedTransport):
         self._incoming: dict[_Connection, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._slot_waiters: list[asyncio.Future[None]] = []
+        self._hosts: dict[str, _Host] = {}
+        self._turns: collections.deque[_Host] = collections.deque()
+        self._turns_scheduled = False
+        self._backlogged_connections: dict[_Connection, None] = {}
+        self._under_pressure = False
+        self._peak_queued = 0
+        self._dropped: collections.Counter[DropReason] = collections.Counter()
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -230,6 +484,18 @@ class TcpTransport(FramedTransport):
     def connection_count(self) -> int:
         """Open connections, incoming and outgoing."""
         return len(self._incoming) + len(self._outgoing)
+
+    @property
+    def stats(self) -> TcpStats:
+        queued = sum(c.queued_bytes for c in [*self._incoming, *self._outgoing.values()])
+        self._peak_queued = max(self._peak_queued, queued)
+        return TcpStats(
+            incoming=len(self._incoming),
+            outgoing=len(self._outgoing),
+            queued_bytes=queued,
+            peak_queued_bytes=self._peak_queued,
+            dropped=dict(self._dropped),
+        )
 
     async def listen(self, handler: RequestHandler) -> Endpoint:
         if self._closing:
@@ -278,9 +544,13 @@ class TcpTransport(FramedTransport):
         assert isinstance(link, _Connection)
         link.write(encode_header(kind, request_id, len(payload)), payload)
 
-    async def _drain(self, link: Link) -> None:
+    def _backlogged(self, link: Link) -> bool:
         assert isinstance(link, _Connection)
-        await link.drain()
+        return link.write_paused and link.writable
+
+    async def _drained(self, link: Link, until: asyncio.Future[bytes] | None = None) -> None:
+        assert isinstance(link, _Connection)
+        await link.drain(until)
 
     def _sender(self, link: Link) -> Endpoint:
         assert isinstance(link, _Connection)
@@ -294,7 +564,8 @@ class TcpTransport(FramedTransport):
         assert isinstance(link, _Connection)
         if serving:
             link.serving += delta
-            link.set_reading(link.serving < self.max_concurrent_requests)
+            if delta < 0:
+                link.unblock()
         else:
             link.pending += delta
         if link.idle and self._slot_waiters:
@@ -319,6 +590,84 @@ class TcpTransport(FramedTransport):
         if self._sweeper is not None:
             self._sweeper.cancel()
 
+    # ---- turns: connections hand frames over in round-robin, host by host -----------------
+
+    def _want_turn(self, connection: _Connection) -> None:
+        if connection.waiting_turn:
+            return
+        connection.waiting_turn = True
+        host = self._host(connection.host)
+        host.ready.append(connection)
+        if not host.in_turns:
+            host.in_turns = True
+            self._turns.append(host)
+        if not self._turns_scheduled:
+            self._turns_scheduled = True
+            asyncio.get_running_loop().call_soon(self._take_turns)
+
+    def _take_turns(self) -> None:
+        """One round: the next waiting connection of every waiting host dispatches a turn."""
+        self._turns_scheduled = False
+        for _ in range(len(self._turns)):
+            host = self._turns.popleft()
+            connection = host.ready.popleft()
+            connection.waiting_turn = False
+            connection.dispatch()  # may queue it again, behind the others
+            if host.ready:
+                self._turns.append(host)
+            else:
+                host.in_turns = False
+                self._forget_host(connection.host, host)
+        if self._turns and not self._turns_scheduled:
+            self._turns_scheduled = True
+            asyncio.get_running_loop().call_soon(self._take_turns)
+
+    def _host(self, name: str) -> _Host:
+        host = self._hosts.get(name)
+        if host is None:
+            host = self._hosts[name] = _Host()
+        return host
+
+    def _forget_host(self, name: str, host: _Host) -> None:
+        if not host.incoming and not host.in_turns:
+            self._hosts.pop(name, None)
+
+    # ---- backlog: bytes queued for peers that have not read them yet ----------------------
+
+    def _backlog_limit(self) -> int:
+        if self._under_pressure:
+            return min(_PRESSURE_BACKLOG, self.max_connection_backlog)
+        return self.max_connection_backlog
+
+    def _backlog_grew(self, connection: _Connection) -> None:
+        """``connection`` went over its limit: check the total against its budget."""
+        self._backlogged_connections[connection] = None
+        total = sum(c.queued_bytes for c in self._backlogged_connections)
+        self._peak_queued = max(self._peak_queued, total)
+        if total > self.max_total_backlog and not self._under_pressure:
+            logger.warning(
+                "%d bytes queued for %d peers that do not read: limiting every connection to %d bytes",
+                total,
+                len(self._backlogged_connections),
+                _PRESSURE_BACKLOG,
+            )
+            self._set_pressure(True)
+
+    def _backlog_drained(self, connection: _Connection) -> None:
+        if connection not in self._backlogged_connections:
+            return
+        del self._backlogged_connections[connection]
+        if self._under_pressure:
+            total = sum(c.queued_bytes for c in self._backlogged_connections)
+            if total <= self.max_total_backlog // 2:
+                self._set_pressure(False)
+
+    def _set_pressure(self, on: bool) -> None:
+        self._under_pressure = on
+        limit = self._backlog_limit()
+        for connection in [*self._incoming, *self._outgoing.values()]:
+            connection.set_write_limit(limit)
+
     # ---- connection bookkeeping -----------------------------------------------------------
 
     async def _connect(self, peer: Endpoint, host: str, port: int) -> _Connection:
@@ -327,7 +676,10 @@ class TcpTransport(FramedTransport):
             async with asyncio.timeout(self.connect_timeout):
                 await self._make_room_for_outgoing(peer)
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self, peer, incoming=False), host, port
+                    lambda: _Connection(self, peer, incoming=False),
+                    host,
+                    port,
+                    local_addr=self._source_address(host),
                 )
         except TimeoutError:
             raise PeerUnavailable(
@@ -342,6 +694,19 @@ class TcpTransport(FramedTransport):
         self._outgoing[peer] = connection
         self._ensure_sweeper()
         return connection
+
+    def _source_address(self, remote_host: str) -> tuple[str, int] | None:
+        """Dial from the address we listen on, so peers see requests from the host we announce.
+
+        Only when listening on one specific address of the same family and scope (loopback or
+        not) as the remote one; otherwise the operating system picks the source.
+        """
+        if self._server is None:
+            return None
+        local, remote = _ip(self.host), _ip(remote_host)
+        if local is None or remote is None or local.is_unspecified or local.version != remote.version:
+            return None
+        return (self.host, 0) if local.is_loopback == remote.is_loopback else None
 
     def _connect_finished(self, peer: Endpoint, task: asyncio.Task[_Connection]) -> None:
         if self._connecting.get(peer) is task:
@@ -384,20 +749,37 @@ class TcpTransport(FramedTransport):
     def _connection_made(self, connection: _Connection) -> None:
         if not connection.incoming:
             return
+        host = self._host(connection.host)
         if self._closing:
             connection.dropped = True
             assert connection.transport is not None
             connection.transport.abort()
         elif len(self._incoming) >= self.max_incoming:
-            self._drop(connection, f"incoming connection limit of {self.max_incoming} reached")
+            reason = f"incoming connection limit of {self.max_incoming} reached"
+            self._drop(connection, reason, DropReason.INCOMING_LIMIT)
+        elif self.max_incoming_per_host is not None and host.incoming >= self.max_incoming_per_host:
+            self._drop(
+                connection,
+                f"{host.incoming} connections from {connection.host} are open already "
+                f"(max_incoming_per_host={self.max_incoming_per_host})",
+                DropReason.HOST_LIMIT,
+            )
         else:
             self._incoming[connection] = None
+            host.incoming += 1
+            connection._start_frame_clock(restart=True)
+        self._forget_host(connection.host, host)
 
     def _connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
         if connection.incoming:
-            self._incoming.pop(connection, None)
+            if connection in self._incoming:
+                del self._incoming[connection]
+                host = self._hosts[connection.host]
+                host.incoming -= 1
+                self._forget_host(connection.host, host)
         elif self._outgoing.get(connection.peer) is connection:
             del self._outgoing[connection.peer]
+        self._backlog_drained(connection)
         if connection.buffer and not connection.dropped:
             logger.warning(
                 "connection %s closed mid-frame: %d bytes of an incomplete frame discarded",
@@ -409,11 +791,12 @@ class TcpTransport(FramedTransport):
         if not connection.incoming and self._slot_waiters:
             self._wake_slot_waiter()
 
-    def _drop(self, connection: _Connection, reason: str) -> None:
-        """Close an offending connection at once, logging why; other connections carry on."""
+    def _drop(self, connection: _Connection, reason: str, why: DropReason = DropReason.PROTOCOL) -> None:
+        """Close a connection at once, logging why; other connections carry on."""
         if connection.dropped:
             return
         connection.dropped = True
+        self._dropped[why] += 1
         logger.warning("closing connection %s: %s", connection.peer, reason)
         if connection.transport is not None:
             connection.transport.abort()
