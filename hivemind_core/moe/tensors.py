@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -44,20 +46,24 @@ class Compression(enum.StrEnum):
 
 # dtype name -> (torch dtype, little-endian numpy dtype of its raw bytes). bfloat16 has no numpy
 # dtype, so its bits travel as int16.
-_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "float32": (torch.float32, np.dtype("<f4")),
-    "float64": (torch.float64, np.dtype("<f8")),
-    "float16": (torch.float16, np.dtype("<f2")),
-    "bfloat16": (torch.bfloat16, np.dtype("<i2")),
-    "int64": (torch.int64, np.dtype("<i8")),
-    "int32": (torch.int32, np.dtype("<i4")),
-    "int16": (torch.int16, np.dtype("<i2")),
-    "int8": (torch.int8, np.dtype("i1")),
-    "uint8": (torch.uint8, np.dtype("u1")),
-    "bool": (torch.bool, np.dtype("?")),
-}
-_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
-_FLOATS = {"float32", "float64", "float16", "bfloat16"}
+DTYPES: Mapping[str, tuple[torch.dtype, np.dtype]] = MappingProxyType(
+    {
+        "float32": (torch.float32, np.dtype("<f4")),
+        "float64": (torch.float64, np.dtype("<f8")),
+        "float16": (torch.float16, np.dtype("<f2")),
+        "bfloat16": (torch.bfloat16, np.dtype("<i2")),
+        "int64": (torch.int64, np.dtype("<i8")),
+        "int32": (torch.int32, np.dtype("<i4")),
+        "int16": (torch.int16, np.dtype("<i2")),
+        "int8": (torch.int8, np.dtype("i1")),
+        "uint8": (torch.uint8, np.dtype("u1")),
+        "bool": (torch.bool, np.dtype("?")),
+    }
+)
+NAMES: Mapping[torch.dtype, str] = MappingProxyType(
+    {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
+)
+FLOATS = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
 def serialize_tensor(tensor: torch.Tensor, compression: Compression | str = Compression.NONE) -> list:
@@ -70,13 +76,13 @@ def serialize_tensor(tensor: torch.Tensor, compression: Compression | str = Comp
     compression = Compression(compression)
     if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
         raise ValueError(f"can only serialize dense torch tensors, got {type(tensor).__name__}")
-    name = _NAMES.get(tensor.dtype)
+    name = NAMES.get(tensor.dtype)
     if name is None:
-        raise ValueError(f"cannot serialize dtype {tensor.dtype}: supported are {', '.join(_DTYPES)}")
+        raise ValueError(f"cannot serialize dtype {tensor.dtype}: supported are {', '.join(DTYPES)}")
     tensor = tensor.detach().cpu().contiguous()
     shape = list(tensor.shape)
     shrinks = compression is Compression.UINT8 or name in ("float32", "float64")
-    if name not in _FLOATS or not shrinks:
+    if name not in FLOATS or not shrinks:
         compression = Compression.NONE
 
     if compression is Compression.NONE:
@@ -91,16 +97,34 @@ def serialize_tensor(tensor: torch.Tensor, compression: Compression | str = Comp
     return [name, shape, compression.value, data, extra]
 
 
-def deserialize_tensor(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
-    """Check a serialized tensor from a peer and rebuild it as a fresh, writable tensor.
+@dataclass(frozen=True, slots=True)
+class TensorHeader:
+    """What a serialized tensor claims to be, checked before any of its data is decoded."""
 
-    Raises ValueError naming the problem; ``max_elements`` is enforced before allocating.
+    name: str
+    shape: tuple[int, ...]
+    compression: Compression
+    numel: int
+    nbytes: int
+    """Bytes of data and extra on the wire."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.name][0]
+
+
+def read_header(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> TensorHeader:
+    """Check everything about a serialized tensor that can be checked without decoding its data:
+    the list's layout, dtype, shape, compression, ``max_elements`` and the exact byte counts.
+
+    Costs the same for a tensor of any size, so a receiver can refuse a large claim cheaply.
+    Raises ValueError naming the problem.
     """
     if not isinstance(raw, list | tuple) or len(raw) != 5:
         raise ValueError("a serialized tensor must be a 5-item list [dtype, shape, compression, data, extra]")
     name, shape, compression_name, data, extra = raw
-    if not isinstance(name, str) or name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}: supported are {', '.join(_DTYPES)}")
+    if not isinstance(name, str) or name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: supported are {', '.join(DTYPES)}")
     if (
         not isinstance(shape, list | tuple)
         or len(shape) > MAX_DIMS
@@ -114,25 +138,44 @@ def deserialize_tensor(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) ->
         compression = Compression(compression_name)
     except ValueError:
         raise ValueError(f"unknown compression {compression_name!r}") from None
-    if compression is not Compression.NONE and name not in _FLOATS:
+    if compression is not Compression.NONE and name not in FLOATS:
         raise ValueError(f"compression {compression.value} applies only to floating-point dtypes, not {name}")
     if not isinstance(data, bytes | bytearray) or not isinstance(extra, bytes | bytearray):
         raise ValueError("data and extra must be bytes")
-
-    torch_dtype = _DTYPES[name][0]
-    wire_name = {Compression.FLOAT16: "float16", Compression.BFLOAT16: "bfloat16"}.get(compression, name)
-    item_size = 1 if compression is Compression.UINT8 else _DTYPES[wire_name][1].itemsize
+    item_size = 1 if compression is Compression.UINT8 else DTYPES[_wire_name(name, compression)][1].itemsize
     expected_extra = 8 * -(-numel // BLOCK_SIZE) if compression is Compression.UINT8 else 0
     if len(data) != numel * item_size:
         raise ValueError(f"data is {len(data)} bytes, expected {numel * item_size}")
     if len(extra) != expected_extra:
         raise ValueError(f"extra is {len(extra)} bytes, expected {expected_extra}")
+    return TensorHeader(name, tuple(shape), compression, numel, len(data) + len(extra))
 
-    if compression is Compression.UINT8:
-        flat = _dequantize(data, extra, torch_dtype)
-    else:
-        flat = _from_raw_bytes(data, wire_name).to(torch_dtype)
-    return flat.reshape(shape)
+
+def read_headers(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[TensorHeader]:
+    """:func:`read_header` for a list of serialized tensors; ``max_elements`` caps them all together
+    and errors say which index is bad."""
+    if not isinstance(raw, list | tuple):
+        raise ValueError(f"serialized tensors must be a list, got {type(raw).__name__}")
+    if len(raw) > MAX_TENSORS:
+        raise ValueError(f"{len(raw)} tensors, more than the {MAX_TENSORS} allowed in one message")
+    headers: list[TensorHeader] = []
+    remaining = max_elements
+    for index, item in enumerate(raw):
+        try:
+            header = read_header(item, max_elements=remaining)
+        except ValueError as error:
+            raise ValueError(f"tensor {index}: {error}") from None
+        remaining -= header.numel
+        headers.append(header)
+    return headers
+
+
+def deserialize_tensor(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+    """Check a serialized tensor from a peer and rebuild it as a fresh, writable tensor.
+
+    Raises ValueError naming the problem; ``max_elements`` is enforced before allocating.
+    """
+    return _decode(raw, read_header(raw, max_elements=max_elements))
 
 
 def serialize_tensors(
@@ -148,34 +191,43 @@ def deserialize_tensors(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -
     """Check and rebuild a list of serialized tensors; errors say which index is bad.
 
     ``max_elements`` caps the elements of all tensors together, so a long list of large tensors
-    cannot add up past it.
+    cannot add up past it. Every header is checked before any data is decoded.
     """
-    if not isinstance(raw, list | tuple):
-        raise ValueError(f"serialized tensors must be a list, got {type(raw).__name__}")
-    if len(raw) > MAX_TENSORS:
-        raise ValueError(f"{len(raw)} tensors, more than the {MAX_TENSORS} allowed in one message")
+    headers = read_headers(raw, max_elements=max_elements)
     tensors: list[torch.Tensor] = []
-    remaining = max_elements
-    for index, item in enumerate(raw):
+    for index, (item, header) in enumerate(zip(raw, headers, strict=True)):
         try:
-            tensor = deserialize_tensor(item, max_elements=remaining)
+            tensors.append(_decode(item, header))
         except ValueError as error:
             raise ValueError(f"tensor {index}: {error}") from None
-        remaining -= tensor.numel()
-        tensors.append(tensor)
     return tensors
+
+
+def _wire_name(name: str, compression: Compression) -> str:
+    """The dtype whose raw bytes travel: the 16-bit format for FLOAT16/BFLOAT16, else ``name``."""
+    return {Compression.FLOAT16: "float16", Compression.BFLOAT16: "bfloat16"}.get(compression, name)
+
+
+def _decode(raw: Any, header: TensorHeader) -> torch.Tensor:
+    """The tensor of a serialized list whose header was read (so its sizes are known good)."""
+    data, extra = raw[3], raw[4]
+    if header.compression is Compression.UINT8:
+        flat = _dequantize(data, extra, header.dtype)
+    else:
+        flat = _from_raw_bytes(data, _wire_name(header.name, header.compression)).to(header.dtype)
+    return flat.reshape(header.shape)
 
 
 def _raw_bytes(tensor: torch.Tensor, name: str) -> bytes:
     """Little-endian bytes of a contiguous CPU tensor whose dtype is ``name``."""
     if name == "bfloat16":
         tensor = tensor.view(torch.int16)
-    return tensor.numpy().astype(_DTYPES[name][1], copy=False).tobytes()
+    return tensor.numpy().astype(DTYPES[name][1], copy=False).tobytes()
 
 
 def _from_raw_bytes(data: bytes | bytearray, name: str) -> torch.Tensor:
     """A flat tensor of dtype ``name`` owning a copy of ``data`` (length already checked)."""
-    np_dtype = _DTYPES[name][1]
+    np_dtype = DTYPES[name][1]
     if name == "bool":
         values = np.frombuffer(data, dtype=np.uint8)
         if values.size and values.max() > 1:

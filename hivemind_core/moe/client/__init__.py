@@ -2,14 +2,19 @@
 
 from .beam_search import Choice, MoEBeamSearcher
 from .client import MoEClient
+from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse
 from .expert import RemoteExpert
-from .moe import ExpertsUnavailable, RemoteMixtureOfExperts
+from .moe import RemoteMixtureOfExperts
+from .stats import MixtureStats
 
-__all__ = [
+__all__ = (
+    "REMOTE_FAILURES",
     "Choice",
     "ExpertsUnavailable",
+    "MalformedResponse",
+    "MixtureStats",
     "MoEBeamSearcher",
     "MoEClient",
     "RemoteExpert",
     "RemoteMixtureOfExperts",
-]
+)

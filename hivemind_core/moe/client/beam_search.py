@@ -7,11 +7,21 @@ under 4...), fetched once per distinct prefix for the whole batch and cached for
 ``cache_ttl`` seconds; each fetch merges the replicas that answer within ``lookup_timeout``.
 The last dimension's entries name the expert and its endpoint; experts on banned endpoints or
 in ``exclude`` are skipped. No scan of the grid is ever needed.
+
+**Stale while revalidate.** A DHT lookup with ``latest`` waits its whole ``lookup_timeout``
+whenever one replica is frozen, and a training step does one per grid dimension: refetching
+in the step would make every step that slow for as long as the freeze lasts. So an entry
+older than ``cache_ttl`` is still served, while one background refresh per prefix (owned by
+the client, cancelled by :meth:`MoEBeamSearcher.close`) replaces it; a search waits on the
+DHT only for prefixes it has nothing usable for: never fetched, or older than
+``max_staleness``, or when the caller asks for ``fresh`` entries after failures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +29,13 @@ import torch
 
 from ..declare import parse_child
 from ..uid import prefix_of
+from .arguments import check_timeout
 from .client import MoEClient
+
+logger = logging.getLogger(__name__)
+
+Children = dict[int, tuple[str, str]]
+"""A prefix's alive next coordinates: coordinate -> (uid, endpoint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +57,27 @@ class MoEBeamSearcher:
         grid_size: Sequence[int],
         *,
         cache_ttl: float = 2.0,
+        max_staleness: float = 30.0,
         lookup_timeout: float = 1.0,
     ) -> None:
+        if not grid_size or not all(type(size) is int and size >= 1 for size in grid_size):
+            raise ValueError(f"grid_size must be a non-empty sequence of ints >= 1, got {grid_size!r}")
+        check_timeout("cache_ttl", cache_ttl)
+        check_timeout("lookup_timeout", lookup_timeout)
+        if not cache_ttl <= max_staleness < math.inf:
+            raise ValueError(
+                f"max_staleness must be finite and >= cache_ttl={cache_ttl}, got {max_staleness}"
+            )
         self.client = client
         self.grid = grid
         self.grid_size = list(grid_size)
         self.cache_ttl = cache_ttl
+        self.max_staleness = max_staleness
         self.lookup_timeout = lookup_timeout
-        self._cache: dict[str, tuple[float, dict[int, tuple[str, str]]]] = {}
+        self.lookups = 0
+        """DHT lookups started (each fetches many prefixes), in the foreground or background."""
+        self._cache: dict[str, tuple[float, Children]] = {}  # prefix -> (fetched at, children)
+        self._refreshing: dict[str, asyncio.Task[None]] = {}  # at most one fetch in flight per prefix
 
     async def search(
         self,
@@ -61,10 +90,9 @@ class MoEBeamSearcher:
     ) -> list[list[Choice]]:
         """Up to ``k`` experts per sample, best first; ``logits[d]`` is [batch, grid_size[d]].
 
-        ``fresh`` ignores cached prefix entries (a retry after failures wants current ones).
+        ``fresh`` waits for current prefix entries instead of serving cached ones (a retry
+        after failures wants them).
         """
-        if fresh:
-            self._cache.clear()
         if len(logits) != len(self.grid_size):
             raise ValueError(
                 f"expected gating logits for {len(self.grid_size)} grid dimensions, got {len(logits)}"
@@ -75,7 +103,7 @@ class MoEBeamSearcher:
         scores = torch.zeros(batch, 1)
         last = len(logits) - 1
         for d, dim_logits in enumerate(logits):
-            children = await self._children_of(beams)
+            children = await self._children_of(beams, fresh=fresh)
             available = torch.zeros(batch, beams.shape[1], self.grid_size[d], dtype=torch.bool)
             for (s, b), alive in children.items():
                 for coordinate, (uid, endpoint) in alive.items():
@@ -92,7 +120,7 @@ class MoEBeamSearcher:
             beams = torch.cat(
                 [beams.gather(1, parent[:, :, None].expand(-1, -1, d)), coordinate[:, :, None]], 2
             )
-        finals = await self._children_of(beams[:, :, :-1])
+        finals = await self._children_of(beams[:, :, :-1], fresh=fresh)
         chosen: list[list[Choice]] = []
         for s in range(batch):
             picks: list[Choice] = []
@@ -106,31 +134,80 @@ class MoEBeamSearcher:
             chosen.append(picks)
         return chosen
 
-    async def _children_of(self, beams: torch.Tensor) -> dict[tuple[int, int], dict[int, tuple[str, str]]]:
+    async def close(self) -> None:
+        """Cancel the background refreshes still running (their results are no longer wanted)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _children_of(self, beams: torch.Tensor, *, fresh: bool) -> dict[tuple[int, int], Children]:
         """For each (sample, beam) prefix, its alive children: coordinate -> (uid, endpoint)."""
         rows = {
             (s, b): tuple(beams[s, b].tolist()) for s in range(beams.shape[0]) for b in range(beams.shape[1])
         }
         prefixes = {coords: prefix_of(self.grid, coords) for coords in dict.fromkeys(rows.values())}
-        known = await self._fetch(list(prefixes.values()))
+        known = await self._fetch(list(prefixes.values()), dimension=beams.shape[2], fresh=fresh)
         return {row: known[prefixes[coords]] for row, coords in rows.items()}
 
-    async def _fetch(self, prefixes: list[str]) -> dict[str, dict[int, tuple[str, str]]]:
+    async def _fetch(self, prefixes: list[str], *, dimension: int, fresh: bool) -> dict[str, Children]:
+        """The children of ``prefixes`` (all of one grid dimension): cached ones at once, while
+        stale ones are refreshed in the background; waits only for those with nothing usable."""
         now = asyncio.get_running_loop().time()
-        missing = [p for p in prefixes if p not in self._cache or self._cache[p][0] <= now]
-        if missing:
+        needed, stale = [], []
+        for prefix in prefixes:
+            fetched = self._cache[prefix][0] if prefix in self._cache else -math.inf
+            if fresh or now - fetched >= self.max_staleness:
+                needed.append(prefix)
+            elif now - fetched >= self.cache_ttl:
+                stale.append(prefix)
+        idle = [prefix for prefix in needed + stale if prefix not in self._refreshing]
+        if idle:
             if self.client.dht is None:
                 raise RuntimeError("searching for experts needs a DHT node")
+            self.lookups += 1
+            task = self.client.spawn(self._refresh(idle, dimension), name=f"refresh {self.grid} prefixes")
+            self._refreshing.update(dict.fromkeys(idle, task))
+        if needed:
+            waits = {self._refreshing[prefix] for prefix in needed}
+            await asyncio.wait(waits)  # a shared fetch: a cancelled caller leaves it running for others
+            for task in waits:
+                if task.cancelled():
+                    raise RuntimeError(f"the search of grid {self.grid!r} was closed while it waited")
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        return {prefix: self._cache[prefix][1] for prefix in prefixes}
+
+    async def _refresh(self, prefixes: list[str], dimension: int) -> None:
+        """Fetch the prefix entries from the DHT into the cache; ends within ``lookup_timeout``."""
+        assert self.client.dht is not None
+        started = asyncio.get_running_loop().time()
+        try:
             # latest: merge each prefix's dictionary across its replicas, as a replica may lack the
             # subkeys a server announced before that replica joined; the timeout keeps a frozen
-            # replica from stalling training (what answered by then is used)
-            found = await self.client.dht.get_many(missing, latest=True, timeout=self.lookup_timeout)
-            for prefix, value in zip(missing, found, strict=True):
-                children: dict[int, tuple[str, str]] = {}
-                if value is not None and isinstance(value.value, dict):
-                    for coordinate, item in value.value.items():
-                        child = parse_child(item.value)
-                        if isinstance(coordinate, int) and child is not None:
-                            children[coordinate] = child
-                self._cache[prefix] = (now + self.cache_ttl, children)
-        return {p: self._cache[p][1] for p in prefixes}
+            # replica from stalling it (what answered by then is used)
+            found = await self.client.dht.get_many(prefixes, latest=True, timeout=self.lookup_timeout)
+            for prefix, value in zip(prefixes, found, strict=True):
+                entries = value.value if value is not None and isinstance(value.value, dict) else {}
+                self._cache[prefix] = (started, self._children(prefix, entries, dimension))
+        finally:
+            for prefix in prefixes:
+                if self._refreshing.get(prefix) is asyncio.current_task():
+                    del self._refreshing[prefix]
+
+    def _children(self, prefix: str, entries: dict, dimension: int) -> Children:
+        """The well-formed entries of one prefix: at most ``grid_size[dimension]`` of them, each
+        naming an expert under ``prefix`` + its coordinate (anything else is ignored)."""
+        children: Children = {}
+        for coordinate, item in entries.items():
+            child = parse_child(item.value)
+            if (
+                type(coordinate) is not int
+                or not 0 <= coordinate < self.grid_size[dimension]
+                or child is None
+            ):
+                continue
+            path = f"{prefix}{coordinate}"
+            if child[0] == path or child[0].startswith(path + "."):
+                children[coordinate] = child
+        return children

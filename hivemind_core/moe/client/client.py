@@ -4,13 +4,15 @@ It bundles the RPC endpoint and DHT node of this peer, the bridge that lets sync
 code wait for them, the wire compression, and a short-lived ban list: an endpoint whose call
 failed at the transport level (refused, reset, timed out) is not chosen again for
 ``ban_time`` seconds, so a dead or frozen server stops being used after one failure instead
-of when its DHT entries expire.
+of when its DHT entries expire. It also owns the background work of the modules using it
+(prefix-cache refreshes): :meth:`close` cancels whatever is still running.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +21,12 @@ from ...bridge import Bridge
 from ...dht import DHT, DHTNode
 from ...net import RPC, TransportError
 from ..tensors import Compression, deserialize_tensors, serialize_tensors
+from .errors import MalformedResponse
+
+logger = logging.getLogger(__name__)
+
+MAX_BANNED = 4096
+"""Endpoints remembered as banned; endpoints come from the DHT, so the list needs a bound."""
 
 
 class MoEClient:
@@ -33,12 +41,15 @@ class MoEClient:
         compression: Compression = Compression.NONE,
         ban_time: float = 30.0,
     ) -> None:
+        if not 0 <= ban_time < float("inf"):
+            raise ValueError(f"ban_time must be a finite number of seconds >= 0, got {ban_time}")
         self.rpc = rpc
         self.dht = dht
         self.bridge = bridge
         self.compression = Compression(compression)
         self.ban_time = ban_time
-        self._banned: dict[str, float] = {}
+        self._banned: dict[str, float] = {}  # endpoint -> until; insertion order = expiry order
+        self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def from_dht(cls, dht: DHT, **options: Any) -> MoEClient:
@@ -55,13 +66,40 @@ class MoEClient:
         return True
 
     def ban(self, endpoint: str) -> None:
-        self._banned[endpoint] = asyncio.get_running_loop().time() + self.ban_time
+        now = asyncio.get_running_loop().time()
+        self._banned.pop(endpoint, None)
+        self._banned[endpoint] = now + self.ban_time
+        while self._banned and (len(self._banned) > MAX_BANNED or next(iter(self._banned.values())) <= now):
+            del self._banned[next(iter(self._banned))]
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in the background until it ends or the client closes.
+
+        Its failure is logged, never left unretrieved; awaiting the task still sees it.
+        """
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    async def close(self) -> None:
+        """Cancel the background work of every module using this client, and wait for it."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("background task %s failed: %r", task.get_name(), task.exception())
 
     async def forward(
         self, uid: str, endpoint: str, inputs: Sequence[torch.Tensor], *, timeout: float
     ) -> list[torch.Tensor]:
+        batch = _batch_size(inputs, "inputs")
         body = [uid, serialize_tensors(inputs, self.compression), self.compression.value]
-        return await self._call(endpoint, "moe.forward", body, timeout, batch=inputs[0].shape[0])
+        return await self._call(endpoint, "moe.forward", body, timeout, batch=batch)
 
     async def backward(
         self,
@@ -72,13 +110,16 @@ class MoEClient:
         *,
         timeout: float,
     ) -> list[torch.Tensor]:
+        batch = _batch_size(inputs, "inputs")
+        if _batch_size(grad_outputs, "grad_outputs") != batch:
+            raise ValueError(f"inputs have {batch} rows but grad_outputs {grad_outputs[0].shape[0]}")
         body = [
             uid,
             serialize_tensors(inputs, self.compression),
             serialize_tensors(grad_outputs, self.compression),
             self.compression.value,
         ]
-        return await self._call(endpoint, "moe.backward", body, timeout, batch=inputs[0].shape[0])
+        return await self._call(endpoint, "moe.backward", body, timeout, batch=batch)
 
     async def info(self, uid: str, endpoint: str, *, timeout: float = 10.0) -> dict[str, Any]:
         return await self.rpc.call(endpoint, "moe.info", uid, timeout=timeout)
@@ -91,7 +132,27 @@ class MoEClient:
         except TransportError:
             self.ban(endpoint)
             raise
-        tensors = deserialize_tensors(response)
+        try:
+            tensors = deserialize_tensors(response)
+        except ValueError as error:
+            raise MalformedResponse(
+                f"{method} from {endpoint} returned undecodable tensors: {error}"
+            ) from None
         if any(t.dim() == 0 or t.shape[0] != batch for t in tensors):
-            raise ValueError(f"{method} from {endpoint} returned tensors for the wrong batch size")
+            raise MalformedResponse(f"{method} from {endpoint} returned tensors for the wrong batch size")
         return tensors
+
+
+def _batch_size(tensors: Sequence[torch.Tensor], what: str) -> int:
+    """The shared first dimension of ``tensors``; ValueError unless there is one."""
+    if not tensors:
+        raise ValueError(f"{what}: an expert call needs at least one tensor")
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+            shape = list(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(
+                f"{what}[{i}] must be a tensor of shape [batch, ...] (a batch dimension first), got {shape}"
+            )
+        if tensor.shape[0] != tensors[0].shape[0]:
+            raise ValueError(f"{what} disagree on the batch size: {[list(t.shape) for t in tensors]}")
+    return tensors[0].shape[0]

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..uid import parse_uid
+from .arguments import check_timeout
 from .client import MoEClient
 
 
@@ -27,6 +29,9 @@ class RemoteExpert(nn.Module):
         backward_timeout: float = 20.0,
     ) -> None:
         super().__init__()
+        parse_uid(uid)
+        check_timeout("forward_timeout", forward_timeout)
+        check_timeout("backward_timeout", backward_timeout)
         self.uid = uid
         self.endpoint = endpoint
         self.client = client

@@ -15,6 +15,11 @@ For a batch ``x``:
 
 Backward sends each answering expert the gradients of its samples (it trains on them) and
 sums the input gradients it returns. The gate's gradient flows through ordinary torch ops.
+
+Only remote and transport failures (``REMOTE_FAILURES``) make the layer skip an expert; any
+other exception is a bug and raises. What was skipped is counted in ``layer.stats``, and a
+failed backward (whose gradient is lost) is also logged as a warning, once per expert per
+``ban_time``.
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..uid import parse_uid
+from .arguments import check_count, check_timeout
 from .beam_search import Choice, MoEBeamSearcher
 from .client import MoEClient
+from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse
+from .stats import MixtureStats
 
 logger = logging.getLogger(__name__)
 
-
-class ExpertsUnavailable(RuntimeError):
-    """Fewer than ``k_min`` experts answered for some sample, even after searching again."""
+__all__ = ("ExpertsUnavailable", "RemoteMixtureOfExperts")
 
 
 @dataclass
@@ -62,6 +69,7 @@ class RemoteMixtureOfExperts(nn.Module):
 
     Inputs are ``[batch, in_features]`` or ``[batch, ..., in_features]`` (the gate then sees the
     mean over the middle dimensions); experts must map a sample to an output of one fixed shape.
+    An empty batch gives an empty output (of the input's sample shape) without remote calls.
     """
 
     def __init__(
@@ -80,15 +88,27 @@ class RemoteMixtureOfExperts(nn.Module):
         beam_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not 0 <= k_min <= k_best:
-            raise ValueError(f"need 0 <= k_min <= k_best, got k_min={k_min}, k_best={k_best}")
-        for name, value in (
+        for name, value in (("in_features", in_features), ("k_best", k_best), ("max_searches", max_searches)):
+            check_count(name, value)
+        if beam_size is not None:
+            check_count("beam_size", beam_size)
+        if type(k_min) is not int or not 0 <= k_min <= k_best:
+            raise ValueError(f"k_min must be an int with 0 <= k_min <= k_best={k_best}, got {k_min!r}")
+        if isinstance(grid_size, str | bytes) or not isinstance(grid_size, Sequence) or not grid_size:
+            raise ValueError(f"grid_size must be a non-empty sequence of ints >= 1, got {grid_size!r}")
+        for d, size in enumerate(grid_size):
+            check_count(f"grid_size[{d}]", size)
+        try:
+            parse_uid(f"{uid_prefix}.0")
+        except ValueError:
+            raise ValueError(f"uid_prefix must be a grid name like 'ffn', got {uid_prefix!r}") from None
+        for name, seconds in (
             ("forward_timeout", forward_timeout),
             ("backward_timeout", backward_timeout),
             ("timeout_after_k_min", timeout_after_k_min),
         ):
-            if not 0 < value < float("inf"):
-                raise ValueError(f"{name} must be a finite positive number of seconds, got {value}")
+            check_timeout(name, seconds)
+        self.in_features = in_features
         self.grid_size = list(grid_size)
         self.client = client
         self.k_best, self.k_min = k_best, k_min
@@ -96,11 +116,17 @@ class RemoteMixtureOfExperts(nn.Module):
         self.timeout_after_k_min = timeout_after_k_min
         self.max_searches = max_searches
         self.beam_size = beam_size
-        self.searcher = MoEBeamSearcher(client, uid_prefix, grid_size)
-        self.proj = nn.Linear(in_features, sum(grid_size))
+        self.stats = MixtureStats()
+        self.searcher = MoEBeamSearcher(client, uid_prefix, self.grid_size)
+        self.proj = nn.Linear(in_features, sum(self.grid_size))
         self._dummy = nn.Parameter(torch.empty(0), requires_grad=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != self.in_features:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"expected inputs of shape [batch, ..., in_features={self.in_features}], got {shape}"
+            )
         gate_input = x if x.dim() == 2 else x.flatten(1, -2).mean(1)
         logits = self.proj(gate_input).split(self.grid_size, dim=-1)
         outputs, mask, coords = _MixtureCall.apply(self._dummy, x, self, [lg.detach() for lg in logits])
@@ -109,21 +135,30 @@ class RemoteMixtureOfExperts(nn.Module):
         weights = torch.nan_to_num(weights)  # a sample with no expert at all (k_min=0) gets zeros
         return (weights.reshape(*weights.shape, *[1] * (outputs.dim() - 2)) * outputs).sum(1)
 
+    def close(self) -> None:
+        """Stop the layer's background work (prefix-cache refreshes); call from training code."""
+        self.client.bridge.run(self.searcher.close())
+
     # ---- the remote work, run on the bridge's event loop -----------------------------------
 
     async def _forward_all(self, x: torch.Tensor, logits: list[torch.Tensor]) -> _ForwardResult:
         batch = x.shape[0]
+        if batch == 0:
+            return self._assemble(x, [], [])
         answered: list[list[_Assignment]] = [[] for _ in range(batch)]
         # A retry avoids the experts that just failed. Older failures are not held against an
         # expert: dead or frozen servers are already banned by the client, and an expert that
         # failed once at random may well answer the next time.
         failed: set[str] = set()
         assignments: list[_Assignment] = []
+        round_: list[_Assignment] = []
+        sample_shape: list[torch.Size] = []  # of the first answer: every other must match it
         needy = list(range(batch))
         for attempt in range(self.max_searches):
             # a sample's own answered experts are skipped per sample (in _group), so ask for as
             # many more as the fullest sample already holds
             held = max(len(answered[s]) for s in needy)
+            self.stats.searches += 1
             picks = await self.searcher.search(
                 [lg[needy] for lg in logits],
                 self.k_best + held,
@@ -132,7 +167,7 @@ class RemoteMixtureOfExperts(nn.Module):
                 fresh=attempt > 0,
             )
             round_ = self._group(needy, picks, answered, self.k_best)
-            await self._call_forward(x, round_, answered)
+            await self._call_forward(x, round_, answered, sample_shape)
             failed = set()
             for assignment in round_:
                 if assignment.output is None:
@@ -143,6 +178,7 @@ class RemoteMixtureOfExperts(nn.Module):
             if not needy:
                 break
         if needy:
+            self.stats.unavailable += 1
             errors = (
                 "; ".join(sorted({f"{a.choice.uid}: {a.error}" for a in round_ if a.error})) or "none found"
             )
@@ -167,7 +203,11 @@ class RemoteMixtureOfExperts(nn.Module):
         return list(by_uid.values())
 
     async def _call_forward(
-        self, x: torch.Tensor, round_: list[_Assignment], answered: list[list[_Assignment]]
+        self,
+        x: torch.Tensor,
+        round_: list[_Assignment],
+        answered: list[list[_Assignment]],
+        sample_shape: list[torch.Size],
     ) -> None:
         loop = asyncio.get_running_loop()
         calls = {
@@ -178,6 +218,7 @@ class RemoteMixtureOfExperts(nn.Module):
             ): a
             for a in round_
         }
+        self.stats.forward_calls += len(calls)
         deadline = loop.time() + self.forward_timeout
         shortened = False
         try:
@@ -188,24 +229,31 @@ class RemoteMixtureOfExperts(nn.Module):
                 for task in [t for t in calls if t in done]:
                     assignment = calls.pop(task)
                     try:
-                        assignment.output = task.result()[0]
-                    except (
-                        Exception
-                    ) as error:  # refused, timed out, remote error, bad answer: all mean "skip it"
-                        assignment.error = f"{type(error).__name__}: {error}"
-                        logger.debug("expert %s failed: %s", assignment.choice.uid, assignment.error)
+                        assignment.output = _one_output(task.result(), assignment, sample_shape)
+                    except REMOTE_FAILURES as error:  # refused, timed out, remote error, bad answer
+                        self._forward_failed(assignment, f"{type(error).__name__}: {error}")
                         continue
                     for sample in assignment.samples:
                         answered[sample].append(assignment)
                 if not shortened and all(len(answered[s]) >= self.k_min for a in round_ for s in a.samples):
                     shortened = True
                     deadline = min(deadline, loop.time() + self.timeout_after_k_min)
-        finally:
-            for task, assignment in calls.items():
-                task.cancel()
-                assignment.error = "no answer in time"
-                # a frozen or overloaded server never fails at the transport level: skip it for a while
+            # Only a real deadline miss gets here with calls outstanding (a cancelled caller or a
+            # bug leaves through the exception instead): a frozen or overloaded server never fails
+            # at the transport level, so skip it for a while.
+            for assignment in calls.values():
+                self._forward_failed(assignment, "no answer in time")
                 self.client.ban(assignment.choice.endpoint)
+        finally:
+            for task in calls:
+                task.cancel()
+                task.add_done_callback(_retrieve)
+
+    def _forward_failed(self, assignment: _Assignment, error: str) -> None:
+        assignment.error = error
+        self.stats.forward_failures += 1
+        self.stats.record_failure(assignment.choice.uid)
+        logger.debug("expert %s failed: %s", assignment.choice.uid, error)
 
     def _assemble(
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
@@ -253,14 +301,66 @@ class RemoteMixtureOfExperts(nn.Module):
             )
             for a in answered
         ]
+        self.stats.backward_calls += len(calls)
         results = await asyncio.gather(*calls, return_exceptions=True)
         grad_x = torch.zeros_like(x)
+        bugs = [r for r in results if isinstance(r, BaseException) and not isinstance(r, REMOTE_FAILURES)]
+        if bugs:
+            raise bugs[0]
         for assignment, result in zip(answered, results, strict=True):
+            expected = (len(assignment.samples), *x.shape[1:])
+            if not isinstance(result, BaseException) and (len(result) != 1 or result[0].shape != expected):
+                result = MalformedResponse(
+                    f"{assignment.choice.uid} returned input gradients of shapes "
+                    f"{[list(g.shape) for g in result]}, expected [{list(expected)}]"
+                )
             if isinstance(result, BaseException):
-                logger.debug("backward to %s failed and is skipped: %s", assignment.choice.uid, result)
+                self._backward_failed(assignment, result)
                 continue
             grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
         return grad_x
+
+    def _backward_failed(self, assignment: _Assignment, error: BaseException) -> None:
+        """Count a lost gradient; warn about each expert at most once per ban period."""
+        uid = assignment.choice.uid
+        self.stats.backward_failures += 1
+        self.stats.record_failure(uid)
+        now = asyncio.get_running_loop().time()
+        if self.stats.should_warn(uid, now, self.client.ban_time):
+            logger.warning(
+                "backward to expert %s at %s failed, its gradient contribution is lost: %s "
+                "(%d backward failures in this layer so far; see layer.stats)",
+                uid,
+                assignment.choice.endpoint,
+                error,
+                self.stats.backward_failures,
+            )
+        else:
+            logger.debug("backward to %s failed and is skipped: %s", uid, error)
+
+
+def _one_output(
+    outputs: list[torch.Tensor], assignment: _Assignment, sample_shape: list[torch.Size]
+) -> torch.Tensor:
+    """An expert's answer as one [samples, ...] tensor of the step's sample shape, or
+    MalformedResponse (the client has already checked its batch size)."""
+    uid = assignment.choice.uid
+    if len(outputs) != 1 or not outputs[0].is_floating_point():
+        raise MalformedResponse(f"{uid} must return one floating-point tensor, got {len(outputs)} tensor(s)")
+    if not sample_shape:
+        sample_shape.append(outputs[0].shape[1:])
+    elif outputs[0].shape[1:] != sample_shape[0]:
+        raise MalformedResponse(
+            f"{uid} returned samples of shape {list(outputs[0].shape[1:])}, "
+            f"other experts {list(sample_shape[0])}"
+        )
+    return outputs[0]
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """Mark an abandoned call's outcome as seen (it was already given up on)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _MixtureCall(torch.autograd.Function):

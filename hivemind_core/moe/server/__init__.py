@@ -4,4 +4,4 @@ from .backend import ExpertBackend, TensorSpec
 from .device import ComputeExecutor, DeviceThread
 from .server import ExpertServer
 
-__all__ = ["ComputeExecutor", "DeviceThread", "ExpertBackend", "ExpertServer", "TensorSpec"]
+__all__ = ("ComputeExecutor", "DeviceThread", "ExpertBackend", "ExpertServer", "TensorSpec")

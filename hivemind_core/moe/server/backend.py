@@ -88,12 +88,20 @@ class ExpertBackend:
         device: str | torch.device = "cpu",
         max_batch_size: int = 4096,
         seed: int | None = None,
+        generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> ExpertBackend:
-        """A built-in expert type (``ffn``, ``transformer``) with an Adam optimizer."""
+        """A built-in expert type (``ffn``, ``transformer``) with an Adam optimizer.
+
+        Its initial parameters come from ``generator``, or from a generator seeded with
+        ``seed`` (the same seed gives the same expert), or else from torch's global generator
+        like any new module. Torch's global random state is never reseeded here.
+        """
         if seed is not None:
-            torch.manual_seed(seed)
-        module = make_expert(expert_type, hidden_dim).to(dtype)
+            if generator is not None:
+                raise ValueError("pass either seed or generator, not both")
+            generator = torch.Generator().manual_seed(seed)
+        module = make_expert(expert_type, hidden_dim, generator=generator).to(dtype)
         spec = TensorSpec(SAMPLE_SHAPES[expert_type](hidden_dim), dtype)
         return cls(
             uid,
@@ -116,25 +124,39 @@ class ExpertBackend:
             "max_batch_size": self.max_batch_size,
         }
 
-    def check(self, tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], what: str) -> None:
-        """Raise ValueError, naming the problem, unless ``tensors`` fit ``specs`` as one batch."""
-        if len(tensors) != len(specs):
-            raise ValueError(f"{self.uid} takes {len(specs)} {what}, got {len(tensors)}")
-        batch = tensors[0].shape[0] if tensors and tensors[0].dim() else None
-        for i, (tensor, spec) in enumerate(zip(tensors, specs, strict=True)):
-            if tensor.dtype != spec.dtype:
-                raise ValueError(f"{what} {i} of {self.uid} must be {spec.dtype}, got {tensor.dtype}")
-            if tensor.dim() != len(spec.shape) + 1 or tuple(tensor.shape[1:]) != spec.shape:
+    def check_layout(
+        self,
+        layouts: Sequence[tuple[torch.dtype, Sequence[int]]],
+        specs: Sequence[TensorSpec],
+        what: str,
+    ) -> int:
+        """The batch size, or ValueError naming the problem unless tensors of these (dtype,
+        shape) fit ``specs`` as one batch. Needs no data, so it runs on a request's headers
+        before anything is decoded."""
+        if len(layouts) != len(specs):
+            raise ValueError(f"{self.uid} takes {len(specs)} {what}, got {len(layouts)}")
+        batch = layouts[0][1][0] if layouts and len(layouts[0][1]) else None
+        for i, ((dtype, shape), spec) in enumerate(zip(layouts, specs, strict=True)):
+            if dtype != spec.dtype:
+                raise ValueError(f"{what} {i} of {self.uid} must be {spec.dtype}, got {dtype}")
+            if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != spec.shape:
                 raise ValueError(
                     f"{what} {i} of {self.uid} must have shape [batch, {', '.join(map(str, spec.shape))}], "
-                    f"got {list(tensor.shape)}"
+                    f"got {list(shape)}"
                 )
-            if tensor.shape[0] != batch:
+            if shape[0] != batch:
                 raise ValueError(f"{what} of {self.uid} disagree on the batch size")
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(f"{what} {i} of {self.uid} contains NaN or infinite values")
         if batch is not None and batch > self.max_batch_size:
             raise ValueError(f"batch of {batch} exceeds {self.uid}'s max_batch_size of {self.max_batch_size}")
+        return batch or 0
+
+    def check(self, tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], what: str) -> None:
+        """Raise ValueError, naming the problem, unless ``tensors`` fit ``specs`` as one batch
+        of finite values."""
+        self.check_layout([(t.dtype, t.shape) for t in tensors], specs, what)
+        for i, tensor in enumerate(tensors):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"{what} {i} of {self.uid} contains NaN or infinite values")
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         with torch.no_grad():

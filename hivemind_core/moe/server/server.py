@@ -8,8 +8,12 @@ RPC methods (msgpack bodies; tensors in the ``moe.tensors`` wire format):
   expert takes an optimizer step)
 
 Every request is validated against the expert's schema before it joins a batch; a bad one
-gets an error naming the problem and nobody else notices. The server shares its RPC (and so
-its port) with the peer's DHT node, and re-announces its experts every ``announce_period``.
+gets an error naming the problem and nobody else notices. Sizes, dtypes and shapes are
+checked on the tensors' headers before any data is decoded, so a request claiming a million
+rows is refused at once, and payloads over ``DECODE_INLINE_BYTES`` are decoded on the
+executor, never on the event loop that serves everyone else. The server shares its RPC (and
+so its port) with the peer's DHT node, and re-announces its experts every
+``announce_period``.
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ import torch
 
 from ...dht import DHTNode
 from ...net import RPC
+from ...world import default_rng
 from ..declare import declare_experts
-from ..tensors import Compression, deserialize_tensors, serialize_tensors
-from .backend import ExpertBackend
+from ..tensors import Compression, deserialize_tensors, read_headers, serialize_tensors
+from .backend import ExpertBackend, TensorSpec
 from .batching import TaskPool
 from .device import ComputeExecutor
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("moe.info", "moe.forward", "moe.backward")
+DECODE_INLINE_BYTES = 1 << 20
+"""Requests with more tensor data than this are decoded on the executor, off the event loop."""
 
 
 class ExpertServer:
@@ -70,7 +77,7 @@ class ExpertServer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.max_elements = max_elements
         self.fault_rate = fault_rate
-        self.rng = rng or random.Random()
+        self.rng = rng if rng is not None else default_rng("expert-server")
         self.forward_pools = {
             uid: TaskPool(
                 f"{uid}.forward",
@@ -140,14 +147,16 @@ class ExpertServer:
             await self.executor.run(lambda b=backend, p=path: _save(b, p), flops=0)
 
     async def load_checkpoints(self) -> int:
-        """Restore every expert that has a checkpoint; returns how many did."""
+        """Restore every expert that has a checkpoint; returns how many did.
+
+        Reading and restoring run on the executor, like saving: never on the event loop, and
+        never in the middle of a batch."""
         assert self.checkpoint_dir is not None
         loaded = 0
         for uid, backend in self.backends.items():
             path = self.checkpoint_dir / f"{uid}.pt"
             if path.exists():
-                state = torch.load(path, map_location=backend.device, weights_only=True)
-                await self.executor.run(lambda b=backend, s=state: b.load_state_dict(s), flops=0)
+                await self.executor.run(lambda b=backend, p=path: _load(b, p), flops=0)
                 loaded += 1
         return loaded
 
@@ -160,8 +169,7 @@ class ExpertServer:
         uid, raw_inputs, compression = _unpack(body, 3, "forward body must be [uid, inputs, compression]")
         backend = self._backend(uid)
         reply = Compression(compression)
-        inputs = deserialize_tensors(raw_inputs, max_elements=self.max_elements)
-        backend.check(inputs, backend.inputs, "input")
+        (inputs,) = await self._receive(backend, [(raw_inputs, backend.inputs, "input")])
         self._maybe_fail(uid)
         return serialize_tensors(await self.forward_pools[uid].submit(inputs), reply)
 
@@ -171,12 +179,9 @@ class ExpertServer:
         )
         backend = self._backend(uid)
         reply = Compression(compression)
-        inputs = deserialize_tensors(raw_inputs, max_elements=self.max_elements)
-        grads = deserialize_tensors(raw_grads, max_elements=self.max_elements)
-        backend.check(inputs, backend.inputs, "input")
-        backend.check(grads, backend.outputs, "grad_output")
-        if inputs[0].shape[0] != grads[0].shape[0]:
-            raise ValueError(f"{uid}: {inputs[0].shape[0]} inputs but {grads[0].shape[0]} output gradients")
+        inputs, grads = await self._receive(
+            backend, [(raw_inputs, backend.inputs, "input"), (raw_grads, backend.outputs, "grad_output")]
+        )
         self._maybe_fail(uid)
         return serialize_tensors(await self.backward_pools[uid].submit([*inputs, *grads]), reply)
 
@@ -188,6 +193,36 @@ class ExpertServer:
             hosted = ", ".join(sorted(self.backends))
             raise KeyError(f"no expert {uid!r} on this server; it hosts: {hosted}")
         return backend
+
+    async def _receive(
+        self, backend: ExpertBackend, parts: Sequence[tuple[Any, Sequence[TensorSpec], str]]
+    ) -> list[list[torch.Tensor]]:
+        """Decode a request's tensor lists (raw, schema, what) after checking their headers.
+
+        Every count, dtype, shape and the batch limit is checked before a byte of data is
+        decoded; large payloads are decoded (and checked for NaN) on the executor.
+        """
+        remaining = self.max_elements
+        batches = []
+        for raw, specs, what in parts:
+            headers = read_headers(raw, max_elements=remaining)
+            remaining -= sum(header.numel for header in headers)
+            batches.append(backend.check_layout([(h.dtype, h.shape) for h in headers], specs, what))
+            if batches[-1] != batches[0]:
+                raise ValueError(f"{backend.uid}: {batches[0]} inputs but {batches[-1]} output gradients")
+
+        def decode() -> list[list[torch.Tensor]]:
+            decoded = []
+            for raw, specs, what in parts:
+                tensors = deserialize_tensors(raw, max_elements=self.max_elements)
+                backend.check(tensors, specs, what)
+                decoded.append(tensors)
+            return decoded
+
+        size = sum(len(item[3]) + len(item[4]) for raw, _, _ in parts for item in raw)
+        if size <= DECODE_INLINE_BYTES:
+            return decode()
+        return await self.executor.run(decode, flops=0)
 
     def _maybe_fail(self, uid: str) -> None:
         if self.fault_rate and self.rng.random() < self.fault_rate:
@@ -212,6 +247,10 @@ def _unpack(body: Any, size: int, message: str) -> list[Any]:
     if not isinstance(body, list) or len(body) != size:
         raise ValueError(message)
     return body
+
+
+def _load(backend: ExpertBackend, path: Path) -> None:
+    backend.load_state_dict(torch.load(path, map_location=backend.device, weights_only=True))
 
 
 def _save(backend: ExpertBackend, path: Path) -> None:

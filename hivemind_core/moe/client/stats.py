@@ -1,0 +1,47 @@
+"""Counters a DMoE layer keeps about its remote work, so failures are visible, not just logged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_TRACKED_EXPERTS = 1024
+"""Per-expert entries kept (the least recently failing are forgotten first): expert UIDs come
+from the DHT, so a hostile peer could otherwise grow the table without bound."""
+
+
+@dataclass
+class MixtureStats:
+    """What a :class:`RemoteMixtureOfExperts` did: calls, failures and searches since creation.
+
+    ``forward_calls``/``backward_calls`` count expert calls (one per chosen expert and round),
+    ``searches`` beam searches, ``unavailable`` forwards that raised ``ExpertsUnavailable``;
+    ``expert_failures`` maps an expert's UID to its failed calls (forward and backward).
+    """
+
+    forward_calls: int = 0
+    forward_failures: int = 0
+    backward_calls: int = 0
+    backward_failures: int = 0
+    searches: int = 0
+    unavailable: int = 0
+    expert_failures: dict[str, int] = field(default_factory=dict)
+    _warned_until: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def record_failure(self, uid: str) -> None:
+        self.expert_failures[uid] = self.expert_failures.pop(uid, 0) + 1  # most recent last
+        _trim(self.expert_failures)
+
+    def should_warn(self, uid: str, now: float, period: float) -> bool:
+        """True at most once per ``period`` seconds for each expert."""
+        if now < self._warned_until.get(uid, float("-inf")):
+            return False
+        self._warned_until.pop(uid, None)
+        self._warned_until[uid] = now + period
+        _trim(self._warned_until)
+        return True
+
+
+def _trim(table: dict[str, Any]) -> None:
+    while len(table) > MAX_TRACKED_EXPERTS:
+        del table[next(iter(table))]

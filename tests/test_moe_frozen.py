@@ -1,0 +1,81 @@
+"""A frozen expert server (stops answering but stays connected) costs one training step, not
+every step: the beam search serves its cached prefix entries while a background refresh waits
+on the frozen DHT replica, and the client bans the server after its first missed deadline.
+
+In simulation the freeze is a partition: every frame to or from the server is dropped, so its
+requests time out exactly as those to a SIGSTOPped process do. Step times are virtual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from hivemind_core.moe.client import RemoteMixtureOfExperts
+from hivemind_core.moe.server import ExpertBackend
+from hivemind_core.moe.uid import expand_pattern
+
+HID = 8
+GRID = (3, 4)
+BETWEEN_STEPS = 0.5  # the trainer's other work per step (data loading...), in virtual seconds
+FREEZE = 10.0
+SLOW = 0.5  # a normal step takes ~10 ms of virtual time here
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch ops run on the loop thread and the trainer thread in turn: with a thread pool each,
+    their idle workers spin against each other (10x slower on two cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.asyncio(loop_factories=["sim"])
+async def test_a_frozen_server_costs_at_most_one_slow_step(world, one_torch_thread) -> None:
+    uids = expand_pattern("ffn.[0:3].[0:4]")
+    hosted = [ExpertBackend.create(uid, "ffn", HID, seed=i) for i, uid in enumerate(uids)]
+    first = await world.expert_server(hosted[0::3])
+    for i in (1, 2):
+        await world.expert_server(hosted[i::3], [first.endpoint])
+    frozen = world.servers[2]
+    client = await world.moe_client([first.endpoint])
+    layer = RemoteMixtureOfExperts(
+        in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=4
+    )  # default timeouts, cache_ttl and lookup_timeout
+    loop = asyncio.get_running_loop()
+    x = torch.randn(16, HID, generator=torch.Generator().manual_seed(0))
+
+    def train_step() -> None:
+        layer(x).pow(2).mean().backward()
+
+    async def steps_for(seconds: float) -> list[float]:
+        durations, end = [], loop.time() + seconds
+        while loop.time() < end:
+            started = loop.time()
+            await world.run_trainer(train_step)
+            durations.append(loop.time() - started)
+            await asyncio.sleep(BETWEEN_STEPS)
+        return durations
+
+    before = await steps_for(3.0)
+    world.sim.network.partition([[frozen.endpoint]])
+    during = await steps_for(FREEZE)
+    world.sim.network.heal()
+    after = await steps_for(3.0)
+    await client.close()
+    print(
+        f"\nstep times (virtual s): before max {max(before):.3f}; during the {FREEZE:.0f} s freeze "
+        f"{[round(d, 3) for d in during]}; after max {max(after):.3f}; "
+        f"DHT lookups {layer.searcher.lookups}"
+    )
+    assert max(before) < SLOW
+    slow = [d for d in during if d >= SLOW]
+    assert len(slow) <= 1, f"{len(slow)} of {len(during)} steps were slow during the freeze: {during}"
+    assert len(during) > FREEZE / (2 * BETWEEN_STEPS), "training carried on through the freeze"
+    assert client.is_banned(frozen.endpoint), "the frozen server was banned after its first missed deadline"
+    assert layer.stats.forward_failures >= 1
