@@ -163,12 +163,9 @@ class _Connection(asyncio.Protocol):
         self.last_active = self.loop.time()
         self.buffer += data
         if self.waiting_turn or self.blocked:
-            self._update_reading()
-        elif self.owner._turns:  # others are waiting: queue behind them
-            self.owner._want_turn(self)
-            self._update_reading()
+            self.update_reading()
         else:
-            self.dispatch()
+            self.owner._hand_over(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -246,7 +243,7 @@ class _Connection(asyncio.Protocol):
             self._start_frame_clock(restart=offset > 0)
         else:
             self._stop_frame_clock()
-        self._update_reading()
+        self.update_reading()
 
     def unblock(self) -> None:
         """Called when a serving slot frees up or the backlog drains: take a turn again."""
@@ -300,7 +297,7 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(None)
         self._drain_waiters.clear()
 
-    def _update_reading(self) -> None:
+    def update_reading(self) -> None:
         """Read unless a request is blocked or too much waits for a turn (bounds the buffer)."""
         enabled = not self.blocked and not (self.waiting_turn and len(self.buffer) > _READ_AHEAD)
         if self.transport is None or enabled != self._read_paused:
@@ -375,12 +372,14 @@ class _Connection(asyncio.Protocol):
 class _Host:
     """Connections from (or to) one remote host: how many came in, and which wait for a turn."""
 
-    __slots__ = ("in_turns", "incoming", "ready")
+    __slots__ = ("had_turn", "in_turns", "incoming", "name", "ready")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.incoming = 0
         self.ready: collections.deque[_Connection] = collections.deque()
-        self.in_turns = False
+        self.in_turns = False  # in the transport's queue of hosts waiting for a turn
+        self.had_turn = False  # dispatched at once in this round
 
 
 class TcpTransport(FramedTransport):
@@ -460,7 +459,8 @@ class TcpTransport(FramedTransport):
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._hosts: dict[str, _Host] = {}
         self._turns: collections.deque[_Host] = collections.deque()
-        self._turns_scheduled = False
+        self._had_turn: list[_Host] = []
+        self._round_scheduled = False
         self._backlogged_connections: dict[_Connection, None] = {}
         self._under_pressure = False
         self._peak_queued = 0
@@ -590,7 +590,24 @@ class TcpTransport(FramedTransport):
         if self._sweeper is not None:
             self._sweeper.cancel()
 
-    # ---- turns: connections hand frames over in round-robin, host by host -----------------
+    # ---- turns: hosts hand frames over in rounds ------------------------------------------
+    #
+    # In each round (one pass of the event loop) every host gets one turn: the first of its
+    # connections with new data dispatches at once, and the others, or one with more than a
+    # turn's worth of frames, queue behind the other hosts. So a host with many connections or
+    # a deep pipeline gets as much of the loop as one that sends a single request.
+
+    def _hand_over(self, connection: _Connection) -> None:
+        """New data arrived on ``connection``: dispatch it now if its host has not had its turn."""
+        host = self._host(connection.host)
+        if host.in_turns or host.had_turn:
+            self._want_turn(connection)
+            connection.update_reading()
+            return
+        host.had_turn = True
+        self._had_turn.append(host)
+        self._schedule_round()
+        connection.dispatch()
 
     def _want_turn(self, connection: _Connection) -> None:
         if connection.waiting_turn:
@@ -601,13 +618,20 @@ class TcpTransport(FramedTransport):
         if not host.in_turns:
             host.in_turns = True
             self._turns.append(host)
-        if not self._turns_scheduled:
-            self._turns_scheduled = True
-            asyncio.get_running_loop().call_soon(self._take_turns)
+        self._schedule_round()
 
-    def _take_turns(self) -> None:
-        """One round: the next waiting connection of every waiting host dispatches a turn."""
-        self._turns_scheduled = False
+    def _schedule_round(self) -> None:
+        if not self._round_scheduled:
+            self._round_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_round)
+
+    def _next_round(self) -> None:
+        """Start a round: the next waiting connection of every waiting host dispatches a turn."""
+        self._round_scheduled = False
+        had_turn, self._had_turn = self._had_turn, []
+        for host in had_turn:
+            host.had_turn = False
+            self._forget_host(host)
         for _ in range(len(self._turns)):
             host = self._turns.popleft()
             connection = host.ready.popleft()
@@ -617,20 +641,19 @@ class TcpTransport(FramedTransport):
                 self._turns.append(host)
             else:
                 host.in_turns = False
-                self._forget_host(connection.host, host)
-        if self._turns and not self._turns_scheduled:
-            self._turns_scheduled = True
-            asyncio.get_running_loop().call_soon(self._take_turns)
+                self._forget_host(host)
+        if self._turns:
+            self._schedule_round()
 
     def _host(self, name: str) -> _Host:
         host = self._hosts.get(name)
         if host is None:
-            host = self._hosts[name] = _Host()
+            host = self._hosts[name] = _Host(name)
         return host
 
-    def _forget_host(self, name: str, host: _Host) -> None:
-        if not host.incoming and not host.in_turns:
-            self._hosts.pop(name, None)
+    def _forget_host(self, host: _Host) -> None:
+        if not (host.incoming or host.in_turns or host.had_turn):
+            self._hosts.pop(host.name, None)
 
     # ---- backlog: bytes queued for peers that have not read them yet ----------------------
 
@@ -768,7 +791,7 @@ class TcpTransport(FramedTransport):
             self._incoming[connection] = None
             host.incoming += 1
             connection._start_frame_clock(restart=True)
-        self._forget_host(connection.host, host)
+        self._forget_host(host)
 
     def _connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
         if connection.incoming:
@@ -776,7 +799,7 @@ class TcpTransport(FramedTransport):
                 del self._incoming[connection]
                 host = self._hosts[connection.host]
                 host.incoming -= 1
-                self._forget_host(connection.host, host)
+                self._forget_host(host)
         elif self._outgoing.get(connection.peer) is connection:
             del self._outgoing[connection.peer]
         self._backlog_drained(connection)
