@@ -7,13 +7,22 @@ import json
 import sys
 from collections.abc import Sequence
 
-from rich.console import Console
-from rich.table import Table
-
 from hivemind_core import __version__
 
-from .demo import SwarmConfig, run_swarm
-from .moe_swarm import MoESwarmConfig, run_moe_swarm
+SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib"}  # what `pip install 'hivemind-sim[sim]'` adds
+
+try:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .demo import SwarmConfig, run_swarm
+    from .moe_swarm import MoESwarmConfig, run_moe_swarm
+except ModuleNotFoundError as error:  # a real peer's install: the core without the simulator
+    MISSING_EXTRA: str | None = (error.name or "").partition(".")[0]
+    if MISSING_EXTRA not in SIM_EXTRA:
+        raise
+else:
+    MISSING_EXTRA = None
 
 
 def _print_summary(title: str, rows: list[tuple[str, str]], digest: str) -> None:
@@ -111,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if MISSING_EXTRA is not None:
+        print(
+            f"hivemind-sim: error: the simulator is not installed ({MISSING_EXTRA} is missing): "
+            "pip install 'hivemind-sim[sim]'",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,72 @@
+"""A real peer installs the core alone; the simulator is the ``[sim]`` extra.
+
+``pip install hivemind-sim`` brings hivemind_core (torch, msgpack, cryptography, numpy);
+``pip install 'hivemind-sim[sim]'`` adds what hivemind_sim needs (simpy, networkx, rich,
+matplotlib). Imports are checked against pyproject.toml, and core-only installs are imitated by
+blocking the simulator's packages in a subprocess.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml"}  # distribution -> module, where they differ
+SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib"}
+
+
+def module_names(requirements: list[str]) -> set[str]:
+    """Top-level modules of requirements such as 'torch>=2.2,<3' (self-references left out)."""
+    names = {re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+    return {IMPORT_NAMES.get(name, name) for name in names if name != PROJECT["name"]}
+
+
+def third_party_imports(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"hivemind_core", "hivemind_sim"}
+
+
+def test_the_core_needs_only_its_own_dependencies() -> None:
+    core = module_names(PROJECT["dependencies"])
+    assert core == {"torch", "msgpack", "cryptography", "numpy"}
+    assert third_party_imports("hivemind_core") <= core
+
+
+def test_the_simulator_needs_only_the_sim_extra() -> None:
+    extras = PROJECT["optional-dependencies"]
+    assert module_names(extras["sim"]) == SIM_EXTRA
+    assert third_party_imports("hivemind_sim") <= module_names(PROJECT["dependencies"]) | SIM_EXTRA
+    assert "hivemind-sim[sim]" in extras["test"], "the tests run the simulator"
+
+
+def run_without_the_simulator(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where the [sim] extra's packages cannot be imported."""
+    block = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in sorted(SIM_EXTRA))
+    return subprocess.run([sys.executable, "-c", block + code], capture_output=True, text=True, timeout=60)
+
+
+def test_a_real_peer_runs_without_the_simulator() -> None:
+    result = run_without_the_simulator(
+        "import hivemind_core.cli, hivemind_core.dht, hivemind_core.moe.client, hivemind_core.moe.server\n"
+        "assert hivemind_core.cli.main(['ping', '127.0.0.1:1', '--count', '1']) == 1\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_hivemind_sim_without_the_sim_extra_says_what_to_install() -> None:
+    result = run_without_the_simulator("from hivemind_sim.cli import main\nsys.exit(main(['demo']))\n")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()  # one line, no traceback
+    assert re.fullmatch(r"hivemind-sim: error: .* pip install 'hivemind-sim\[sim\]'", line), line
