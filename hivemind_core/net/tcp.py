@@ -37,6 +37,10 @@ _COALESCE_LIMIT = 64 * 1024  # payloads below this are copied into one write wit
 _FRAMES_PER_TURN = 16  # frames a connection hands over before the other hosts get a turn
 _READ_AHEAD = 256 * 1024  # unparsed bytes a connection may hold while it waits for its turn
 _PRESSURE_BACKLOG = 64 * 1024  # per-connection backlog while the total is over its budget
+# Requests a backlogged connection may have in service (they wait for the backlog to drain before
+# their handler runs): enough to keep reading ahead while a large reply drains, few enough that a
+# peer that never reads soon stops being read.
+_SERVING_WHILE_BACKLOGGED = 16
 
 
 class DropReason(enum.StrEnum):
@@ -142,7 +146,11 @@ class _Connection(asyncio.Protocol):
 
     @property
     def can_serve(self) -> bool:
-        return self.serving < self.owner.max_concurrent_requests and not self.write_paused
+        """Whether another request may start; few while replies wait for the peer to read them."""
+        limit = self.owner.max_concurrent_requests
+        if self.write_paused:
+            limit = min(limit, _SERVING_WHILE_BACKLOGGED)
+        return self.serving < limit
 
     # asyncio.Protocol callbacks
 
