@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from hivemind_core.moe.client import RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEBeamSearcher, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.moe.uid import expand_pattern
 
@@ -79,3 +79,36 @@ async def test_a_frozen_server_costs_at_most_one_slow_step(world, one_torch_thre
     assert len(during) > FREEZE / (2 * BETWEEN_STEPS), "training carried on through the freeze"
     assert client.is_banned(frozen.endpoint), "the frozen server was banned after its first missed deadline"
     assert layer.stats.forward_failures >= 1
+
+
+@pytest.mark.asyncio(loop_factories=["sim"])
+async def test_stale_entries_are_served_while_one_refresh_runs_and_close_cancels_it(world) -> None:
+    uids = expand_pattern("ffn.[0:3].[0:4]")
+    hosted = [ExpertBackend.create(uid, "ffn", HID, seed=i) for i, uid in enumerate(uids)]
+    first = await world.expert_server(hosted[0::3])
+    for i in (1, 2):
+        await world.expert_server(hosted[i::3], [first.endpoint])
+    client = await world.moe_client([first.endpoint])
+    searcher = MoEBeamSearcher(client, "ffn", GRID, cache_ttl=2.0, max_staleness=30.0, lookup_timeout=1.0)
+    loop = asyncio.get_running_loop()
+    logits = [torch.zeros(2, 3), torch.zeros(2, 4)]
+    fetched = await searcher.search(logits, 4)
+    assert all(len(choices) == 4 for choices in fetched)
+    world.sim.network.partition([[world.servers[2].endpoint]])  # lookups now wait on a frozen replica
+
+    await asyncio.sleep(3.0)  # the entries age past cache_ttl (virtual time)
+    lookups, started = searcher.lookups, loop.time()
+    assert await searcher.search(logits, 4) == fetched
+    assert loop.time() == started, "stale entries were served without waiting"
+    assert searcher.lookups == lookups + len(GRID) and searcher._refreshing, "one refresh per dimension runs"
+    assert await searcher.search(logits, 4) == fetched
+    assert searcher.lookups == lookups + len(GRID), "no second refresh of prefixes already being refreshed"
+
+    await searcher.close()
+    assert not searcher._refreshing and not client._background, "close cancelled the refresh"
+
+    await asyncio.sleep(40.0)  # past max_staleness: nothing usable, so a search waits for the DHT
+    started = loop.time()
+    await searcher.search(logits, 4)
+    assert loop.time() > started
+    assert not client._background, "the waited-for lookup finished"

@@ -11,7 +11,8 @@ import torch
 
 from hivemind_core.moe.client import RemoteExpert
 from hivemind_core.moe.declare import find_experts
-from hivemind_core.moe.server import ExpertBackend, ExpertServer, TensorSpec
+from hivemind_core.moe.server import ComputeExecutor, ExpertBackend, ExpertServer, TensorSpec
+from hivemind_core.moe.server import server as server_module
 from hivemind_core.moe.tensors import serialize_tensors
 from hivemind_core.net import RemoteError
 
@@ -144,3 +145,139 @@ async def test_custom_modules_declare_their_schema() -> None:
     }
     with pytest.raises(ValueError, match="invalid expert UID"):
         ExpertBackend("not a uid", module, inputs=[])
+
+
+class RecordingExecutor(ComputeExecutor):
+    """Wraps a world's executor; ``inside`` is true while one of its functions runs."""
+
+    def __init__(self, inner: ComputeExecutor) -> None:
+        self.inner = inner
+        self.inside = 0
+
+    async def run(self, function, *, flops: float):  # type: ignore[no-untyped-def]
+        def wrapped():  # type: ignore[no-untyped-def]
+            self.inside += 1
+            try:
+                return function()
+            finally:
+                self.inside -= 1
+
+        return await self.inner.run(wrapped, flops=flops)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def spy_on_decoding(monkeypatch, executor: RecordingExecutor) -> list[tuple[tuple[int, ...], bool]]:
+    """(shape, on the executor?) of every tensor list the server decodes."""
+    decoded: list[tuple[tuple[int, ...], bool]] = []
+    real = server_module.deserialize_tensors
+
+    def spy(raw, **options):  # type: ignore[no-untyped-def]
+        tensors = real(raw, **options)
+        decoded.extend((tuple(t.shape), executor.inside > 0) for t in tensors)
+        return tensors
+
+    monkeypatch.setattr(server_module, "deserialize_tensors", spy)
+    return decoded
+
+
+@pytest.mark.asyncio(loop_factories=["tcp"])
+async def test_oversized_claims_are_refused_from_the_header_while_a_good_client_is_served(
+    world, monkeypatch
+) -> None:
+    executor = RecordingExecutor(world.executor())
+    node = await world.dht()
+    server = ExpertServer(backends(), rpc=node.rpc, dht=node, executor=executor)
+    await server.start()
+    world.servers.append(server)
+    decoded = spy_on_decoding(monkeypatch, executor)
+    hostile = await world.rpc(serve=False)
+    good = await world.moe_client([server.endpoint])
+    rows = 200_000  # 12.8 MB of float32, all of it real bytes: only the batch limit can refuse it
+    claim = ["ffn.0", [["float32", [rows, HID], "none", bytes(4 * rows * HID), b""]], "none"]
+
+    async def attack() -> list[BaseException]:
+        calls = [hostile.call(server.endpoint, "moe.forward", claim, timeout=30) for _ in range(4)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    async def serve_well() -> int:
+        for _ in range(20):
+            (output,) = await good.forward("ffn.1", server.endpoint, [torch.randn(3, HID)], timeout=30)
+            assert output.shape == (3, HID)
+        return 20
+
+    refusals, answered = await asyncio.gather(attack(), serve_well())
+    assert answered == 20
+    for refusal in refusals:
+        assert isinstance(refusal, RemoteError), refusal
+        assert f"batch of {rows} exceeds ffn.0's max_batch_size of 4096" in str(refusal)
+    assert all(shape[0] != rows for shape, _ in decoded), "the oversized claim was decoded before refusal"
+
+
+async def test_large_payloads_are_decoded_on_the_executor(world, monkeypatch) -> None:
+    executor = RecordingExecutor(world.executor())
+    node = await world.dht()
+    hid = 256
+    hosted = [ExpertBackend.create("ffn.0", "ffn", hid, seed=0, max_batch_size=8192)]
+    server = ExpertServer(hosted, rpc=node.rpc, dht=node, executor=executor)
+    await server.start()
+    world.servers.append(server)
+    decoded = spy_on_decoding(monkeypatch, executor)
+    client = await world.moe_client([server.endpoint])
+    small, large = torch.randn(4, hid), torch.randn(2048, hid)  # 4 KiB and 2 MiB of float32
+    for x in (small, large):
+        (output,) = await client.forward("ffn.0", server.endpoint, [x], timeout=60)
+        assert output.shape == x.shape
+    assert decoded == [((4, hid), False), ((2048, hid), True)], decoded
+
+
+async def test_scalar_and_empty_inputs_are_clear_errors_in_the_client(world) -> None:
+    server = await world.expert_server(backends())
+    client = await world.moe_client([server.endpoint])
+    for inputs, message in [
+        ([torch.tensor(1.0)], r"inputs\[0\] must be a tensor of shape \[batch, ...\]"),
+        ([], "needs at least one tensor"),
+        ([torch.zeros(2, HID), torch.zeros(3, HID)], "disagree on the batch size"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            await client.forward("ffn.0", server.endpoint, inputs, timeout=10)
+    with pytest.raises(ValueError, match=r"grad_outputs\[0\] must be a tensor of shape"):
+        await client.backward(
+            "ffn.0", server.endpoint, [torch.zeros(2, HID)], [torch.tensor(0.0)], timeout=10
+        )
+    expert = RemoteExpert("ffn.0", server.endpoint, client)
+    with pytest.raises(ValueError, match=r"inputs\[0\] must be a tensor of shape \[batch, ...\]"):
+        await world.run_trainer(lambda: expert(torch.tensor(1.0)))
+
+
+async def test_remote_expert_arguments_are_validated(world) -> None:
+    client = await world.moe_client([])
+    for options, message in [
+        ({"forward_timeout": 0}, "forward_timeout must be a finite positive number"),
+        ({"backward_timeout": float("inf")}, "backward_timeout must be a finite positive number"),
+        ({"forward_timeout": float("nan")}, "forward_timeout must be a finite positive number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            RemoteExpert("ffn.0", "peer:1", client, **options)
+    with pytest.raises(ValueError, match="invalid expert UID"):
+        RemoteExpert("not a uid", "peer:1", client)
+
+
+async def test_checkpoints_are_loaded_on_the_executor(world, tmp_path, monkeypatch) -> None:
+    hosted = backends(2)
+    server = await world.expert_server(hosted, checkpoint_dir=tmp_path)
+    await server.save_checkpoints()
+    executor = RecordingExecutor(world.executor())
+    restored = ExpertServer(backends(2), rpc=server.rpc, executor=executor, checkpoint_dir=tmp_path)
+    real_load = torch.load
+    where: list[bool] = []
+
+    def load(*args, **options):  # type: ignore[no-untyped-def]
+        where.append(executor.inside > 0)
+        return real_load(*args, **options)
+
+    monkeypatch.setattr(torch, "load", load)
+    assert await restored.load_checkpoints() == 2
+    assert where == [True, True], "torch.load ran on the event loop"
+    await executor.close()

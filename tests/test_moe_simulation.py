@@ -53,6 +53,19 @@ def test_the_same_run_in_other_processes_gives_the_same_digest() -> None:
     assert digest("0") == digest("12345")
 
 
+def test_a_small_swarm_lowers_the_loss_through_crashes() -> None:
+    """The default suite's version of the slow test below: 6 servers (2 crash), 2 trainers, 30
+    steps, a few seconds of wall time. Means over 5 steps smooth single-batch noise."""
+    config = MoESwarmConfig(
+        servers=6, trainers=2, grid=(4, 4), steps=30, crash_servers=2, crash_at=2.0, seed=2
+    )
+    report = run_moe_swarm(config)
+    assert all(len(history) == config.steps for history in report.losses), "every trainer finished"
+    first = sum(sum(history[:5]) / 5 for history in report.losses) / len(report.losses)
+    last = sum(sum(history[-5:]) / 5 for history in report.losses) / len(report.losses)
+    assert last < 0.8 * first, (first, last)
+
+
 @pytest.mark.slow
 def test_training_lowers_the_loss() -> None:
     report = run_moe_swarm(MoESwarmConfig(servers=32, trainers=8, steps=60, crash_servers=8, seed=1))

@@ -168,6 +168,7 @@ class MoEBeamSearcher:
             self.lookups += 1
             task = self.client.spawn(self._refresh(idle, dimension), name=f"refresh {self.grid} prefixes")
             self._refreshing.update(dict.fromkeys(idle, task))
+            task.add_done_callback(lambda done, idle=idle: self._forget(idle, done))
         if needed:
             waits = {self._refreshing[prefix] for prefix in needed}
             await asyncio.wait(waits)  # a shared fetch: a cancelled caller leaves it running for others
@@ -182,18 +183,19 @@ class MoEBeamSearcher:
         """Fetch the prefix entries from the DHT into the cache; ends within ``lookup_timeout``."""
         assert self.client.dht is not None
         started = asyncio.get_running_loop().time()
-        try:
-            # latest: merge each prefix's dictionary across its replicas, as a replica may lack the
-            # subkeys a server announced before that replica joined; the timeout keeps a frozen
-            # replica from stalling it (what answered by then is used)
-            found = await self.client.dht.get_many(prefixes, latest=True, timeout=self.lookup_timeout)
-            for prefix, value in zip(prefixes, found, strict=True):
-                entries = value.value if value is not None and isinstance(value.value, dict) else {}
-                self._cache[prefix] = (started, self._children(prefix, entries, dimension))
-        finally:
-            for prefix in prefixes:
-                if self._refreshing.get(prefix) is asyncio.current_task():
-                    del self._refreshing[prefix]
+        # latest: merge each prefix's dictionary across its replicas, as a replica may lack the
+        # subkeys a server announced before that replica joined; the timeout keeps a frozen
+        # replica from stalling it (what answered by then is used)
+        found = await self.client.dht.get_many(prefixes, latest=True, timeout=self.lookup_timeout)
+        for prefix, value in zip(prefixes, found, strict=True):
+            entries = value.value if value is not None and isinstance(value.value, dict) else {}
+            self._cache[prefix] = (started, self._children(prefix, entries, dimension))
+
+    def _forget(self, prefixes: list[str], task: asyncio.Task[None]) -> None:
+        """A refresh ended (done, failed or cancelled, even before it started): others may begin."""
+        for prefix in prefixes:
+            if self._refreshing.get(prefix) is task:
+                del self._refreshing[prefix]
 
     def _children(self, prefix: str, entries: dict, dimension: int) -> Children:
         """The well-formed entries of one prefix: at most ``grid_size[dimension]`` of them, each

@@ -68,8 +68,9 @@ class RemoteMixtureOfExperts(nn.Module):
     """A mixture of the best ``k_best`` remote experts of grid ``uid_prefix``; see the module doc.
 
     Inputs are ``[batch, in_features]`` or ``[batch, ..., in_features]`` (the gate then sees the
-    mean over the middle dimensions); experts must map a sample to an output of one fixed shape.
-    An empty batch gives an empty output (of the input's sample shape) without remote calls.
+    mean over the middle dimensions). Experts map a sample to an output of ``output_shape``
+    (by default the input's sample shape); an answer of another shape counts as a failure of
+    that expert. An empty batch gives an empty output without remote calls.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class RemoteMixtureOfExperts(nn.Module):
         timeout_after_k_min: float = 1.0,
         max_searches: int = 3,
         beam_size: int | None = None,
+        output_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("k_best", k_best), ("max_searches", max_searches)):
@@ -102,6 +104,8 @@ class RemoteMixtureOfExperts(nn.Module):
             parse_uid(f"{uid_prefix}.0")
         except ValueError:
             raise ValueError(f"uid_prefix must be a grid name like 'ffn', got {uid_prefix!r}") from None
+        if output_shape is not None and not all(type(size) is int and size >= 0 for size in output_shape):
+            raise ValueError(f"output_shape must be a sequence of ints >= 0, got {output_shape!r}")
         for name, seconds in (
             ("forward_timeout", forward_timeout),
             ("backward_timeout", backward_timeout),
@@ -116,6 +120,7 @@ class RemoteMixtureOfExperts(nn.Module):
         self.timeout_after_k_min = timeout_after_k_min
         self.max_searches = max_searches
         self.beam_size = beam_size
+        self.output_shape = None if output_shape is None else torch.Size(output_shape)
         self.stats = MixtureStats()
         self.searcher = MoEBeamSearcher(client, uid_prefix, self.grid_size)
         self.proj = nn.Linear(in_features, sum(self.grid_size))
@@ -152,7 +157,7 @@ class RemoteMixtureOfExperts(nn.Module):
         failed: set[str] = set()
         assignments: list[_Assignment] = []
         round_: list[_Assignment] = []
-        sample_shape: list[torch.Size] = []  # of the first answer: every other must match it
+        sample_shape = self.output_shape if self.output_shape is not None else x.shape[1:]
         needy = list(range(batch))
         for attempt in range(self.max_searches):
             # a sample's own answered experts are skipped per sample (in _group), so ask for as
@@ -207,7 +212,7 @@ class RemoteMixtureOfExperts(nn.Module):
         x: torch.Tensor,
         round_: list[_Assignment],
         answered: list[list[_Assignment]],
-        sample_shape: list[torch.Size],
+        sample_shape: torch.Size,
     ) -> None:
         loop = asyncio.get_running_loop()
         calls = {
@@ -259,11 +264,7 @@ class RemoteMixtureOfExperts(nn.Module):
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
     ) -> _ForwardResult:
         batch, dims = x.shape[0], len(self.grid_size)
-        sample_shape = (
-            assignments[0].output.shape[1:]
-            if assignments and assignments[0].output is not None
-            else x.shape[1:]
-        )
+        sample_shape = self.output_shape if self.output_shape is not None else x.shape[1:]
         outputs = x.new_zeros(batch, self.k_best, *sample_shape)
         mask = torch.zeros(batch, self.k_best, dtype=torch.bool)
         coords = torch.full((batch, self.k_best, dims), -1, dtype=torch.long)
@@ -340,19 +341,16 @@ class RemoteMixtureOfExperts(nn.Module):
 
 
 def _one_output(
-    outputs: list[torch.Tensor], assignment: _Assignment, sample_shape: list[torch.Size]
+    outputs: list[torch.Tensor], assignment: _Assignment, sample_shape: torch.Size
 ) -> torch.Tensor:
-    """An expert's answer as one [samples, ...] tensor of the step's sample shape, or
-    MalformedResponse (the client has already checked its batch size)."""
+    """An expert's answer as one [samples, *sample_shape] tensor, or MalformedResponse (the
+    client has already checked its batch size)."""
     uid = assignment.choice.uid
     if len(outputs) != 1 or not outputs[0].is_floating_point():
         raise MalformedResponse(f"{uid} must return one floating-point tensor, got {len(outputs)} tensor(s)")
-    if not sample_shape:
-        sample_shape.append(outputs[0].shape[1:])
-    elif outputs[0].shape[1:] != sample_shape[0]:
+    if outputs[0].shape[1:] != sample_shape:
         raise MalformedResponse(
-            f"{uid} returned samples of shape {list(outputs[0].shape[1:])}, "
-            f"other experts {list(sample_shape[0])}"
+            f"{uid} returned samples of shape {list(outputs[0].shape[1:])}, expected {list(sample_shape)}"
         )
     return outputs[0]
 
