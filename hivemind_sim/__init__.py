@@ -2,14 +2,36 @@
 
 Runs the unmodified ``hivemind_core`` code of thousands of peers in one process, on an asyncio
 event loop whose clock is a simpy ``Environment``.
+
+The simulator is the ``[sim]`` extra (``pip install 'hivemind-sim[sim]'``). Its names load on
+first use, so that ``hivemind-sim`` on a core-only install says what to install instead of
+failing with a traceback at ``import hivemind_sim``.
 """
 
-from .loop import SimulationStuck, VirtualTimeLoop
-from .network import AccessLink, NetworkStats, SimNetwork
-from .simulation import Simulation
-from .topology import Topology
-from .trace import TraceDigest
-from .transport import SimTransport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import SimulationStuck, VirtualTimeLoop
+    from .network import AccessLink, NetworkStats, SimNetwork
+    from .simulation import Simulation
+    from .topology import Topology
+    from .trace import TraceDigest
+    from .transport import SimTransport
+
+_SUBMODULE = {
+    "SimulationStuck": "loop",
+    "VirtualTimeLoop": "loop",
+    "AccessLink": "network",
+    "NetworkStats": "network",
+    "SimNetwork": "network",
+    "Simulation": "simulation",
+    "Topology": "topology",
+    "TraceDigest": "trace",
+    "SimTransport": "transport",
+}
 
 __all__ = [
     "AccessLink",
@@ -22,3 +44,9 @@ __all__ = [
     "TraceDigest",
     "VirtualTimeLoop",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_SUBMODULE[name]}", __name__), name)
