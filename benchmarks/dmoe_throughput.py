@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     total = args.servers * args.experts_per_server
     servers: list[PeerProcess] = []
-    dht = None
+    dht = client = None
     options = ["--device", args.device, "--torch-threads", str(args.server_threads), "--duration", "900"]
     try:
         for i in range(args.servers):
@@ -84,6 +84,8 @@ def main() -> None:
             rates[name] = args.steps * args.batch / (time.perf_counter() - started)
     finally:
         if dht is not None:
+            if client is not None:
+                dht.bridge.run(client.close())  # stop background prefix refreshes first
             dht.shutdown()
         for server in servers:
             server.stop()

@@ -26,7 +26,11 @@ from hivemind_sim.processes import expert_server
 
 def hostile_main(args: argparse.Namespace) -> None:
     """One hostile process: send oversized claims until stdin closes; report refusals."""
-    body = ["ffn.0", [["float32", [args.rows, args.hid], "none", bytes(4 * args.rows * args.hid), b""]], "none"]
+    body = [
+        "ffn.0",
+        [["float32", [args.rows, args.hid], "none", bytes(4 * args.rows * args.hid), b""]],
+        "none",
+    ]
 
     async def run() -> tuple[int, int]:
         rpc = RPC(TcpTransport(max_frame_size=1 << 30))

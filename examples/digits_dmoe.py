@@ -131,6 +131,13 @@ def train(fault_rate: float, *, epochs: int, seed: int = 0, batch: int = 64) -> 
                 f"test accuracy {accuracy:.3f}",
                 flush=True,
             )
+        stats = model[1].stats
+        print(
+            f"fault rate {fault_rate:.0%}: {stats.forward_failures} of {stats.forward_calls} expert forward "
+            f"calls and {stats.backward_failures} of {stats.backward_calls} backward calls failed",
+            flush=True,
+        )
+        dht.bridge.run(client.close())  # stop background prefix refreshes before the DHT goes
     return curve
 
 
