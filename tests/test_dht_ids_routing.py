@@ -11,6 +11,8 @@ from hivemind_core.dht.ids import (
     ID_BITS,
     ID_BYTES,
     ID_SPACE,
+    MAX_KEY_DEPTH,
+    deserialize_key,
     distance,
     id_from_bytes,
     id_to_bytes,
@@ -99,7 +101,6 @@ def test_serialize_key_rejects_unsupported_types(key: object) -> None:
 def test_serialize_key_is_canonical_and_distinguishes_types() -> None:
     """Equal keys give equal bytes; str, bytes and int keys never collide."""
     assert serialize_key("expert.0") == serialize_key("expert." + "0")
-    assert serialize_key(("a", 1)) == serialize_key(["a", 1]), "tuples and lists are the same key"
     encoded = {serialize_key(k) for k in ["1", b"1", 1, ("1",)]}
     assert len(encoded) == 4
     assert key_id(serialize_key("a")) != key_id(serialize_key("b"))
@@ -110,6 +111,47 @@ def test_serialize_key_is_canonical_and_distinguishes_types() -> None:
 def test_serialize_key_rejects_unsupported_items_inside_tuples(key: object) -> None:
     with pytest.raises(TypeError, match="DHT keys and subkeys must be str, bytes, int or tuples"):
         serialize_key(key)
+
+
+def test_list_keys_are_refused_so_they_cannot_alias_tuples() -> None:
+    """msgpack packs lists and tuples alike: accepting both made ``["a", 1]`` and ``("a", 1)`` one key."""
+    for key in (["a", 1], ("a", ["b"]), []):
+        with pytest.raises(TypeError, match=r"got list \(use a tuple"):
+            serialize_key(key)
+    assert deserialize_key(serialize_key(("a", (1, b"x")))) == ("a", (1, b"x"))
+
+
+def nested(depth: int) -> object:
+    key: object = "leaf"
+    for _ in range(depth):
+        key = (key,)
+    return key
+
+
+def test_deeply_nested_keys_are_refused_naming_the_limit() -> None:
+    assert deserialize_key(serialize_key(nested(MAX_KEY_DEPTH))) == nested(MAX_KEY_DEPTH)
+    for depth in (MAX_KEY_DEPTH + 1, 5000):
+        with pytest.raises(ValueError, match=rf"at most {MAX_KEY_DEPTH} deep"):
+            serialize_key(nested(depth))
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\x91" * 5000 + b"\x00", "StackError"),  # an array nested 5,000 deep
+        (b"\xcb" + bytes(8), "got float"),
+        (b"\xcc\x01", "canonical"),  # 1 as uint8, where 1 has a one-byte encoding
+        (b"\xa1\xff", "UnicodeDecodeError"),
+        (b"\x81\xa1a\x01", "got dict"),
+        (b"\xc1", "FormatError"),
+        (b"", "incomplete"),
+        (b"\x01\x02", "ExtraData"),
+    ],
+)
+def test_deserialize_key_accepts_only_what_serialize_key_makes(data: bytes, problem: str) -> None:
+    """Bytes from another peer: anything but a canonical key is a ValueError naming the problem."""
+    with pytest.raises(ValueError, match=problem):
+        deserialize_key(data)
 
 
 def test_serialize_key_rejects_huge_ints_with_type_error() -> None:

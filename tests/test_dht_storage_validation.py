@@ -133,8 +133,8 @@ def test_plain_value_versus_dictionary_later_expiration_wins(
     assert held(storage, 0.0) == [(expected.subkey, expected.value, expected.expiration_time)]
 
 
-def test_capacity_evicts_least_recently_stored() -> None:
-    storage = LocalStorage(capacity=3)
+def test_a_cache_at_capacity_evicts_least_recently_stored() -> None:
+    storage = LocalStorage(capacity=3, evict=True)
     keys = [serialize_key(f"k{i}") for i in range(5)]
     ids = [key_id(k) for k in keys]
     for i in range(3):

@@ -100,7 +100,9 @@ def encode_entry(entry: StoredEntry) -> list[Any]:
     return [entry.key, entry.value, entry.expiration_time, subkeys]
 
 
-def decode_entry(raw: Any, where: str) -> StoredEntry:
+def decode_entry(raw: Any, where: str, *, max_subkeys: int | None = None) -> StoredEntry:
+    """A stored entry from a find answer; one with more than ``max_subkeys`` subkeys is refused
+    before they are decoded (no honest node holds more)."""
     require(isinstance(raw, list) and len(raw) == 4, f"{where} must be [key, value, expiration, subkeys]")
     key, value, expiration, subkeys = raw
     require(isinstance(key, bytes), f"{where}: key must be bytes")
@@ -109,6 +111,10 @@ def decode_entry(raw: Any, where: str) -> StoredEntry:
         require(isinstance(value, bytes), f"{where}: value must be bytes")
         return StoredEntry(key, value, float(expiration))
     require(isinstance(subkeys, list), f"{where}: subkeys must be a list")
+    require(
+        max_subkeys is None or len(subkeys) <= max_subkeys,
+        f"{where} has {len(subkeys)} subkeys; the limit is {max_subkeys}",
+    )
     parsed: dict[bytes, tuple[bytes, float]] = {}
     for i, item in enumerate(subkeys):
         require(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -37,9 +38,42 @@ class DHTConfig:
     """Contacts per bucket from one IPv4 /24 (IPv6 /64); None disables the limit."""
     bootstrap_timeout: float = 10.0
     """Seconds to wait for initial peers to answer."""
+    max_ttl: float = 86400.0
+    """Farthest a record's expiration may lie ahead of the clock, in seconds. Records are meant
+    to be re-announced by whoever needs them (experts re-announce every few seconds with ~30 s
+    lifetimes), so a day costs honest writers nothing, while a record nobody refreshes, a flood
+    included, leaves every node's storage within a day. An expiration of 2**64 - 1 would pin it
+    for good."""
+    max_clock_skew: float = 300.0
+    """How far ahead of ours another peer's clock may be: a record from elsewhere may expire up to
+    ``max_ttl + max_clock_skew`` seconds from now (this node's own writes get ``max_ttl``)."""
+    max_subkeys: int = 8192
+    """Most subkeys one key holds; an expert grid of 8192 coordinates per dimension still fits."""
+    max_entry_bytes: int = 8 * 1024 * 1024
+    """Most bytes one key holds (all its subkeys), so a find answer for it fits in a frame."""
+    max_storage_bytes: int = 128 * 1024 * 1024
+    """Most bytes held as a replica (see ``storage.record_size``); when full, new records are
+    refused, never evicted for newcomers."""
+    max_cache_bytes: int = 32 * 1024 * 1024
+    """Most bytes of cached copies; when full, the least recently cached are forgotten."""
+    max_bytes_per_source: int = 16 * 1024 * 1024
+    """Most bytes one source (``storage.source_of``: a remote address, IPv4 /24, IPv6 /64) may
+    have stored in this node's storage, and separately in its cache: one writer can fill an
+    eighth of the storage at most, so seven others still find room."""
 
     def __post_init__(self) -> None:
-        for name in ("k", "alpha", "replicas", "max_lookup_rpcs", "max_batch"):
+        for name in (
+            "k",
+            "alpha",
+            "replicas",
+            "max_lookup_rpcs",
+            "max_batch",
+            "max_subkeys",
+            "max_entry_bytes",
+            "max_storage_bytes",
+            "max_cache_bytes",
+            "max_bytes_per_source",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"DHTConfig.{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -49,8 +83,11 @@ class DHTConfig:
             "republish_interval",
             "refresh_interval",
             "bootstrap_timeout",
+            "max_ttl",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DHTConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.max_clock_skew < math.inf:
+            raise ValueError(f"DHTConfig.max_clock_skew must be finite and >= 0, got {self.max_clock_skew}")
         if self.replicas > self.k:
             raise ValueError(f"DHTConfig.replicas ({self.replicas}) cannot exceed k ({self.k})")

@@ -1,8 +1,9 @@
 """Serving the DHT RPCs (dht.ping, dht.store, dht.find) to other nodes.
 
 A malformed body is answered with an error naming the field at fault (a ``ValueError``, which
-the RPC layer sends back); the node keeps serving everyone else. Wire formats are in
-:mod:`.codec`.
+the RPC layer sends back); the node keeps serving everyone else. A well-formed record that may
+not be stored (over a limit, expiring too far ahead, a bad signature, no room left) is refused
+alone, with the reason in its ``[stored, reason]`` result. Wire formats are in :mod:`.codec`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .codec import decode_record, encode_entry, encode_node, require
 from .config import DHTConfig
 from .ids import ID_BYTES, id_from_bytes, key_id
 from .membership import Membership
-from .storage import LocalStorage
+from .storage import LocalStorage, source_of
 from .validation import RecordRules
 
 
@@ -62,15 +63,14 @@ class DHTHandlers:
         records = [decode_record(raw, f"records[{i}]") for i, raw in enumerate(raw_records)]
         self.membership.observe_requester(peer, sender)
         now = self.clock()
+        source = source_of(peer)
         results = []
         for record, is_cache in records:
-            reason = self.rules.check(record)
-            if reason is not None:
-                results.append([False, reason])
-                continue
-            storage = self.cache if is_cache else self.storage
-            stored = storage.store(key_id(record.key), record, now)
-            results.append([stored, None if stored else "expired, or older than the value held"])
+            reason = self.rules.check(record, now)
+            if reason is None:
+                storage = self.cache if is_cache else self.storage
+                reason = storage.put(key_id(record.key), record, now, source=source)
+            results.append([reason is None, reason])
         return [self.me(), results]
 
     async def find(self, peer: str, body: Any) -> Any:
@@ -81,7 +81,8 @@ class DHTHandlers:
             f"find ids must be a list of at most {self.config.max_batch}",
         )
         require(
-            isinstance(count, int) and 0 < count <= self.config.k, f"find count must be in 1..{self.config.k}"
+            isinstance(count, int) and not isinstance(count, bool) and 0 < count <= self.config.k,
+            f"find count must be in 1..{self.config.k}",
         )
         ids = []
         for i, raw in enumerate(raw_ids):

@@ -34,12 +34,21 @@ def node_id_for(public_key: bytes) -> int:
 
 
 _INT_RANGE = range(-(1 << 63), 1 << 64)  # what msgpack can encode
+MAX_KEY_DEPTH = 32
+"""Deepest nesting of tuples in a key or subkey (a deeper key would exhaust the stack)."""
 
 
-def _check_key_part(part: Any) -> None:
-    if isinstance(part, tuple | list):
+def _check_key_part(part: Any, depth: int = 0) -> None:
+    if isinstance(part, tuple):
+        if depth >= MAX_KEY_DEPTH:
+            raise ValueError(f"DHT keys and subkeys may nest tuples at most {MAX_KEY_DEPTH} deep")
         for item in part:
-            _check_key_part(item)
+            _check_key_part(item, depth + 1)
+    elif isinstance(part, list):
+        raise TypeError(
+            "DHT keys and subkeys must be str, bytes, int or tuples of them, got list "
+            "(use a tuple: it is hashable, and it is what reads back)"
+        )
     elif isinstance(part, bool) or not isinstance(part, str | bytes | int):
         raise TypeError(
             f"DHT keys and subkeys must be str, bytes, int or tuples of them, got {type(part).__name__}"
@@ -52,10 +61,31 @@ def serialize_key(key: Any) -> bytes:
     """The canonical bytes of a user key or subkey (msgpack); raises TypeError if unsupported.
 
     Only types with one encoding are allowed (no floats, None, dicts), so equal keys always
-    hash to the same place.
+    hash to the same place. Sequences must be tuples: msgpack packs lists and tuples alike, so
+    accepting both would make ``[1]`` and ``(1,)`` one key; a tuple is what a subkey reads back
+    as (a dictionary key must be hashable). Raises ValueError beyond :data:`MAX_KEY_DEPTH`.
     """
     _check_key_part(key)
     return msgpack.packb(key, use_bin_type=True)
+
+
+def deserialize_key(data: bytes) -> Any:
+    """The key or subkey whose canonical bytes are ``data`` (tuples for sequences).
+
+    Raises ValueError unless ``data`` is exactly what :func:`serialize_key` makes of some key,
+    so bytes from another peer cannot smuggle in a float, a dictionary, a list, invalid UTF-8
+    or a second encoding of a key that already has one.
+    """
+    try:
+        key = msgpack.unpackb(data, raw=False, use_list=False)
+        _check_key_part(key)
+        canonical = msgpack.packb(key, use_bin_type=True) == data
+    except Exception as error:  # msgpack raises many kinds for hostile bytes
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise ValueError(f"not a DHT key ({detail})") from None
+    if not canonical:
+        raise ValueError("not a DHT key (not in canonical form)")
+    return key
 
 
 def key_id(key_bytes: bytes) -> int:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
+import numbers
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from .calls import FindResult, PeerCalls
 from .config import DHTConfig
 from .handlers import DHTHandlers
 from .identity import Identity
-from .ids import key_id, serialize_key
+from .ids import deserialize_key, key_id, serialize_key
 from .maintenance import Maintenance
 from .membership import Membership
 from .routing import Contact, RoutingTable
@@ -84,10 +87,12 @@ class DHTNode:
             ValidatorChain([*validators, SignatureValidator(identity)]),
             max_key_size=config.max_key_size,
             max_value_size=config.max_value_size,
+            max_ttl=config.max_ttl,
+            max_clock_skew=config.max_clock_skew,
         )
-        self.storage = LocalStorage()
+        self.storage = LocalStorage.for_replicas(config)
         """Records this node holds as one of their replicas."""
-        self.cache = LocalStorage(capacity=config.cache_capacity)
+        self.cache = LocalStorage.for_cache(config)
         """Records copied here by lookups that passed by."""
         self._background = Background()
         self.membership = Membership(
@@ -241,10 +246,13 @@ class DHTNode:
     ) -> list[ValueWithExpiration | None]:
         """Values for many keys with one batched lookup, in the order of ``keys``.
 
-        ``timeout`` bounds the lookup (default ``lookup_timeout``): when it passes, what was
-        found so far is returned. With ``latest`` that is how a caller avoids waiting for a
-        frozen replica to time out.
+        ``timeout`` (seconds, default and at most ``lookup_timeout``) bounds the whole call: when
+        it passes, what was found so far is returned, never an exception. With ``latest`` that
+        is how a caller avoids waiting for a frozen replica to time out. Raises ValueError for a
+        timeout that is not positive.
         """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
         key_bytes = {key_id(kb): kb for kb in (serialize_key(key) for key in keys)}
         now = self.now()
         found: dict[int, LocalStorage] = {}
@@ -359,15 +367,27 @@ class DHTNode:
         return {target: (r.nearest, r.entry) for answer in results for target, r in answer.items()}
 
     def _prepare(self, item: StoreItem) -> DHTRecord:
+        """The signed record for ``item``; raises TypeError or ValueError naming what is wrong."""
+        key = serialize_key(item.key)
+        subkey = None if item.subkey is None else serialize_key(item.subkey)
+        expiration = item.expiration_time
+        if isinstance(expiration, bool) or not isinstance(expiration, numbers.Real):
+            raise TypeError(f"expiration_time must be a number, got {type(expiration).__name__}")
         try:
             value = msgpack.packb(item.value, use_bin_type=True)
+            msgpack.unpackb(value, raw=False)  # what could not be read back must not be stored
         except (TypeError, ValueError, OverflowError) as error:
-            raise TypeError(f"cannot store a value msgpack cannot encode: {error}") from None
-        subkey = None if item.subkey is None else serialize_key(item.subkey)
-        record = self.rules.sign(
-            DHTRecord(serialize_key(item.key), subkey, value, float(item.expiration_time))
-        )
-        reason = self.rules.check(record)
+            raise TypeError(f"cannot store a value msgpack cannot encode and decode: {error}") from None
+        try:
+            expiration = float(expiration)
+        except OverflowError:
+            expiration = math.inf  # an integer beyond any float: refused below as not finite
+        now = self.now()
+        problem = self.rules.expiration_problem(expiration, now, own=True)
+        if problem is not None:
+            raise ValueError(f"cannot store under {item.key!r}: {problem}")
+        record = self.rules.sign(DHTRecord(key, subkey, value, expiration))
+        reason = self.rules.check(record, now, own=True)
         if reason is not None:
             raise ValueError(f"cannot store under {item.key!r}: {reason}")
         return record
@@ -381,40 +401,44 @@ class DHTNode:
         return self.node_id ^ target < replicas[-1].node_id ^ target
 
     def _merge(self, found: dict[int, LocalStorage], target: int, entry: StoredEntry, now: float) -> bool:
-        """Add the valid records of ``entry`` to what we found for ``target``; True if any."""
+        """Add the valid records of ``entry`` to what we found for ``target``; True if any.
+
+        Only the first ``max_subkeys`` records are looked at: no honest node holds more, and
+        checking millions of tiny records from one lying answer would stall the loop.
+        """
+        if key_id(entry.key) != target:
+            return False
         merged = found.get(target)
         accepted = False
-        for record in entry.records():
-            if key_id(record.key) != target or self.rules.check(record) is not None:
+        for record in itertools.islice(entry.records(), self.config.max_subkeys):
+            if self.rules.check(record, now) is not None:
                 continue
-            if merged is None:
-                merged = found[target] = LocalStorage()
-            merged.store(target, record, now)
-            accepted = True
+            if merged is None:  # bounded like a replica, so a lying answer cannot grow it further
+                merged = found[target] = LocalStorage.for_replicas(self.config)
+            accepted |= merged.store(target, record, now)
         return accepted
 
     def _decode(self, merged: LocalStorage | None, now: float) -> ValueWithExpiration | None:
+        """The user's view of what was found. A value that cannot be decoded is dropped, counted
+        and logged; under a dictionary key only that subkey goes, so one bad writer cannot hide
+        what everyone else announced there."""
         if merged is None:
             return None
+        decoded: dict[Any, ValueWithExpiration] = {}
         for _, entry in merged.items(now):
-            strip = self.rules.strip
-            try:
-                if entry.subkeys is None:
-                    record = next(entry.records())
-                    return ValueWithExpiration(
-                        msgpack.unpackb(strip(record), raw=False), entry.expiration_time
-                    )
-                values = {
-                    _unpack_key(record.subkey): ValueWithExpiration(
-                        msgpack.unpackb(strip(record), raw=False), record.expiration_time
-                    )
-                    for record in entry.records()
-                }
-                return ValueWithExpiration(values, entry.expiration_time)
-            except Exception as error:
-                self.stats.undecodable_values += 1
-                logger.warning("dropping a value that cannot be decoded: %s", error)
-        return None
+            for record in entry.records():
+                try:
+                    value = msgpack.unpackb(self.rules.strip(record), raw=False)
+                except Exception as error:
+                    self.stats.undecodable_values += 1
+                    logger.warning("dropping a value under %r that cannot be decoded: %s", record.key, error)
+                    continue
+                decoded[_unpack_key(record.subkey)] = ValueWithExpiration(value, record.expiration_time)
+        if not decoded:
+            return None
+        if None in decoded:
+            return decoded[None]
+        return ValueWithExpiration(decoded, max(item.expiration_time for item in decoded.values()))
 
     def _cache_along_path(
         self, lookups: dict[int, LookupResult], found: dict[int, LocalStorage], holders: dict[int, set[int]]
@@ -437,4 +461,5 @@ class DHTNode:
 
 
 def _unpack_key(subkey: bytes | None) -> Any:
-    return None if subkey is None else msgpack.unpackb(subkey, raw=False)
+    """A subkey as it was written (sequences as tuples); stored subkeys passed ``RecordRules``."""
+    return None if subkey is None else deserialize_key(subkey)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import abc
 import base64
 import dataclasses
+import math
 import re
 from collections.abc import Iterable
 
 import msgpack
 
 from .identity import PUBLIC_KEY_BYTES, Identity, verify
+from .ids import deserialize_key
 from .storage import DHTRecord
 
 _OWNER_MARKER = re.compile(rb"\[owner:([A-Za-z0-9_\-]{43}=)\]")
@@ -122,25 +124,59 @@ class SignatureValidator(RecordValidator):
 
 
 class RecordRules:
-    """Everything a node checks about a record: size limits first, then its validator chain.
+    """Everything a node checks about a record: form and limits first, then its validator chain.
 
     The same rules apply to what this node writes (before sending), what others ask it to
-    store, and what lookups bring back.
+    store, and what lookups bring back: keys and subkeys in the canonical form of
+    :func:`~.ids.serialize_key`, sizes within limits, and an expiration at most ``max_ttl``
+    seconds ahead (``max_ttl + max_clock_skew`` for records from peers whose clocks may run
+    ahead of ours).
     """
 
-    def __init__(self, chain: ValidatorChain, *, max_key_size: int, max_value_size: int) -> None:
+    def __init__(
+        self,
+        chain: ValidatorChain,
+        *,
+        max_key_size: int,
+        max_value_size: int,
+        max_ttl: float,
+        max_clock_skew: float,
+    ) -> None:
         self.chain = chain
         self.max_key_size = max_key_size
         self.max_value_size = max_value_size
+        self.max_ttl = max_ttl
+        self.max_clock_skew = max_clock_skew
 
-    def check(self, record: DHTRecord) -> str | None:
-        """Why ``record`` may not be stored or believed, or None if it may."""
+    def check(self, record: DHTRecord, now: float, *, own: bool = False) -> str | None:
+        """Why ``record`` may not be stored or believed at ``now``, or None if it may.
+
+        ``own``: this node is writing it, so no clock skew is allowed for.
+        """
         for part, name in ((record.key, "key"), (record.subkey, "subkey")):
-            if part is not None and len(part) > self.max_key_size:
+            if part is None:
+                continue
+            if len(part) > self.max_key_size:
                 return f"{name} of {len(part)} bytes exceeds the {self.max_key_size}-byte limit"
+            try:
+                deserialize_key(part)
+            except ValueError as error:
+                return f"{name}: {error}"
         if len(record.value) > self.max_value_size:
             return f"value of {len(record.value)} bytes exceeds the {self.max_value_size}-byte limit"
-        return self.chain.validate(record)
+        reason = self.expiration_problem(record.expiration_time, now, own=own)
+        return reason if reason is not None else self.chain.validate(record)
+
+    def expiration_problem(self, expiration_time: float, now: float, *, own: bool = False) -> str | None:
+        """Why ``expiration_time`` is unacceptable at ``now``, or None."""
+        if not math.isfinite(expiration_time):
+            return f"expiration_time must be a finite number, got {expiration_time}"
+        ahead = expiration_time - now
+        limit = self.max_ttl if own else self.max_ttl + self.max_clock_skew
+        if ahead > limit:
+            what = "max_ttl" if own else "max_ttl + max_clock_skew"
+            return f"expiration_time is {ahead:.4g} s ahead of the clock; the limit is {limit:g} s ({what})"
+        return None
 
     def sign(self, record: DHTRecord) -> DHTRecord:
         return self.chain.sign(record)
