@@ -10,6 +10,7 @@ is real-mode glue, allowed to start a thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
@@ -24,10 +25,16 @@ class Bridge(Protocol):
 
 
 class LoopBridge:
-    """Runs coroutines on an event loop that another thread is running."""
+    """Runs coroutines on an event loop that another thread is running.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    A call that outlives its ``timeout`` is cancelled on the loop, and :meth:`run` waits up to
+    ``cancel_grace`` seconds for the coroutine to unwind (close its connections, release what
+    it holds) before raising ``TimeoutError``: a timed-out call never keeps running unseen.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, cancel_grace: float = 5.0) -> None:
         self.loop = loop
+        self.cancel_grace = cancel_grace
 
     def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
         try:
@@ -37,7 +44,38 @@ class LoopBridge:
         if running is self.loop:
             coroutine.close()
             raise RuntimeError("cannot block on the bridge from its own loop thread; await instead")
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        tasks: list[asyncio.Future[T]] = []
+
+        def start() -> None:
+            try:
+                task = asyncio.ensure_future(coroutine, loop=self.loop)
+            except BaseException as error:  # not awaitable: the caller must hear of it, not wait
+                outcome.set_exception(error)
+                return
+            task.add_done_callback(lambda done: _settle(done, outcome))
+            tasks.append(task)
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return outcome.result(timeout)
+        except concurrent.futures.TimeoutError:
+            pass
+        # start() ran before this callback: the loop runs callbacks in the order they were added
+        self.loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+        concurrent.futures.wait([outcome], timeout=self.cancel_grace)
+        raise TimeoutError(f"the call did not finish within {timeout} s and was cancelled")
+
+
+def _settle(task: asyncio.Future[T], outcome: concurrent.futures.Future[T]) -> None:
+    """Hand a finished task's outcome to the thread waiting for it."""
+    if task.cancelled():
+        outcome.cancel()
+        outcome.set_running_or_notify_cancel()  # wakes concurrent.futures.wait() as well
+    elif (error := task.exception()) is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(task.result())
 
 
 class LoopThread(LoopBridge):

@@ -3,6 +3,11 @@
 It creates a :class:`DHTNode` over TCP on a :class:`~hivemind_core.bridge.LoopThread` and
 turns each call into a blocking wait on that loop; the same bridge then serves the MoE
 client. Simulations use :class:`DHTNode` directly on the virtual-time loop instead.
+
+Every method's ``timeout`` (seconds; None waits as long as the node does) bounds the whole
+call. ``get`` and ``get_many`` hand it to the node, which returns what it found when it
+passes, as :meth:`DHTNode.get_many` does; every other call is cancelled on the loop when it
+passes and raises ``TimeoutError`` (see :class:`~hivemind_core.bridge.LoopBridge`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from .node import DHTNode, StoreItem, ValueWithExpiration
 from .routing import Contact
 
 T = TypeVar("T")
+
+GET_GRACE = 1.0
+"""Seconds a ``get`` may overrun its timeout (returning what it found) before the bridge
+cancels it: the node stops its lookup at the timeout, this only covers a stalled loop."""
 
 
 class DHT:
@@ -79,12 +88,16 @@ class DHT:
     def get(
         self, key: Any, *, latest: bool = False, timeout: float | None = None
     ) -> ValueWithExpiration | None:
-        return self._call(self.node.get(key, latest=latest), timeout=timeout)
+        """The value under ``key`` or None; see :meth:`DHTNode.get` and the module docstring."""
+        return self._call(self.node.get(key, latest=latest, timeout=timeout), timeout=_with_grace(timeout))
 
     def get_many(
         self, keys: Sequence[Any], *, latest: bool = False, timeout: float | None = None
     ) -> list[ValueWithExpiration | None]:
-        return self._call(self.node.get_many(keys, latest=latest), timeout=timeout)
+        """Values for ``keys``; see :meth:`DHTNode.get_many` and the module docstring."""
+        return self._call(
+            self.node.get_many(keys, latest=latest, timeout=timeout), timeout=_with_grace(timeout)
+        )
 
     def find_nearest(
         self, target: int, *, k: int | None = None, timeout: float | None = None
@@ -111,3 +124,7 @@ class DHT:
 
     def _call(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None) -> T:
         return self.bridge.run(coroutine, timeout=timeout)
+
+
+def _with_grace(timeout: float | None) -> float | None:
+    return None if timeout is None else timeout + GET_GRACE
