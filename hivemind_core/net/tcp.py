@@ -23,6 +23,7 @@ import collections
 import enum
 import ipaddress
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ _PRESSURE_BACKLOG = 64 * 1024  # per-connection backlog while the total is over 
 # their handler runs): enough to keep reading ahead while a large reply drains, few enough that a
 # peer that never reads soon stops being read.
 _SERVING_WHILE_BACKLOGGED = 16
+_REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about connections refused over a limit
 
 
 class DropReason(enum.StrEnum):
@@ -473,6 +475,8 @@ class TcpTransport(FramedTransport):
         self._under_pressure = False
         self._peak_queued = 0
         self._dropped: collections.Counter[DropReason] = collections.Counter()
+        self._next_refusal_log = -math.inf
+        self._refused_unlogged = 0
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -786,10 +790,13 @@ class TcpTransport(FramedTransport):
             assert connection.transport is not None
             connection.transport.abort()
         elif len(self._incoming) >= self.max_incoming:
-            reason = f"incoming connection limit of {self.max_incoming} reached"
-            self._drop(connection, reason, DropReason.INCOMING_LIMIT)
+            self._refuse(
+                connection,
+                f"incoming connection limit of {self.max_incoming} reached",
+                DropReason.INCOMING_LIMIT,
+            )
         elif self.max_incoming_per_host is not None and host.incoming >= self.max_incoming_per_host:
-            self._drop(
+            self._refuse(
                 connection,
                 f"{host.incoming} connections from {connection.host} are open already "
                 f"(max_incoming_per_host={self.max_incoming_per_host})",
@@ -822,15 +829,30 @@ class TcpTransport(FramedTransport):
         if not connection.incoming and self._slot_waiters:
             self._wake_slot_waiter()
 
-    def _drop(self, connection: _Connection, reason: str, why: DropReason = DropReason.PROTOCOL) -> None:
+    def _drop(
+        self, connection: _Connection, reason: str, why: DropReason = DropReason.PROTOCOL, *, log: bool = True
+    ) -> None:
         """Close a connection at once, logging why; other connections carry on."""
         if connection.dropped:
             return
         connection.dropped = True
         self._dropped[why] += 1
-        logger.warning("closing connection %s: %s", connection.peer, reason)
+        if log:
+            logger.warning("closing connection %s: %s", connection.peer, reason)
         if connection.transport is not None:
             connection.transport.abort()
+
+    def _refuse(self, connection: _Connection, reason: str, why: DropReason) -> None:
+        """Close a connection over a limit; logged once per interval, so a flood does not flood the log."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_refusal_log:
+            self._refused_unlogged += 1
+            self._drop(connection, reason, why, log=False)
+            return
+        unlogged, self._refused_unlogged = self._refused_unlogged, 0
+        self._next_refusal_log = now + _REFUSAL_LOG_INTERVAL
+        more = f" ({unlogged} more refused since the last report)" if unlogged else ""
+        self._drop(connection, reason + more, why)
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None and self.idle_timeout > 0:
