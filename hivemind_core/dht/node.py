@@ -238,7 +238,12 @@ class DHTNode:
     async def get(
         self, key: Any, *, latest: bool = False, timeout: float | None = None
     ) -> ValueWithExpiration | None:
-        """The value under ``key``, or None. With ``latest``, ask all nearest nodes for the newest."""
+        """The value under ``key``, or None. With ``latest``, ask all nearest nodes for the newest.
+
+        ``timeout`` bounds the call and returns what was found by then; see :meth:`get_many`.
+        A dictionary key's value maps each subkey, as written (tuples stay tuples), to its own
+        :class:`ValueWithExpiration`.
+        """
         return (await self.get_many([key], latest=latest, timeout=timeout))[0]
 
     async def get_many(
