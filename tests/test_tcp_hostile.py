@@ -283,12 +283,13 @@ async def test_a_greedy_host_gets_turns_like_everyone_else() -> None:
     floods = [asyncio.ensure_future(a.pipeline("count", None)) for a in attackers]
     try:
         await asyncio.wait_for(flooding.wait(), timeout=10)
+        await client.call(server.endpoint, "served_ahead", greedy_served, timeout=5)  # connected
         ahead = [
             await client.call(server.endpoint, "served_ahead", greedy_served, timeout=5) for _ in range(20)
         ]
         assert min(ahead) > 0, "the greedy host was not being served while the client called"
-        # a few turns of 16 frames; first come, first served would put thousands ahead of it
-        assert max(ahead) < 400, ahead
+        # a round or two of 64 frames; first come, first served put 8,000 ahead of it
+        assert max(ahead) < 1000, ahead
     finally:
         for attacker in attackers:
             attacker.abort()

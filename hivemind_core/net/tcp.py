@@ -35,7 +35,8 @@ from .transport import Endpoint, RequestHandler
 logger = logging.getLogger(__name__)
 
 _COALESCE_LIMIT = 64 * 1024  # payloads below this are copied into one write with their header
-_FRAMES_PER_TURN = 16  # frames a connection hands over before the other hosts get a turn
+_FRAMES_PER_TURN = 16  # frames one connection hands over before another gets a turn
+_FRAMES_PER_ROUND = 64  # frames one host hands over per round, over all its connections
 _READ_AHEAD = 256 * 1024  # unparsed bytes a connection may hold while it waits for its turn
 _PRESSURE_BACKLOG = 64 * 1024  # per-connection backlog while the total is over its budget
 # Requests a backlogged connection may have in service (they wait for the backlog to drain before
@@ -105,6 +106,15 @@ def _canonical_host(host: str) -> str:
     return str(address)
 
 
+def _host_key(host: str) -> str:
+    """Whom a connection counts against: its address, or its /64 for IPv6 (one site's block)."""
+    host = _canonical_host(host)
+    address = _ip(host)
+    if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:
+        return f"{ipaddress.IPv6Network((address, 64), strict=False).network_address}/64"
+    return host
+
+
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host)
@@ -118,7 +128,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, owner: TcpTransport, peer: Endpoint | None, *, incoming: bool) -> None:
         self.owner = owner
         self.peer = peer or "?"
-        self.host = "?"
+        self.host = "?"  # the remote host, as limits and turns count it (``_host_key``)
+        self.host_state: _Host | None = None  # set once the owner admits the connection
         self.incoming = incoming
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -161,7 +172,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         if peername:
-            self.host = _canonical_host(peername[0])
+            self.host = _host_key(peername[0])
             if self.incoming:
                 self.peer = format_endpoint(peername[0], peername[1])
         transport.set_write_buffer_limits(high=self.owner._backlog_limit())
@@ -205,45 +216,46 @@ class _Connection(asyncio.Protocol):
 
     # used by the owner
 
-    def dispatch(self) -> None:
-        """Hand this turn's complete frames (up to ``_FRAMES_PER_TURN``) to the owner.
+    def dispatch(self, budget: int) -> int:
+        """Hand up to ``budget`` complete frames to the owner; returns how many it handed.
 
         Stops early at a request it may not serve yet (too many in service, or replies not
-        read), leaving it and what follows in the buffer until ``unblock``.
+        read), leaving it and what follows in the buffer until ``unblock``; asks for another
+        turn when frames are left over.
         """
         if self.dropped or self.transport is None:
-            return
+            return 0
         owner = self.owner
         buffer = self.buffer
         limit = owner.max_frame_size
         offset, end = 0, len(buffer)
-        budget = _FRAMES_PER_TURN
+        handed = 0
         more = blocked = False
         while end - offset >= PREFIX.size:
             (length,) = PREFIX.unpack_from(buffer, offset)
             if length + PREFIX.size > limit:
                 size = length + PREFIX.size
                 owner._drop(self, f"frame of {size} bytes exceeds the {limit}-byte limit")
-                return
+                return handed
             if length < KIND_AND_ID.size:
                 owner._drop(self, f"frame length {length} is shorter than the frame header")
-                return
+                return handed
             if end - offset - PREFIX.size < length:
                 break
             kind, request_id = KIND_AND_ID.unpack_from(buffer, offset + PREFIX.size)
             if kind == FrameKind.REQUEST and not self.can_serve:
                 blocked = True
                 break
-            if not budget:
+            if handed == budget:
                 more = True
                 break
-            budget -= 1
+            handed += 1
             with memoryview(buffer) as view:
                 payload = bytes(view[offset + HEADER_SIZE : offset + PREFIX.size + length])
             offset += PREFIX.size + length
             owner._frame_received(self, kind, request_id, payload)
             if self.dropped:
-                return
+                return handed
         if offset:
             del buffer[:offset]
         self.blocked = blocked
@@ -254,6 +266,7 @@ class _Connection(asyncio.Protocol):
         else:
             self._stop_frame_clock()
         self.update_reading()
+        return handed
 
     def unblock(self) -> None:
         """Called when a serving slot frees up or the backlog drains: take a turn again."""
@@ -380,16 +393,18 @@ class _Connection(asyncio.Protocol):
 
 
 class _Host:
-    """Connections from (or to) one remote host: how many came in, and which wait for a turn."""
+    """The connections to and from one remote host: how many, and which wait for a turn."""
 
-    __slots__ = ("had_turn", "in_turns", "incoming", "name", "ready")
+    __slots__ = ("connections", "credit", "in_turns", "incoming", "name", "ready", "round")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.connections = 0
         self.incoming = 0
         self.ready: collections.deque[_Connection] = collections.deque()
         self.in_turns = False  # in the transport's queue of hosts waiting for a turn
-        self.had_turn = False  # dispatched at once in this round
+        self.round = -1  # the round ``credit`` belongs to
+        self.credit = 0  # frames it may still hand over in that round
 
 
 class TcpTransport(FramedTransport):
@@ -469,7 +484,7 @@ class TcpTransport(FramedTransport):
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._hosts: dict[str, _Host] = {}
         self._turns: collections.deque[_Host] = collections.deque()
-        self._had_turn: list[_Host] = []
+        self._round = 0
         self._round_scheduled = False
         self._backlogged_connections: dict[_Connection, None] = {}
         self._under_pressure = False
@@ -604,33 +619,39 @@ class TcpTransport(FramedTransport):
 
     # ---- turns: hosts hand frames over in rounds ------------------------------------------
     #
-    # In each round (one pass of the event loop) every host gets one turn: the first of its
-    # connections with new data dispatches at once, and the others, or one with more than a
-    # turn's worth of frames, queue behind the other hosts. So a host with many connections or
-    # a deep pipeline gets as much of the loop as one that sends a single request.
+    # A round is one pass of the event loop. In each, a host may hand over _FRAMES_PER_ROUND
+    # frames over all its connections, each connection _FRAMES_PER_TURN at a time: new data is
+    # dispatched at once while its host has credit left, and otherwise queues behind the other
+    # hosts. So a host with many connections or a deep pipeline gets as much of the loop per
+    # round as one that sends a single request, and waits at most a round for its turn.
 
     def _hand_over(self, connection: _Connection) -> None:
-        """New data arrived on ``connection``: dispatch it now if its host has not had its turn."""
-        host = self._host(connection.host)
-        if host.in_turns or host.had_turn:
+        """New data arrived on ``connection``: dispatch it now if its host has credit left."""
+        host = connection.host_state
+        assert host is not None
+        credit = self._credit(host)
+        if host.in_turns or not credit:
             self._want_turn(connection)
             connection.update_reading()
             return
-        host.had_turn = True
-        self._had_turn.append(host)
+        host.credit -= connection.dispatch(min(credit, _FRAMES_PER_TURN))
         self._schedule_round()
-        connection.dispatch()
 
     def _want_turn(self, connection: _Connection) -> None:
-        if connection.waiting_turn:
+        host = connection.host_state
+        if connection.waiting_turn or host is None:
             return
         connection.waiting_turn = True
-        host = self._host(connection.host)
         host.ready.append(connection)
         if not host.in_turns:
             host.in_turns = True
             self._turns.append(host)
         self._schedule_round()
+
+    def _credit(self, host: _Host) -> int:
+        if host.round != self._round:
+            host.round, host.credit = self._round, _FRAMES_PER_ROUND
+        return host.credit
 
     def _schedule_round(self) -> None:
         if not self._round_scheduled:
@@ -638,17 +659,17 @@ class TcpTransport(FramedTransport):
             asyncio.get_running_loop().call_soon(self._next_round)
 
     def _next_round(self) -> None:
-        """Start a round: the next waiting connection of every waiting host dispatches a turn."""
+        """Start a round: every waiting host hands over frames from its waiting connections."""
         self._round_scheduled = False
-        had_turn, self._had_turn = self._had_turn, []
-        for host in had_turn:
-            host.had_turn = False
-            self._forget_host(host)
+        self._round += 1
         for _ in range(len(self._turns)):
             host = self._turns.popleft()
-            connection = host.ready.popleft()
-            connection.waiting_turn = False
-            connection.dispatch()  # may queue it again, behind the others
+            credit = self._credit(host)
+            while host.ready and credit:
+                connection = host.ready.popleft()
+                connection.waiting_turn = False
+                credit -= connection.dispatch(min(credit, _FRAMES_PER_TURN))  # may queue it again
+            host.credit = credit
             if host.ready:
                 self._turns.append(host)
             else:
@@ -657,14 +678,8 @@ class TcpTransport(FramedTransport):
         if self._turns:
             self._schedule_round()
 
-    def _host(self, name: str) -> _Host:
-        host = self._hosts.get(name)
-        if host is None:
-            host = self._hosts[name] = _Host(name)
-        return host
-
     def _forget_host(self, host: _Host) -> None:
-        if not (host.incoming or host.in_turns or host.had_turn):
+        if not (host.connections or host.in_turns):
             self._hosts.pop(host.name, None)
 
     # ---- backlog: bytes queued for peers that have not read them yet ----------------------
@@ -782,41 +797,43 @@ class TcpTransport(FramedTransport):
                 return
 
     def _connection_made(self, connection: _Connection) -> None:
-        if not connection.incoming:
-            return
-        host = self._host(connection.host)
-        if self._closing:
-            connection.dropped = True
-            assert connection.transport is not None
-            connection.transport.abort()
-        elif len(self._incoming) >= self.max_incoming:
-            self._refuse(
-                connection,
-                f"incoming connection limit of {self.max_incoming} reached",
-                DropReason.INCOMING_LIMIT,
-            )
-        elif self.max_incoming_per_host is not None and host.incoming >= self.max_incoming_per_host:
-            self._refuse(
-                connection,
-                f"{host.incoming} connections from {connection.host} are open already "
-                f"(max_incoming_per_host={self.max_incoming_per_host})",
-                DropReason.HOST_LIMIT,
-            )
-        else:
+        host = self._hosts.get(connection.host) or _Host(connection.host)
+        if connection.incoming:
+            if self._closing:
+                connection.dropped = True
+                assert connection.transport is not None
+                connection.transport.abort()
+                return
+            if len(self._incoming) >= self.max_incoming:
+                reason = f"incoming connection limit of {self.max_incoming} reached"
+                self._refuse(connection, reason, DropReason.INCOMING_LIMIT)
+                return
+            if self.max_incoming_per_host is not None and host.incoming >= self.max_incoming_per_host:
+                self._refuse(
+                    connection,
+                    f"{host.incoming} connections from {connection.host} are open already "
+                    f"(max_incoming_per_host={self.max_incoming_per_host})",
+                    DropReason.HOST_LIMIT,
+                )
+                return
             self._incoming[connection] = None
             host.incoming += 1
             connection._start_frame_clock(restart=True)
-        self._forget_host(host)
+        self._hosts[connection.host] = host
+        host.connections += 1
+        connection.host_state = host
 
     def _connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
         if connection.incoming:
-            if connection in self._incoming:
-                del self._incoming[connection]
-                host = self._hosts[connection.host]
-                host.incoming -= 1
-                self._forget_host(host)
+            self._incoming.pop(connection, None)
         elif self._outgoing.get(connection.peer) is connection:
             del self._outgoing[connection.peer]
+        host = connection.host_state
+        if host is not None:
+            connection.host_state = None
+            host.connections -= 1
+            host.incoming -= connection.incoming
+            self._forget_host(host)
         self._backlog_drained(connection)
         if connection.buffer and not connection.dropped:
             logger.warning(
