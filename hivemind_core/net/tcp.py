@@ -24,6 +24,7 @@ import enum
 import ipaddress
 import logging
 import math
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -35,8 +36,8 @@ from .transport import Endpoint, RequestHandler
 logger = logging.getLogger(__name__)
 
 _COALESCE_LIMIT = 64 * 1024  # payloads below this are copied into one write with their header
-_FRAMES_PER_TURN = 16  # frames one connection hands over before another gets a turn
-_FRAMES_PER_ROUND = 64  # frames one host hands over per round, over all its connections
+_REQUESTS_PER_TURN = 16  # requests one connection hands over before another gets a turn
+_REQUESTS_PER_ROUND = 64  # requests one host hands over per round, over all its connections
 _READ_AHEAD = 256 * 1024  # unparsed bytes a connection may hold while it waits for its turn
 _PRESSURE_BACKLOG = 64 * 1024  # per-connection backlog while the total is over its budget
 # Requests a backlogged connection may have in service (they wait for the backlog to drain before
@@ -217,7 +218,7 @@ class _Connection(asyncio.Protocol):
     # used by the owner
 
     def dispatch(self, budget: int) -> int:
-        """Hand up to ``budget`` complete frames to the owner; returns how many it handed.
+        """Hand complete frames, up to ``budget`` requests, to the owner; returns how many requests.
 
         Stops early at a request it may not serve yet (too many in service, or replies not
         read), leaving it and what follows in the buffer until ``unblock``; asks for another
@@ -243,13 +244,14 @@ class _Connection(asyncio.Protocol):
             if end - offset - PREFIX.size < length:
                 break
             kind, request_id = KIND_AND_ID.unpack_from(buffer, offset + PREFIX.size)
-            if kind == FrameKind.REQUEST and not self.can_serve:
-                blocked = True
-                break
-            if handed == budget:
-                more = True
-                break
-            handed += 1
+            if kind == FrameKind.REQUEST:  # only requests make work for us; answers are cheap
+                if not self.can_serve:
+                    blocked = True
+                    break
+                if handed == budget:
+                    more = True
+                    break
+                handed += 1
             with memoryview(buffer) as view:
                 payload = bytes(view[offset + HEADER_SIZE : offset + PREFIX.size + length])
             offset += PREFIX.size + length
@@ -619,11 +621,12 @@ class TcpTransport(FramedTransport):
 
     # ---- turns: hosts hand frames over in rounds ------------------------------------------
     #
-    # A round is one pass of the event loop. In each, a host may hand over _FRAMES_PER_ROUND
-    # frames over all its connections, each connection _FRAMES_PER_TURN at a time: new data is
-    # dispatched at once while its host has credit left, and otherwise queues behind the other
-    # hosts. So a host with many connections or a deep pipeline gets as much of the loop per
-    # round as one that sends a single request, and waits at most a round for its turn.
+    # In each round a host may hand over _REQUESTS_PER_ROUND requests over all its connections,
+    # each connection _REQUESTS_PER_TURN at a time: new data is dispatched at once while its host
+    # has credit left, and otherwise queues behind the other hosts. A round ends at the next
+    # pass of the event loop once a host has used up its credit or waits for a turn. So a host
+    # with many connections or a deep pipeline gets as much of the loop per round as one that
+    # sends a single request, and that one waits at most a round for its turn.
 
     def _hand_over(self, connection: _Connection) -> None:
         """New data arrived on ``connection``: dispatch it now if its host has credit left."""
@@ -634,8 +637,9 @@ class TcpTransport(FramedTransport):
             self._want_turn(connection)
             connection.update_reading()
             return
-        host.credit -= connection.dispatch(min(credit, _FRAMES_PER_TURN))
-        self._schedule_round()
+        host.credit -= connection.dispatch(min(credit, _REQUESTS_PER_TURN))
+        if not host.credit:  # a new round gives every host new credit
+            self._schedule_round()
 
     def _want_turn(self, connection: _Connection) -> None:
         host = connection.host_state
@@ -650,7 +654,7 @@ class TcpTransport(FramedTransport):
 
     def _credit(self, host: _Host) -> int:
         if host.round != self._round:
-            host.round, host.credit = self._round, _FRAMES_PER_ROUND
+            host.round, host.credit = self._round, _REQUESTS_PER_ROUND
         return host.credit
 
     def _schedule_round(self) -> None:
@@ -668,7 +672,7 @@ class TcpTransport(FramedTransport):
             while host.ready and credit:
                 connection = host.ready.popleft()
                 connection.waiting_turn = False
-                credit -= connection.dispatch(min(credit, _FRAMES_PER_TURN))  # may queue it again
+                credit -= connection.dispatch(min(credit, _REQUESTS_PER_TURN))  # may queue it again
             host.credit = credit
             if host.ready:
                 self._turns.append(host)
@@ -721,16 +725,10 @@ class TcpTransport(FramedTransport):
     # ---- connection bookkeeping -----------------------------------------------------------
 
     async def _connect(self, peer: Endpoint, host: str, port: int) -> _Connection:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._make_room_for_outgoing(peer)
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self, peer, incoming=False),
-                    host,
-                    port,
-                    local_addr=self._source_address(host),
-                )
+                connection = await self._dial(peer, host, port)
         except TimeoutError:
             raise PeerUnavailable(
                 f"connecting to {peer} timed out after {self.connect_timeout:g} s "
@@ -745,7 +743,31 @@ class TcpTransport(FramedTransport):
         self._ensure_sweeper()
         return connection
 
-    def _source_address(self, remote_host: str) -> tuple[str, int] | None:
+    async def _dial(self, peer: Endpoint, host: str, port: int) -> _Connection:
+        loop = asyncio.get_running_loop()
+        source = self._source_address(host)
+        if source is None:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self, peer, incoming=False), host, port
+            )
+            return connection
+        sock = socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # pick the port at connect time, so ports are shared across destinations (Linux)
+            if hasattr(socket, "IP_BIND_ADDRESS_NO_PORT"):
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (host, port))
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self, peer, incoming=False), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return connection
+
+    def _source_address(self, remote_host: str) -> str | None:
         """Dial from the address we listen on, so peers see requests from the host we announce.
 
         Only when listening on one specific address of the same family and scope (loopback or
@@ -756,7 +778,7 @@ class TcpTransport(FramedTransport):
         local, remote = _ip(self.host), _ip(remote_host)
         if local is None or remote is None or local.is_unspecified or local.version != remote.version:
             return None
-        return (self.host, 0) if local.is_loopback == remote.is_loopback else None
+        return self.host if local.is_loopback == remote.is_loopback else None
 
     def _connect_finished(self, peer: Endpoint, task: asyncio.Task[_Connection]) -> None:
         if self._connecting.get(peer) is task:
