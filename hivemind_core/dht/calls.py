@@ -20,6 +20,7 @@ from .identity import Identity
 from .ids import id_to_bytes, node_id_for
 from .membership import Membership
 from .routing import Contact
+from .stats import DHTStats
 from .storage import DHTRecord, StoredEntry
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,20 @@ class FindResult:
 class PeerCalls:
     """This node's side of the DHT RPCs; see the module docstring."""
 
-    def __init__(self, rpc: RPC, *, identity: Identity, config: DHTConfig, membership: Membership) -> None:
+    def __init__(
+        self,
+        rpc: RPC,
+        *,
+        identity: Identity,
+        config: DHTConfig,
+        membership: Membership,
+        stats: DHTStats,
+    ) -> None:
         self.rpc = rpc
         self.identity = identity
         self.config = config
         self.membership = membership
+        self.stats = stats
         self._me: list[Any] | None = None
 
     def me(self) -> list[Any]:
@@ -163,6 +173,7 @@ class PeerCalls:
         *,
         errors: dict[str, str] | None = None,
     ) -> Any:
+        self.stats.rpcs += 1
         try:
             self.rpc.transport.check_endpoint(endpoint)
             return await self.rpc.call(endpoint, method, body, timeout=self.config.rpc_timeout)
@@ -174,6 +185,7 @@ class PeerCalls:
         except (RemoteError, ProtocolError) as error:
             logger.warning("%s to %s was rejected: %s", method, endpoint, error)
             failure = str(error)
+        self.stats.rpc_failures += 1
         if errors is not None:
             errors[endpoint] = failure
         return None

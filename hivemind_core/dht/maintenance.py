@@ -1,10 +1,13 @@
-"""A node's periodic upkeep: drop expired records, republish what it holds, refresh buckets.
+"""A node's upkeep: drop expired records, republish what it holds, hand records to newcomers,
+refresh buckets.
 
 Republishing stores every record a node holds on the current nearest replicas of its key, so
-values outlive the nodes that first held them; refreshing looks up a random id in every bucket
-that saw no traffic for ``refresh_interval``, so the routing table keeps live contacts in every
-part of the id space. Periods are jittered so that a crowd of nodes started together does not
-act in lockstep.
+values outlive the nodes that first held them. Handing over gives a node that just entered our
+table the records it is now one of the nearest replicas of (Kademlia's rule for joins: without
+it, a value stored while a crowd was still joining stays on nodes that later lookups pass by).
+Refreshing looks up a random id in every bucket that saw no traffic for ``refresh_interval``,
+so the routing table keeps live contacts in every part of the id space. Periods are jittered
+so that a crowd of nodes started together does not act in lockstep.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from .config import DHTConfig
 from .ids import random_id
@@ -25,6 +29,8 @@ logger = logging.getLogger(__name__)
 Lookup = Callable[[list[int], int], Awaitable[dict[int, LookupResult]]]
 """Look up many targets at once, converging on ``k`` nearest nodes each."""
 StoreAll = Callable[[Contact, Sequence[DHTRecord]], Awaitable[list[bool]]]
+MAX_NEWCOMERS = 256
+"""Newcomers waiting for a hand-over; more are skipped (republishing reaches them later)."""
 
 
 class Maintenance:
@@ -41,6 +47,7 @@ class Maintenance:
         store_all: StoreAll,
         clock: Callable[[], float],
         rng: random.Random,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
     ) -> None:
         self.config = config
         self.storage = storage
@@ -50,6 +57,9 @@ class Maintenance:
         self.store_all = store_all
         self.clock = clock
         self.rng = rng
+        self.spawn = spawn
+        self._newcomers: dict[int, Contact] = {}
+        self._handing_over = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,6 +88,42 @@ class Maintenance:
         now = asyncio.get_running_loop().time()
         for bucket in buckets:
             bucket.last_updated = now
+
+    def newcomer(self, contact: Contact) -> None:
+        """``contact`` just entered our routing table: hand it what it should now hold.
+
+        Newcomers met while a hand-over is running wait for the next pass, so a crowd costs
+        one pass over our storage per batch, not per node (at most ``MAX_NEWCOMERS`` wait).
+        """
+        if len(self._newcomers) < MAX_NEWCOMERS:
+            self._newcomers[contact.node_id] = contact
+        if not self._handing_over:
+            self._handing_over = True
+            self.spawn(self._hand_over())
+
+    async def _hand_over(self) -> None:
+        try:
+            while self._newcomers:
+                newcomers, self._newcomers = list(self._newcomers.values()), {}
+                plan = self._hand_over_plan(newcomers)
+                await asyncio.gather(*(self.store_all(contact, records) for contact, records in plan))
+        finally:
+            self._handing_over = False
+
+    def _hand_over_plan(self, newcomers: list[Contact]) -> list[tuple[Contact, list[DHTRecord]]]:
+        """Records each newcomer is nearer to than we are and is one of the nearest replicas of."""
+        me = self.routing_table.node_id
+        replicas = self.config.replicas
+        plan: dict[int, tuple[Contact, list[DHTRecord]]] = {}
+        for target, entry in self.storage.items(self.clock()):
+            ours = me ^ target
+            for contact in newcomers:
+                if contact.node_id ^ target >= ours:
+                    continue
+                nearest = self.routing_table.nearest(target, replicas)
+                if any(c.node_id == contact.node_id for c in nearest):
+                    plan.setdefault(contact.node_id, (contact, []))[1].extend(entry.records())
+        return list(plan.values())
 
     async def republish(self) -> None:
         """Store everything this node holds on the current nearest replicas of each key."""

@@ -18,7 +18,7 @@ from ..net import Transport
 from .background import Background
 from .codec import decode_node
 from .config import DHTConfig
-from .ids import node_id_for
+from .ids import ID_BITS, node_id_for
 from .routing import Contact, RoutingTable
 
 logger = logging.getLogger(__name__)
@@ -38,11 +38,14 @@ class Membership:
         transport: Transport,
         background: Background,
         ping: Ping,
+        on_new_contact: Callable[[Contact], None] = lambda contact: None,
     ) -> None:
         self.node_id = node_id
         self.transport = transport
         self.background = background
         self.ping = ping
+        self.on_new_contact = on_new_contact
+        """Called when a contact enters the table that was not in it before."""
         self.routing_table = RoutingTable(node_id, k=config.k, max_per_subnet=config.max_per_subnet)
         self._pinging: set[int] = set()
 
@@ -61,7 +64,11 @@ class Membership:
 
     def seen(self, contact: Contact) -> None:
         """``contact`` just proved alive."""
-        stale = self.routing_table.add(contact, asyncio.get_running_loop().time())
+        table = self.routing_table
+        known = contact.node_id in table
+        stale = table.add(contact, asyncio.get_running_loop().time())
+        if not known and contact.node_id in table:
+            self.on_new_contact(contact)
         if stale is not None and stale.node_id not in self._pinging:
             self._pinging.add(stale.node_id)
             self.background.spawn(self._ping_or_evict(stale))
@@ -69,6 +76,16 @@ class Membership:
     def failed(self, contact: Contact) -> None:
         """``contact`` missed an RPC: forget it (a replacement takes its place)."""
         self.routing_table.remove(contact.node_id)
+
+    def unknown_distances(self, closest: int) -> list[int]:
+        """Distance ranges [2**j, 2**(j+1)) farther than ``closest`` where we know nobody.
+
+        Kademlia's invariant is that a node knows someone in every range of distance where
+        nodes exist: a lookup for a target there starts from that contact. Ranges nearer than
+        our closest neighbour are empty by definition.
+        """
+        known = {(contact.node_id ^ self.node_id).bit_length() - 1 for contact in self.routing_table}
+        return [j for j in range(closest.bit_length(), ID_BITS) if j not in known]
 
     def _reachable(self, endpoint: str) -> bool:
         try:

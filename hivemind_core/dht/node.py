@@ -101,8 +101,11 @@ class DHTNode:
             transport=rpc.transport,
             background=self._background,
             ping=lambda contact: self.calls.is_alive(contact),
+            on_new_contact=lambda contact: self.maintenance.newcomer(contact),
         )
-        self.calls = PeerCalls(rpc, identity=identity, config=config, membership=self.membership)
+        self.calls = PeerCalls(
+            rpc, identity=identity, config=config, membership=self.membership, stats=self.stats
+        )
         DHTHandlers(
             config=config,
             membership=self.membership,
@@ -121,6 +124,7 @@ class DHTNode:
             store_all=self.calls.store_all,
             clock=clock,
             rng=rng,
+            spawn=self._background.spawn,
         )
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -201,8 +205,9 @@ class DHTNode:
     async def store(self, key: Any, value: Any, expiration_time: float, *, subkey: Any = None) -> bool:
         """Store ``value`` under ``key`` (and ``subkey``) until ``expiration_time``.
 
-        True if at least one replica (this node included) holds it. Raises ValueError for a
-        value or key over the size limits, or a record this node may not write.
+        True if at least one of the nearest replicas (this node included) holds it, as found
+        by a lookup that converged, so that a lookup from any other node finds it too. Raises
+        ValueError for a value or key over the size limits, or a record this node may not write.
         """
         return (await self.store_many([StoreItem(key, value, expiration_time, subkey)]))[0]
 
@@ -233,6 +238,10 @@ class DHTNode:
         for (_, indices), held in zip(plan.values(), answers, strict=True):
             for index, ok in zip(indices, held, strict=True):
                 stored[index] |= ok
+        for target, indices in by_id.items():
+            if not lookups[target].converged:  # not where a lookup from elsewhere would look
+                for index in indices:
+                    stored[index] = False
         return stored
 
     async def get(
@@ -332,10 +341,40 @@ class DHTNode:
         now = asyncio.get_running_loop().time()
         for contact in alive:
             self.routing_table.add(contact, now)
-        # One lookup of our own id fills our table and announces us to our nearest peers. Far
-        # buckets fill from ordinary traffic and periodic refresh: refreshing them all on join
-        # costs ~9x the messages for no measurable gain in lookup accuracy (1000-peer sims).
-        await self.find_nearest(self.node_id)
+        # One lookup of our own id fills our table and announces us to our nearest peers.
+        nearest = await self.find_nearest(self.node_id)
+        if nearest:
+            await self._probe_unknown_distances(nearest[0].node_id ^ self.node_id, alive)
+
+    async def _probe_unknown_distances(self, closest: int, introducers: list[Contact]) -> None:
+        """Meet one node at every distance farther than ``closest`` where we know nobody.
+
+        Peers joining together through one initial peer otherwise only learn their own
+        neighbourhood: a later lookup for a far target then converges among the nearest nodes
+        *we* know, half the id space from the real ones (a flash crowd of 300 left acknowledged
+        stores unreadable). Kademlia refreshes every such bucket with a full lookup (~9x the
+        messages of a join); one contact per range is what routing needs, so each range costs
+        one find to an introducer (batched over all ranges) and one to the node it names,
+        which also learns about us.
+        """
+        loop = asyncio.get_running_loop()
+        targets = [
+            self.node_id ^ ((1 << j) | self.rng.getrandbits(j))
+            for j in self.membership.unknown_distances(closest)
+        ]
+        if not targets:
+            return
+        await traverse(
+            targets,
+            {target: introducers for target in targets},
+            ask=self._ask,
+            k=1,
+            alpha=1,
+            max_rpcs=2,
+            straggler_delay=self.config.straggler_delay,
+            exclude=self.node_id,
+            deadline=loop.time() + self.config.lookup_timeout,
+        )
 
     async def _lookup(
         self,

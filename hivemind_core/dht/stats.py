@@ -11,3 +11,7 @@ class DHTStats:
 
     undecodable_values: int = 0
     """Values found by a lookup that could not be decoded (dropped; logged at WARNING)."""
+    rpcs: int = 0
+    """DHT requests this node sent (ping, store, find), answered or not."""
+    rpc_failures: int = 0
+    """Of those, the ones that got no usable answer (timeout, lost link, error, malformed)."""

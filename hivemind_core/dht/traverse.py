@@ -39,6 +39,10 @@ class LookupResult:
     """The nearest contacts that answered, closest first (at most k)."""
     finished_early: bool = False
     """``on_found`` ended it before convergence."""
+    converged: bool = False
+    """The k nearest contacts it knew of (not known to have failed) all answered: what a lookup
+    from anywhere else would also find. False when the deadline or the RPC budget ended it, or
+    every contact it knew failed."""
     rounds: int = 0
     """Longest chain of RPCs, each asking a contact learned from the previous answer."""
     rpcs: int = 0
@@ -57,6 +61,7 @@ class _Search:
     failed: set[int] = field(default_factory=set)
     finished: bool = False
     finished_early: bool = False
+    converged: bool = False
     rounds: int = 0
     rpcs: int = 0
 
@@ -77,7 +82,9 @@ class _Search:
 
     def result(self, k: int) -> LookupResult:
         nearest = heapq.nsmallest(k, self.answered, key=lambda node_id: node_id ^ self.target)
-        return LookupResult([self.known[i] for i in nearest], self.finished_early, self.rounds, self.rpcs)
+        return LookupResult(
+            [self.known[i] for i in nearest], self.finished_early, self.converged, self.rounds, self.rpcs
+        )
 
 
 async def traverse(
@@ -177,6 +184,7 @@ def _plan(
         frontier = search.frontier(k)
         if all(node_id in search.answered for node_id in frontier):
             search.finished = True
+            search.converged = bool(search.answered) or not search.known  # alone: trivially
             continue
         slots = alpha - active.get(search.target, 0)
         for node_id in frontier:
