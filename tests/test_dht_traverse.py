@@ -350,3 +350,68 @@ async def test_empty_initial_contacts_finish_immediately() -> None:
     result = await traverse([target], {}, ask=net.ask, k=K, alpha=3, max_rpcs=10, straggler_delay=0.5)
     assert result[target].nearest == [] and result[target].rpcs == 0
     assert net.calls == []
+
+
+async def test_converged_only_when_the_nearest_all_answered() -> None:
+    """A store trusts ``converged``: a deadline, the budget or all-dead contacts must not set it."""
+    net = Network(seed=15)
+    querier, target = net.ids[0], net.random_target()
+    assert (await net.lookup(querier, [target]))[target].converged
+    assert not (await net.lookup(querier, [target], max_rpcs=2))[target].converged
+    loop = asyncio.get_running_loop()
+    net.delay = dict.fromkeys(net.ids, 1.0)
+    late = (await net.lookup(querier, [target], deadline=loop.time() + 1.5))[target]
+    assert late.nearest and not late.converged
+    net.delay.clear()
+    net.dead = set(net.ids)
+    assert not (await net.lookup(querier, [target]))[target].converged, "nobody answered"
+    alone = await traverse([target], {}, ask=net.ask, k=K, alpha=3, max_rpcs=10, straggler_delay=0.5)
+    assert alone[target].converged, "a node that knows nobody is the whole network"
+
+
+async def test_skipped_contacts_are_never_asked() -> None:
+    net = Network(seed=16)
+    querier, target = net.ids[0], net.random_target()
+    truth = net.truth(target, exclude=querier)
+    skipped = set(truth[:3])
+    result = (await net.lookup(querier, [target], skip=skipped.__contains__))[target]
+    assert not skipped & {node_id for _, node_id, _ in net.calls}
+    assert nearest_ids(result) == [
+        i for i in net.truth(target, exclude=querier, count=K + 3) if i not in skipped
+    ]
+    assert result.converged
+
+
+async def test_contacts_still_awaited_at_the_deadline_are_reported() -> None:
+    """A frozen replica among the nearest makes the lookup wait until its deadline: it is reported
+    (once past the straggler delay), so the caller can skip it next time."""
+    net = Network(seed=17)
+    querier, target = net.ids[0], net.random_target()
+    frozen = net.truth(target, exclude=querier)[1]
+    net.delay[frozen] = 1000.0
+    loop = asyncio.get_running_loop()
+    reported: list[int] = []
+    start = loop.time()
+    result = (
+        await net.lookup(
+            querier, [target], deadline=start + 1.0, on_unanswered=lambda c: reported.append(c.node_id)
+        )
+    )[target]
+    assert loop.time() - start == pytest.approx(1.0)
+    assert reported == [frozen] and not result.converged
+    net.calls.clear()
+    start = loop.time()
+    again = (await net.lookup(querier, [target], deadline=start + 1.0, skip={frozen}.__contains__))[target]
+    assert loop.time() - start < 0.5, "skipping the frozen contact, the lookup converges at once"
+    assert again.converged and frozen not in nearest_ids(again)
+
+
+async def test_nothing_is_reported_when_the_lookup_converges() -> None:
+    net = Network(seed=18)
+    querier, target = net.ids[0], net.random_target()
+    far = net.truth(target, exclude=querier, count=200)[-1]
+    net.delay[far] = 1000.0  # slow, but not among the nearest: the lookup does not wait for it
+    reported: list[Contact] = []
+    loop = asyncio.get_running_loop()
+    await net.lookup(querier, [target], deadline=loop.time() + 30, on_unanswered=reported.append)
+    assert reported == []

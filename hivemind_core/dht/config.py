@@ -15,7 +15,7 @@ class DHTConfig:
     replicas: int = 5
     """How many of the nearest nodes a value is stored on."""
     rpc_timeout: float = 3.0
-    """Seconds to wait for one DHT RPC; a contact that misses it is evicted."""
+    """Seconds to wait for one DHT RPC; a contact that misses it leaves the routing table."""
     straggler_delay: float = 0.5
     """After this many seconds a lookup stops waiting for an RPC before asking another node."""
     lookup_timeout: float = 30.0
@@ -38,6 +38,15 @@ class DHTConfig:
     """Contacts per bucket from one IPv4 /24 (IPv6 /64); None disables the limit."""
     bootstrap_timeout: float = 10.0
     """Seconds to wait for initial peers to answer."""
+    unresponsive_time: float = 30.0
+    """A contact whose RPC failed, or that a lookup waited on until its deadline, is not asked
+    again for this long (a frozen peer costs one lookup, not every one); any answer or request
+    from it forgives it sooner."""
+    reconnect_delay: float = 1.0
+    """A node that lost every contact asks its initial peers again after this many seconds,
+    doubling (jittered) after each try that fails, up to ``reconnect_max_delay``."""
+    reconnect_max_delay: float = 60.0
+    """Longest wait between two tries to reach the initial peers again."""
     max_ttl: float = 86400.0
     """Farthest a record's expiration may lie ahead of the clock, in seconds. Records are meant
     to be re-announced by whoever needs them (experts re-announce every few seconds with ~30 s
@@ -84,10 +93,18 @@ class DHTConfig:
             "refresh_interval",
             "bootstrap_timeout",
             "max_ttl",
+            "unresponsive_time",
+            "reconnect_delay",
+            "reconnect_max_delay",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DHTConfig.{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.max_clock_skew < math.inf:
             raise ValueError(f"DHTConfig.max_clock_skew must be finite and >= 0, got {self.max_clock_skew}")
+        if self.reconnect_delay > self.reconnect_max_delay:
+            raise ValueError(
+                f"DHTConfig.reconnect_delay ({self.reconnect_delay}) cannot exceed "
+                f"reconnect_max_delay ({self.reconnect_max_delay})"
+            )
         if self.replicas > self.k:
             raise ValueError(f"DHTConfig.replicas ({self.replicas}) cannot exceed k ({self.k})")

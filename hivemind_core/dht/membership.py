@@ -5,12 +5,19 @@ responders are recorded as alive; a newcomer to a full bucket waits while the le
 seen contact is pinged (Kademlia's preference for long-lived peers); a contact whose RPC failed
 is forgotten. Every announced endpoint is checked by the transport before it enters the table,
 so a lie cannot make later lookups dial an address that does not parse.
+
+A contact that failed an RPC, or that a lookup waited on until its deadline, is *unresponsive*
+for ``unresponsive_time``: lookups skip it, so a frozen peer costs one lookup its deadline, not
+every lookup. Hearing from it forgives it. When no responsive contact is left the node is
+*disconnected* (a WARNING says so once, and ``on_disconnected`` lets the node go back to its
+initial peers); the first contact it hears from again reconnects it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,11 +27,16 @@ from .codec import decode_node
 from .config import DHTConfig
 from .ids import ID_BITS, node_id_for
 from .routing import Contact, RoutingTable
+from .stats import DHTStats
 
 logger = logging.getLogger(__name__)
 
 Ping = Callable[[Contact], Awaitable[bool]]
 """True if the contact answered (as the same node)."""
+
+MAX_UNRESPONSIVE = 1024
+"""Unresponsive contacts remembered at most (the longest remembered are forgotten first): a peer
+answering with made-up contacts that never answer cannot grow this without bound."""
 
 
 class Membership:
@@ -37,17 +49,35 @@ class Membership:
         config: DHTConfig,
         transport: Transport,
         background: Background,
+        stats: DHTStats,
         ping: Ping,
         on_new_contact: Callable[[Contact], None] = lambda contact: None,
+        on_disconnected: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
+        self.config = config
         self.transport = transport
         self.background = background
+        self.stats = stats
         self.ping = ping
         self.on_new_contact = on_new_contact
         """Called when a contact enters the table that was not in it before."""
+        self.on_disconnected = on_disconnected
+        """Called when the last responsive contact is lost."""
         self.routing_table = RoutingTable(node_id, k=config.k, max_per_subnet=config.max_per_subnet)
+        self._connected = asyncio.Event()
+        self._connected.set()
         self._pinging: set[int] = set()
+        self._unresponsive: OrderedDict[int, float] = OrderedDict()  # node id -> skipped until (loop time)
+
+    @property
+    def connected(self) -> bool:
+        """False while no contact in the table is responsive (see the module docstring)."""
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        """Return once the node is connected (at once if it is)."""
+        await self._connected.wait()
 
     def observe_requester(self, peer: str, raw_sender: Any) -> int:
         """Learn about whoever sent a request from ``peer``; returns its node id.
@@ -64,18 +94,52 @@ class Membership:
 
     def seen(self, contact: Contact) -> None:
         """``contact`` just proved alive."""
+        self._unresponsive.pop(contact.node_id, None)
         table = self.routing_table
         known = contact.node_id in table
         stale = table.add(contact, asyncio.get_running_loop().time())
-        if not known and contact.node_id in table:
-            self.on_new_contact(contact)
         if stale is not None and stale.node_id not in self._pinging:
             self._pinging.add(stale.node_id)
             self.background.spawn(self._ping_or_evict(stale))
+        if contact.node_id not in table:
+            return
+        if not self.connected:
+            self._connected.set()
+            logger.info("DHT node %x is connected again (through %s)", self.node_id, contact.endpoint)
+        if not known:
+            self.on_new_contact(contact)
 
     def failed(self, contact: Contact) -> None:
-        """``contact`` missed an RPC: forget it (a replacement takes its place)."""
+        """``contact`` failed an RPC: forget it (a replacement takes its place) and skip it."""
         self.routing_table.remove(contact.node_id)
+        self.unresponsive(contact)
+
+    def unresponsive(self, contact: Contact) -> None:
+        """``contact`` kept us waiting in vain: lookups skip it for ``unresponsive_time``."""
+        until = asyncio.get_running_loop().time() + self.config.unresponsive_time
+        self._unresponsive.pop(contact.node_id, None)
+        self._unresponsive[contact.node_id] = until
+        while len(self._unresponsive) > MAX_UNRESPONSIVE:
+            self._unresponsive.popitem(last=False)
+        if self.connected and not any(not self.is_unresponsive(c.node_id) for c in self.routing_table):
+            self._connected.clear()
+            self.stats.disconnections += 1
+            logger.warning(
+                "DHT node %x lost every contact (%d in its table, none answering)",
+                self.node_id,
+                len(self.routing_table),
+            )
+            self.on_disconnected()
+
+    def is_unresponsive(self, node_id: int) -> bool:
+        """Whether lookups should skip ``node_id`` for now."""
+        until = self._unresponsive.get(node_id)
+        if until is None:
+            return False
+        if asyncio.get_running_loop().time() < until:
+            return True
+        del self._unresponsive[node_id]
+        return False
 
     def unknown_distances(self, closest: int) -> list[int]:
         """Distance ranges [2**j, 2**(j+1)) farther than ``closest`` where we know nobody.
@@ -98,6 +162,6 @@ class Membership:
     async def _ping_or_evict(self, stale: Contact) -> None:
         try:
             if not await self.ping(stale):
-                self.routing_table.remove(stale.node_id)
+                self.failed(stale)
         finally:
             self._pinging.discard(stale.node_id)

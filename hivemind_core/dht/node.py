@@ -100,8 +100,10 @@ class DHTNode:
             config=config,
             transport=rpc.transport,
             background=self._background,
+            stats=self.stats,
             ping=lambda contact: self.calls.is_alive(contact),
             on_new_contact=lambda contact: self.maintenance.newcomer(contact),
+            on_disconnected=self._disconnected,
         )
         self.calls = PeerCalls(
             rpc, identity=identity, config=config, membership=self.membership, stats=self.stats
@@ -127,6 +129,8 @@ class DHTNode:
             spawn=self._background.spawn,
         )
         self._maintenance: asyncio.Task[None] | None = None
+        self._initial_peers: list[str] = []
+        self._reconnecting = False
 
     @classmethod
     async def create(
@@ -146,7 +150,8 @@ class DHTNode:
         With no initial peers the node starts a new network. Raises :class:`BootstrapError`
         if initial peers were given and none answered, ValueError if one is not an endpoint
         the transport can reach. A client-mode node does not listen: it can store and get but
-        others never route through it (as behind a NAT).
+        others never route through it (as behind a NAT). A node that later loses every contact
+        goes back to its initial peers by itself (see :attr:`connected`).
 
         ``clock`` and ``rng`` default to the running loop's world: the wall clock and the
         OS's randomness for real peers, the virtual clock and a seeded stream in simulation.
@@ -190,6 +195,19 @@ class DHTNode:
     @property
     def routing_table(self) -> RoutingTable:
         return self.membership.routing_table
+
+    @property
+    def connected(self) -> bool:
+        """False while no contact this node knows answers (its table emptied, or every contact in
+        it failed it recently): then stores return False and gets None. Meanwhile the node asks
+        its initial peers again, waiting ``reconnect_delay`` doubling up to
+        ``reconnect_max_delay`` between tries; the transition is logged at WARNING and counted
+        in ``stats.disconnections``."""
+        return self.membership.connected
+
+    async def wait_connected(self) -> None:
+        """Return once :attr:`connected` is True (at once if it is)."""
+        await self.membership.wait_connected()
 
     @property
     def contact(self) -> Contact | None:
@@ -321,15 +339,11 @@ class DHTNode:
     # ---- internals ------------------------------------------------------------------------
 
     async def _bootstrap(self, initial_peers: Sequence[str]) -> None:
+        self._initial_peers = list(initial_peers)
         if not initial_peers:
             return
         errors: dict[str, str] = {}
-        try:
-            async with asyncio.timeout(self.config.bootstrap_timeout):
-                answers = await asyncio.gather(*(self.calls.ping(p, errors=errors) for p in initial_peers))
-        except TimeoutError:
-            answers = []
-        alive = [contact for contact in answers if contact is not None]
+        alive = await self._reach_initial_peers(errors)
         if not alive:
             reasons = "; ".join(
                 f"{peer}: {errors.get(peer, f'no answer within {self.config.bootstrap_timeout:g} s')}"
@@ -338,13 +352,55 @@ class DHTNode:
             raise BootstrapError(
                 f"cannot join the DHT: none of the {len(initial_peers)} initial peers answered ({reasons})"
             )
-        now = asyncio.get_running_loop().time()
+        await self._join(alive)
+
+    async def _reach_initial_peers(self, errors: dict[str, str]) -> list[Contact]:
+        """Ping the initial peers at once; those that answered are now in the routing table."""
+        try:
+            async with asyncio.timeout(self.config.bootstrap_timeout):
+                answers = await asyncio.gather(
+                    *(self.calls.ping(peer, errors=errors) for peer in self._initial_peers)
+                )
+        except TimeoutError:
+            answers = []
+        alive = [contact for contact in answers if contact is not None]
         for contact in alive:
-            self.routing_table.add(contact, now)
+            self.membership.seen(contact)
+        return alive
+
+    async def _join(self, introducers: list[Contact]) -> None:
         # One lookup of our own id fills our table and announces us to our nearest peers.
         nearest = await self.find_nearest(self.node_id)
         if nearest:
-            await self._probe_unknown_distances(nearest[0].node_id ^ self.node_id, alive)
+            await self._probe_unknown_distances(nearest[0].node_id ^ self.node_id, introducers)
+
+    def _disconnected(self) -> None:
+        if not self._initial_peers:
+            logger.warning(
+                "DHT node %x has no initial peers to go back to; it waits to be contacted", self.node_id
+            )
+        elif not self._reconnecting:
+            self._reconnecting = True
+            self._background.spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Ask the initial peers again until one answers: at once, then with jittered backoff."""
+        delay = 0.0
+        try:
+            while not self.connected:
+                if delay > 0:
+                    await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
+                    if self.connected:  # someone contacted us meanwhile
+                        break
+                self.stats.reconnect_attempts += 1
+                alive = await self._reach_initial_peers({})
+                if alive:
+                    logger.info("DHT node %x reached its initial peers again; rejoining", self.node_id)
+                    await self._join(alive)
+                    break
+                delay = min(max(2 * delay, self.config.reconnect_delay), self.config.reconnect_max_delay)
+        finally:
+            self._reconnecting = False
 
     async def _probe_unknown_distances(self, closest: int, introducers: list[Contact]) -> None:
         """Meet one node at every distance farther than ``closest`` where we know nobody.
@@ -374,6 +430,7 @@ class DHTNode:
             straggler_delay=self.config.straggler_delay,
             exclude=self.node_id,
             deadline=loop.time() + self.config.lookup_timeout,
+            skip=self.membership.is_unresponsive,
         )
 
     async def _lookup(
@@ -399,6 +456,8 @@ class DHTNode:
             on_found=on_found,
             exclude=self.node_id,
             deadline=loop.time() + min(self.config.lookup_timeout, timeout or self.config.lookup_timeout),
+            skip=self.membership.is_unresponsive,
+            on_unanswered=self.membership.unresponsive,
         )
 
     async def _ask(self, contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]] | None:

@@ -15,3 +15,7 @@ class DHTStats:
     """DHT requests this node sent (ping, store, find), answered or not."""
     rpc_failures: int = 0
     """Of those, the ones that got no usable answer (timeout, lost link, error, malformed)."""
+    disconnections: int = 0
+    """Times the node lost every responsive contact (``DHTNode.connected`` turned False)."""
+    reconnect_attempts: int = 0
+    """Times a disconnected node asked its initial peers again."""

@@ -11,6 +11,11 @@ counting, so one dead contact does not stall the lookup. A target is done when t
 nearest contacts not known to have failed have all answered, when ``on_found`` says the value
 found is enough, or when ``max_rpcs`` RPCs have carried it (the budget is per target, so a
 batch of many targets converges as well as each would alone).
+
+Contacts that ``skip`` names (the caller's memory of who recently failed it) count as failed
+without being asked, and ``on_unanswered`` hears of every contact the lookup was still waiting
+for, past the straggler delay, when its deadline ended it: so a frozen peer makes one lookup
+wait, not every one.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 Ask = Callable[[Contact, list[int]], Awaitable[Mapping[int, tuple[Sequence[Contact], Any]] | None]]
 OnFound = Callable[[int, Contact, Any], bool]
+Skip = Callable[[int], bool]
+"""True for a node id the lookup should treat as failed without asking."""
 
 
 @dataclass
@@ -65,11 +72,14 @@ class _Search:
     rounds: int = 0
     rpcs: int = 0
 
-    def learn(self, contact: Contact, depth: int) -> None:
+    def learn(self, contact: Contact, depth: int, skip: Skip | None) -> None:
         if contact.node_id not in self.known:
             self.known[contact.node_id] = contact
             self.depth[contact.node_id] = depth
-            bisect.insort(self.live_by_distance, (contact.node_id ^ self.target, contact.node_id))
+            if skip is not None and skip(contact.node_id):
+                self.failed.add(contact.node_id)
+            else:
+                bisect.insort(self.live_by_distance, (contact.node_id ^ self.target, contact.node_id))
 
     def fail(self, node_id: int) -> None:
         if node_id not in self.failed:
@@ -99,6 +109,8 @@ async def traverse(
     on_found: OnFound | None = None,
     exclude: int | None = None,
     deadline: float | None = None,
+    skip: Skip | None = None,
+    on_unanswered: Callable[[Contact], None] | None = None,
 ) -> dict[int, LookupResult]:
     """Look up every target; see the module docstring.
 
@@ -110,7 +122,7 @@ async def traverse(
         search = searches.setdefault(target, _Search(target))
         for contact in initial.get(target, ()):
             if contact.node_id != exclude:
-                search.learn(contact, 0)
+                search.learn(contact, 0, skip)
     loop = asyncio.get_running_loop()
     inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]] = {}
     try:
@@ -138,6 +150,10 @@ async def traverse(
             ]
             if deadline is not None:
                 if now >= deadline:
+                    if on_unanswered is not None:
+                        for contact, _, started in inflight.values():
+                            if now - started >= straggler_delay:
+                                on_unanswered(contact)
                     break
                 wake.append(deadline)
             done, _ = await asyncio.wait(
@@ -145,7 +161,7 @@ async def traverse(
             )
             for task in [task for task in inflight if task in done]:  # set order is not reproducible
                 contact, batch, _ = inflight.pop(task)
-                _absorb(searches, contact, batch, _answer(task, contact), on_found, exclude)
+                _absorb(searches, contact, batch, _answer(task, contact), on_found, exclude, skip)
     finally:
         for task in inflight:
             task.cancel()
@@ -218,6 +234,7 @@ def _absorb(
     response: Mapping[int, tuple[Sequence[Contact], Any]] | None,
     on_found: OnFound | None,
     exclude: int | None,
+    skip: Skip | None,
 ) -> None:
     for target in batch:
         search = searches[target]
@@ -232,6 +249,6 @@ def _absorb(
         neighbours, found = response[target]
         for neighbour in neighbours:
             if neighbour.node_id != exclude:
-                search.learn(neighbour, depth)
+                search.learn(neighbour, depth, skip)
         if found is not None and on_found is not None and on_found(target, contact, found):
             search.finished = search.finished_early = True
