@@ -201,7 +201,7 @@ async def test_a_new_connection_that_sends_nothing_is_closed_before_the_idle_tim
         silent = await connect_raw(server.endpoint, read=True)
         await asyncio.wait_for(silent.closed, timeout=5)
         assert server.transport.stats.dropped == {DropReason.SLOW_FRAME: 1}
-        assert "sent nothing in 0.3 s" in caplog.text
+        assert "sent nothing in" in caplog.text
     finally:
         await server.transport.close()
 

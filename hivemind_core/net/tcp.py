@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import ipaddress
 import logging
 import math
@@ -39,7 +40,8 @@ _COALESCE_LIMIT = 64 * 1024  # payloads below this are copied into one write wit
 _REQUESTS_PER_TURN = 16  # requests one connection hands over before another gets a turn
 _REQUESTS_PER_ROUND = 64  # requests one host hands over per round, over all its connections
 _READ_AHEAD = 256 * 1024  # unparsed bytes a connection may hold while it waits for its turn
-_PRESSURE_BACKLOG = 64 * 1024  # per-connection backlog while the total is over its budget
+_ASYNCIO_WRITE_LIMIT = 64 * 1024  # asyncio's default high-water mark for a transport's buffer
+_PRESSURE_BACKLOG = 16 * 1024  # per-connection backlog while the total is over its budget
 # Requests a backlogged connection may have in service (they wait for the backlog to drain before
 # their handler runs): enough to keep reading ahead while a large reply drains, few enough that a
 # peer that never reads soon stops being read.
@@ -107,6 +109,7 @@ def _canonical_host(host: str) -> str:
     return str(address)
 
 
+@functools.lru_cache(maxsize=4096)
 def _host_key(host: str) -> str:
     """Whom a connection counts against: its address, or its /64 for IPv6 (one site's block)."""
     host = _canonical_host(host)
@@ -121,6 +124,19 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_address(local_host: str, remote_host: str) -> str | None:
+    """The address to dial ``remote_host`` from, for a peer listening on ``local_host``.
+
+    ``local_host`` itself when it is one specific address of the same family and scope
+    (loopback or not) as the remote one; otherwise ``None``: the operating system picks.
+    """
+    local, remote = _ip(local_host), _ip(remote_host)
+    if local is None or remote is None or local.is_unspecified or local.version != remote.version:
+        return None
+    return local_host if local.is_loopback == remote.is_loopback else None
 
 
 class _Connection(asyncio.Protocol):
@@ -146,9 +162,8 @@ class _Connection(asyncio.Protocol):
         self._read_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._frame_started: float | None = None  # when the incomplete frame in the buffer began
-        self._frame_timer: asyncio.TimerHandle | None = None
-        self._stall_timer: asyncio.TimerHandle | None = None
-        self._stall_mark = 0  # backlog at the last stall check
+        self._stalled_since: float | None = None  # backlogged since (or since the last check)
+        self._stall_mark = 0  # backlog then
 
     @property
     def writable(self) -> bool:
@@ -176,7 +191,7 @@ class _Connection(asyncio.Protocol):
             self.host = _host_key(peername[0])
             if self.incoming:
                 self.peer = format_endpoint(peername[0], peername[1])
-        transport.set_write_buffer_limits(high=self.owner._backlog_limit())
+        self.set_write_limit(self.owner._backlog_limit())
         self.owner._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -191,9 +206,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._stop_frame_clock()
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
+        self._frame_started = self._stalled_since = None
         self._wake_drain_waiters()
         self.owner._connection_lost(self, exc)
         if not self.lost.done():
@@ -203,14 +216,12 @@ class _Connection(asyncio.Protocol):
         self.write_paused = True
         assert self.transport is not None
         self._stall_mark = self.transport.get_write_buffer_size()
-        self._stall_timer = self.loop.call_later(self.owner.transfer_timeout, self._check_stall)
+        self._stalled_since = self.loop.time()
         self.owner._backlog_grew(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        self._stalled_since = None
         self._wake_drain_waiters()
         self.owner._backlog_drained(self)
         self.unblock()
@@ -263,10 +274,11 @@ class _Connection(asyncio.Protocol):
         self.blocked = blocked
         if more:
             owner._want_turn(self)
-        if buffer and not (more or blocked):
-            self._start_frame_clock(restart=offset > 0)
+        if buffer and not (more or blocked):  # an incomplete frame is arriving: time it
+            if offset or self._frame_started is None:
+                self._frame_started = self.loop.time()
         else:
-            self._stop_frame_clock()
+            self._frame_started = None
         self.update_reading()
         return handed
 
@@ -307,7 +319,7 @@ class _Connection(asyncio.Protocol):
                     self._drain_waiters.remove(waiter)
 
     def set_write_limit(self, high: int) -> None:
-        if self.transport is not None:
+        if self.transport is not None and high != _ASYNCIO_WRITE_LIMIT:
             self.transport.set_write_buffer_limits(high=high)
 
     @property
@@ -333,65 +345,39 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self._read_paused = not enabled
 
-    def _start_frame_clock(self, *, restart: bool) -> None:
-        """An incomplete frame is in the buffer (or a new connection has sent nothing yet)."""
-        if restart or self._frame_started is None:
-            self._frame_started = self.loop.time()
-        deadline = self._frame_deadline()
-        timer = self._frame_timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._frame_timer = self.loop.call_at(deadline, self._check_frame_clock)
+    def start_frame_clock(self) -> None:
+        """A new connection has a frame's time to send one."""
+        self._frame_started = self.loop.time()
 
-    def _stop_frame_clock(self) -> None:
-        self._frame_started = None
-        if self._frame_timer is not None:
-            self._frame_timer.cancel()
-            self._frame_timer = None
-
-    def _frame_deadline(self) -> float:
-        """The frame so far must have arrived at the minimum rate after ``transfer_timeout``."""
-        assert self._frame_started is not None
+    def check_deadlines(self, now: float) -> None:
+        """Drop the connection if a frame arrives, or its backlog drains, slower than allowed."""
         owner = self.owner
-        return self._frame_started + owner.transfer_timeout + len(self.buffer) / owner.min_transfer_rate
-
-    def _check_frame_clock(self) -> None:
-        self._frame_timer = None
-        if self._frame_started is None or self.dropped:
-            return
-        deadline = self._frame_deadline()
-        now = self.loop.time()
-        if now < deadline:
-            self._frame_timer = self.loop.call_at(deadline, self._check_frame_clock)
-            return
-        owner = self.owner
-        sent = f"sent {len(self.buffer)} bytes of a frame" if self.buffer else "sent nothing"
-        owner._drop(
-            self,
-            f"{sent} in {now - self._frame_started:.1f} s (a frame must arrive within "
-            f"{owner.transfer_timeout:g} s plus its size at {owner.min_transfer_rate:g} bytes/s)",
-            DropReason.SLOW_FRAME,
-        )
-
-    def _check_stall(self) -> None:
-        """Still backlogged: the peer must have read at the minimum rate since the last check."""
-        self._stall_timer = None
-        if not self.write_paused or self.transport is None or self.dropped:
-            return
-        owner = self.owner
-        queued = self.transport.get_write_buffer_size()
-        required = min(self._stall_mark, owner.min_transfer_rate * owner.transfer_timeout)
-        if self._stall_mark - queued < required:
-            owner._drop(
-                self,
-                f"read {max(self._stall_mark - queued, 0)} of {self._stall_mark} queued bytes in "
-                f"{owner.transfer_timeout:g} s (less than {owner.min_transfer_rate:g} bytes/s)",
-                DropReason.STALLED_READER,
-            )
-            return
-        self._stall_mark = queued
-        self._stall_timer = self.loop.call_later(owner.transfer_timeout, self._check_stall)
+        if self._frame_started is not None:
+            elapsed = now - self._frame_started
+            if elapsed > owner.transfer_timeout + len(self.buffer) / owner.min_transfer_rate:
+                sent = f"sent {len(self.buffer)} bytes of a frame" if self.buffer else "sent nothing"
+                owner._drop(
+                    self,
+                    f"{sent} in {elapsed:.1f} s (a frame must arrive within {owner.transfer_timeout:g} s "
+                    f"plus its size at {owner.min_transfer_rate:g} bytes/s)",
+                    DropReason.SLOW_FRAME,
+                )
+                return
+        if self._stalled_since is not None and self.transport is not None:
+            elapsed = now - self._stalled_since
+            if elapsed < owner.transfer_timeout:
+                return
+            queued = self.transport.get_write_buffer_size()
+            read = self._stall_mark - queued
+            if read < min(self._stall_mark, owner.min_transfer_rate * elapsed):
+                owner._drop(
+                    self,
+                    f"read {max(read, 0)} of {self._stall_mark} queued bytes in {elapsed:.1f} s "
+                    f"(less than {owner.min_transfer_rate:g} bytes/s)",
+                    DropReason.STALLED_READER,
+                )
+                return
+            self._stalled_since, self._stall_mark = now, queued
 
 
 class _Host:
@@ -426,7 +412,7 @@ class TcpTransport(FramedTransport):
     ``max_connection_backlog`` bytes is served no more until it reads, and is closed if it
     then reads less than ``min_transfer_rate`` over each ``transfer_timeout``. When the
     backlog of all connections together exceeds ``max_total_backlog``, every connection's
-    limit drops to 64 KiB until it halves, so the peers that read keep being served.
+    limit drops to 16 KiB until it halves, so the peers that read keep being served.
     ``max_concurrent_requests`` caps requests served at once per connection (backpressure,
     not errors), and connections take turns, host by host, at handing requests over.
     """
@@ -441,7 +427,7 @@ class TcpTransport(FramedTransport):
         max_incoming_per_host: int | None = 64,
         max_outgoing: int = 256,
         max_concurrent_requests: int = 256,
-        max_connection_backlog: int = 1024 * 1024,
+        max_connection_backlog: int = _ASYNCIO_WRITE_LIMIT,
         max_total_backlog: int = 128 * 1024 * 1024,
         transfer_timeout: float = 10.0,
         min_transfer_rate: float = 32 * 1024,
@@ -745,7 +731,8 @@ class TcpTransport(FramedTransport):
 
     async def _dial(self, peer: Endpoint, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
-        source = self._source_address(host)
+        # dial from the address we listen on, so peers see requests from the host we announce
+        source = _source_address(self.host, host) if self._server is not None else None
         if source is None:
             _, connection = await loop.create_connection(
                 lambda: _Connection(self, peer, incoming=False), host, port
@@ -766,19 +753,6 @@ class TcpTransport(FramedTransport):
             sock.close()
             raise
         return connection
-
-    def _source_address(self, remote_host: str) -> str | None:
-        """Dial from the address we listen on, so peers see requests from the host we announce.
-
-        Only when listening on one specific address of the same family and scope (loopback or
-        not) as the remote one; otherwise the operating system picks the source.
-        """
-        if self._server is None:
-            return None
-        local, remote = _ip(self.host), _ip(remote_host)
-        if local is None or remote is None or local.is_unspecified or local.version != remote.version:
-            return None
-        return self.host if local.is_loopback == remote.is_loopback else None
 
     def _connect_finished(self, peer: Endpoint, task: asyncio.Task[_Connection]) -> None:
         if self._connecting.get(peer) is task:
@@ -840,7 +814,7 @@ class TcpTransport(FramedTransport):
                 return
             self._incoming[connection] = None
             host.incoming += 1
-            connection._start_frame_clock(restart=True)
+            connection.start_frame_clock()
         self._hosts[connection.host] = host
         host.connections += 1
         connection.host_state = host
@@ -894,16 +868,28 @@ class TcpTransport(FramedTransport):
         self._drop(connection, reason + more, why)
 
     def _ensure_sweeper(self) -> None:
-        if self._sweeper is None and self.idle_timeout > 0:
-            self._sweeper = asyncio.get_running_loop().create_task(self._close_idle_connections())
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
-    async def _close_idle_connections(self) -> None:
+    async def _sweep(self) -> None:
+        """Every few seconds: close idle connections, drop those too slow to send or read."""
         loop = asyncio.get_running_loop()
+        period = self.transfer_timeout / 2
+        if self.idle_timeout > 0:
+            period = min(period, self.idle_timeout / 4)
         while True:
-            await asyncio.sleep(self.idle_timeout / 4)
+            await asyncio.sleep(period)
             now = loop.time()
             for connection in [*self._outgoing.values(), *self._incoming]:
+                if connection.dropped or connection.transport is None:
+                    continue
+                connection.check_deadlines(now)
                 limit = self.idle_timeout * (2 if connection.incoming else 1)
-                if connection.idle and now - connection.last_active > limit and connection.transport:
+                if (
+                    self.idle_timeout > 0
+                    and connection.idle
+                    and now - connection.last_active > limit
+                    and connection.transport is not None
+                ):
                     logger.debug("closing connection %s after %.0f s idle", connection.peer, limit)
                     connection.transport.close()
