@@ -216,6 +216,53 @@ def test_closed_peer_refuses_after_one_round_trip(sim) -> None:
     sim.run(main())
 
 
+class Recorder:
+    """Not a transport: anything with the ``Receiver`` methods can sit on the network."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, bytes]] = []
+        self.resets: list[str] = []
+        self.crashed = False
+        self.arrived = asyncio.Event()
+        self.reset = asyncio.Event()
+
+    def frame_arrived(self, src: str, frame: bytes) -> None:
+        self.frames.append((src, frame))
+        self.arrived.set()
+
+    def reset_received(self, src: str) -> None:
+        self.resets.append(src)
+        self.reset.set()
+
+    def crash(self) -> None:
+        self.crashed = True
+
+
+def test_a_graceful_close_resets_only_the_peers_it_was_exchanging_with(sim) -> None:
+    a = sim.add_peer("a", node="x")
+    recorders = {name: Recorder() for name in ("busy", "idle")}
+    for name, recorder in recorders.items():
+        sim.network.add_peer(name, node="y")
+        sim.network.attach(name, recorder)
+
+    async def main() -> None:
+        call = asyncio.ensure_future(a.request("busy", b"never answered", timeout=10))
+        await recorders["busy"].arrived.wait()
+        await a.close(grace=0)
+        with pytest.raises(TransportClosed):
+            await call
+        await asyncio.wait_for(recorders["busy"].reset.wait(), timeout=1)
+
+    sim.run(main())
+    assert [(src, frame[HEADER_SIZE:]) for src, frame in recorders["busy"].frames] == [
+        ("a", b"never answered")
+    ]
+    assert recorders["busy"].resets == ["a"]
+    assert recorders["idle"].frames == [] and recorders["idle"].resets == []
+    sim.network.crash("busy")
+    assert recorders["busy"].crashed
+
+
 def test_sleeping_a_simulated_day_takes_no_real_time(bare_sim) -> None:
     sim = bare_sim
 
