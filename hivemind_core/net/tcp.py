@@ -160,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self.blocked = False  # a request waits for a serving slot or for the backlog to drain
         self.write_paused = False
         self._read_paused = False
+        self._write_limit = _ASYNCIO_WRITE_LIMIT  # what asyncio starts a transport with
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._frame_started: float | None = None  # when the incomplete frame in the buffer began
         self._stalled_since: float | None = None  # backlogged since (or since the last check)
@@ -315,12 +316,14 @@ class _Connection(asyncio.Protocol):
             finally:
                 if until is not None:
                     until.remove_done_callback(wake)
-                if not waiter.done():
+                if waiter in self._drain_waiters:
                     self._drain_waiters.remove(waiter)
 
     def set_write_limit(self, high: int) -> None:
-        if self.transport is not None and high != _ASYNCIO_WRITE_LIMIT:
+        """Pause writing (``pause_writing``) above ``high`` bytes queued, resume at a quarter."""
+        if self.transport is not None and high != self._write_limit:
             self.transport.set_write_buffer_limits(high=high)
+            self._write_limit = high
 
     @property
     def queued_bytes(self) -> int:
@@ -407,12 +410,13 @@ class TcpTransport(FramedTransport):
     that address too, so its peers see requests come from the host it announces.
 
     Slow or greedy peers: a frame must arrive within ``transfer_timeout`` seconds plus its
-    size at ``min_transfer_rate`` bytes/s, and a new connection must start its first frame
-    within ``transfer_timeout``; a connection whose replies queue beyond
-    ``max_connection_backlog`` bytes is served no more until it reads, and is closed if it
-    then reads less than ``min_transfer_rate`` over each ``transfer_timeout``. When the
-    backlog of all connections together exceeds ``max_total_backlog``, every connection's
-    limit drops to 16 KiB until it halves, so the peers that read keep being served.
+    size at ``min_transfer_rate`` bytes/s, and a new connection must send its first one in that
+    time (so trickling or silent connections give their slot back). A connection whose replies
+    queue beyond ``max_connection_backlog`` bytes is served no more until it reads (at most 16
+    requests wait for it), and is closed if it then reads less than ``min_transfer_rate`` over
+    a ``transfer_timeout``. When the backlog of all connections together exceeds
+    ``max_total_backlog``, every connection's limit drops to 16 KiB until the total halves, so
+    the connections with the biggest backlogs wait and the peers that read keep being served.
     ``max_concurrent_requests`` caps requests served at once per connection (backpressure,
     not errors), and connections take turns, host by host, at handing requests over.
     """
@@ -685,13 +689,13 @@ class TcpTransport(FramedTransport):
         total = sum(c.queued_bytes for c in self._backlogged_connections)
         self._peak_queued = max(self._peak_queued, total)
         if total > self.max_total_backlog and not self._under_pressure:
+            self._set_pressure(True)
             logger.warning(
                 "%d bytes queued for %d peers that do not read: limiting every connection to %d bytes",
                 total,
                 len(self._backlogged_connections),
-                _PRESSURE_BACKLOG,
+                self._backlog_limit(),
             )
-            self._set_pressure(True)
 
     def _backlog_drained(self, connection: _Connection) -> None:
         if connection not in self._backlogged_connections:
@@ -701,6 +705,11 @@ class TcpTransport(FramedTransport):
             total = sum(c.queued_bytes for c in self._backlogged_connections)
             if total <= self.max_total_backlog // 2:
                 self._set_pressure(False)
+                logger.info(
+                    "queued bytes back to %d: connections may queue %d bytes again",
+                    total,
+                    self._backlog_limit(),
+                )
 
     def _set_pressure(self, on: bool) -> None:
         self._under_pressure = on
