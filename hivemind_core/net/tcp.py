@@ -45,7 +45,7 @@ _PRESSURE_BACKLOG = 16 * 1024  # per-connection backlog while the total is over 
 # Requests a backlogged connection may have in service (they wait for the backlog to drain before
 # their handler runs): enough to keep reading ahead while a large reply drains, few enough that a
 # peer that never reads soon stops being read.
-_SERVING_WHILE_BACKLOGGED = 16
+_SERVING_WHILE_BACKLOGGED = 4
 _REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about connections refused over a limit
 
 
@@ -412,7 +412,7 @@ class TcpTransport(FramedTransport):
     Slow or greedy peers: a frame must arrive within ``transfer_timeout`` seconds plus its
     size at ``min_transfer_rate`` bytes/s, and a new connection must send its first one in that
     time (so trickling or silent connections give their slot back). A connection whose replies
-    queue beyond ``max_connection_backlog`` bytes is served no more until it reads (at most 16
+    queue beyond ``max_connection_backlog`` bytes is served no more until it reads (at most 4
     requests wait for it), and is closed if it then reads less than ``min_transfer_rate`` over
     a ``transfer_timeout``. When the backlog of all connections together exceeds
     ``max_total_backlog``, every connection's limit drops to 16 KiB until the total halves, so
