@@ -74,7 +74,7 @@ def summarize(samples: list[list[float]]) -> dict[str, Any]:
     }
     if len(done) >= 2:
         result["p50_ms"] = round(statistics.median(done), 2)
-        result["p99_ms"] = round(statistics.quantiles(done, n=100)[98], 2)
+        result["p99_ms"] = round(statistics.quantiles(done, n=100, method="inclusive")[98], 2)
         result["max_ms"] = round(done[-1], 2)
     return result
 
