@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from hivemind_core.net import RPC, TcpTransport, parse_endpoint
+from hivemind_core.net import RPC, DropReason, TcpTransport, parse_endpoint
 from hivemind_core.net.frames import PREFIX, FrameKind, encode_frame
 from hivemind_core.net.rpc import pack
-from hivemind_core.net.tcp import DropReason
 
 pytestmark = pytest.mark.asyncio(loop_factories=["tcp"])
 

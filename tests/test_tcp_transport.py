@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hivemind_core.net import RPC, PeerUnavailable, TcpTransport
+from hivemind_core.net import RPC, PeerUnavailable, RequestTimeout, TcpTransport
 from hivemind_core.net.frames import HEADER, HEADER_SIZE, KIND_AND_ID, FrameKind, encode_frame
 from hivemind_core.net.rpc import pack
 
@@ -171,3 +171,19 @@ async def test_client_mode_peer_refuses_a_request_sent_back_over_its_own_connect
         await client.transport.close()
         raw_server.close()
         await raw_server.wait_closed()
+
+
+async def test_a_request_times_out_even_while_the_peer_does_not_read_it() -> None:
+    """Waiting for a backlogged connection to drain must not outlast the request's timeout."""
+    with socket.socket() as listener:  # accepts connections in the kernel, never reads them
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = RPC(TcpTransport())
+        try:
+            with pytest.raises(RequestTimeout):
+                call = client.call(f"127.0.0.1:{port}", "echo", bytes(8 << 20), timeout=0.5)
+                await asyncio.wait_for(call, timeout=10)
+        finally:
+            await client.transport.close(grace=0)

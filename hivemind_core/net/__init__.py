@@ -12,11 +12,12 @@ from .errors import (
 )
 from .multiplex import FramedTransport
 from .rpc import RPC
-from .tcp import TcpTransport, format_endpoint, parse_endpoint
+from .tcp import DropReason, TcpStats, TcpTransport, format_endpoint, parse_endpoint
 from .transport import Endpoint, RequestHandler, Transport
 
 __all__ = [
     "RPC",
+    "DropReason",
     "Endpoint",
     "FrameTooLarge",
     "FramedTransport",
@@ -25,6 +26,7 @@ __all__ = [
     "RemoteError",
     "RequestHandler",
     "RequestTimeout",
+    "TcpStats",
     "TcpTransport",
     "Transport",
     "TransportClosed",
