@@ -66,4 +66,3 @@ class Transport(abc.ABC):
         none), which is the host for ``host:port`` endpoints.
         """
         return (announced.rpartition(":")[0] or announced) == (caller.rpartition(":")[0] or caller)
-
