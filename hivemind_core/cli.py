@@ -39,7 +39,7 @@ def _add_builtin_methods(rpc: RPC) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    rpc = RPC(TcpTransport(host=args.host, port=args.port, max_incoming=args.max_connections))
+    rpc = RPC(_listening_transport(args))
     _add_builtin_methods(rpc)
     stop = _stop_on_signals()
     endpoint = await rpc.serve()
@@ -77,7 +77,7 @@ async def _wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
 
 
 async def _dht(args: argparse.Namespace) -> int:
-    transport = TcpTransport(host=args.host, port=args.port)
+    transport = _listening_transport(args)
     config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
     stop = _stop_on_signals()
     node = await DHTNode.create(
@@ -115,7 +115,7 @@ async def _expert_server(args: argparse.Namespace) -> int:
         )
         for uid in uids
     ]
-    transport = TcpTransport(host=args.host, port=args.port)
+    transport = _listening_transport(args)
     config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
     stop = _stop_on_signals()
     node = await DHTNode.create(
@@ -172,22 +172,50 @@ async def _probe(args: argparse.Namespace) -> int:
     return 0 if round_trips else 1
 
 
+def _count(text: str) -> int:
+    """A non-negative whole number, for flags where 0 means "no limit"."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _add_listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (and dial from)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    parser.add_argument(
+        "--max-connections", type=_count, default=1024, help="cap on incoming connections (0: no cap)"
+    )
+    parser.add_argument(
+        "--max-connections-per-host",
+        type=_count,
+        default=64,
+        help="cap on incoming connections from one host (0: no cap; raise it behind a shared NAT)",
+    )
+
+
+def _listening_transport(args: argparse.Namespace) -> TcpTransport:
+    return TcpTransport(
+        host=args.host,
+        port=args.port,
+        max_incoming=args.max_connections or 1 << 30,
+        max_incoming_per_host=args.max_connections_per_host or None,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hivemind-core", description="Run or probe a real peer.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start a peer that answers ping and echo")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
-    serve.add_argument("--max-connections", type=int, default=1024, help="cap on incoming connections")
+    _add_listen_options(serve)
     serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     serve.add_argument("--grace", type=float, default=1.0, help="seconds to finish requests on stop")
     serve.set_defaults(run=_serve)
 
     dht = commands.add_parser("dht", help="run a DHT peer")
-    dht.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    dht.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    _add_listen_options(dht)
     dht.add_argument(
         "--initial-peers",
         nargs="*",
@@ -228,8 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     experts.add_argument(
         "--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
-    experts.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    experts.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    _add_listen_options(experts)
     experts.add_argument(
         "--initial-peers",
         nargs="*",

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from hivemind_sim.cli import main as sim_main
 
 
@@ -81,3 +83,19 @@ assert not heavy, f"hivemind-core ping imported {heavy}"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "usage: hivemind-core ping" in result.stdout
+
+
+def test_connection_caps_reach_the_transport_and_bad_values_name_the_flag(capsys) -> None:
+    from hivemind_core.cli import _listening_transport, build_parser
+
+    for command in ("serve", "dht"):
+        args = build_parser().parse_args(
+            [command, "--max-connections", "10", "--max-connections-per-host", "0"]
+        )
+        transport = _listening_transport(args)
+        assert transport.max_incoming == 10 and transport.max_incoming_per_host is None
+    default = _listening_transport(build_parser().parse_args(["serve"]))
+    assert default.max_incoming_per_host == 64
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["dht", "--max-connections-per-host", "-3"])
+    assert "argument --max-connections-per-host: must be 0 or more, got -3" in capsys.readouterr().err

@@ -194,11 +194,15 @@ async def test_oversized_claims_are_refused_from_the_header_while_a_good_client_
     decoded = spy_on_decoding(monkeypatch, executor)
     hostile = await world.rpc(serve=False)
     good = await world.moe_client([server.endpoint])
-    rows = 200_000  # 12.8 MB of float32, all of it real bytes: only the batch limit can refuse it
-    claim = ["ffn.0", [["float32", [rows, HID], "none", bytes(4 * rows * HID), b""]], "none"]
+    rows = 200_000  # 12.8 MB of float32, all of it real bytes: the RPC layer refuses it unread
+    just_over = 4097  # within the RPC size limit (it allows some slack): the header check refuses it
+
+    def claim(batch: int) -> list:
+        return ["ffn.0", [["float32", [batch, HID], "none", bytes(4 * batch * HID), b""]], "none"]
 
     async def attack() -> list[BaseException]:
-        calls = [hostile.call(server.endpoint, "moe.forward", claim, timeout=30) for _ in range(4)]
+        calls = [hostile.call(server.endpoint, "moe.forward", claim(rows), timeout=30) for _ in range(4)]
+        calls.append(hostile.call(server.endpoint, "moe.forward", claim(just_over), timeout=30))
         return await asyncio.gather(*calls, return_exceptions=True)
 
     async def serve_well() -> int:
@@ -209,10 +213,14 @@ async def test_oversized_claims_are_refused_from_the_header_while_a_good_client_
 
     refusals, answered = await asyncio.gather(attack(), serve_well())
     assert answered == 20
-    for refusal in refusals:
-        assert isinstance(refusal, RemoteError), refusal
-        assert f"batch of {rows} exceeds ffn.0's max_batch_size of 4096" in str(refusal)
-    assert all(shape[0] != rows for shape, _ in decoded), "the oversized claim was decoded before refusal"
+    assert all(isinstance(refusal, RemoteError) for refusal in refusals), refusals
+    for refusal in refusals[:4]:
+        assert refusal.remote_type == "RequestTooLarge", refusal
+        assert "a 'moe.forward' request may be" in str(refusal)
+    assert f"batch of {just_over} exceeds ffn.0's max_batch_size of 4096" in str(refusals[4])
+    assert all(shape[0] not in (rows, just_over) for shape, _ in decoded), (
+        "a claim was decoded before refusal"
+    )
 
 
 async def test_large_payloads_are_decoded_on_the_executor(world, monkeypatch) -> None:

@@ -215,3 +215,29 @@ async def test_caller_endpoint_is_passed_to_the_method(world) -> None:
         assert seen == client.endpoint
     else:  # over TCP it is the connection's source address: same host, ephemeral port
         assert seen.split(":")[0] == "127.0.0.1"
+
+
+async def test_a_request_over_its_methods_size_limit_is_refused_unread(world, monkeypatch) -> None:
+    import hivemind_core.net.rpc as rpc_module
+
+    calls: list[Any] = []
+
+    async def record(_peer: str, body: Any) -> Any:
+        calls.append(body)
+        return len(body)
+
+    server = await world.rpc()
+    server.register("small", record, max_request_size=1024)
+    server.register("big", record)
+    client = await world.rpc(serve=False)
+    decoded: list[int] = []
+    real_unpack = rpc_module.unpack
+    monkeypatch.setattr(rpc_module, "unpack", lambda data: decoded.append(len(data)) or real_unpack(data))
+    with pytest.raises(RemoteError, match="a 'small' request may be 1024 bytes") as refused:
+        await client.call(server.endpoint, "small", bytes(4096), timeout=5)
+    assert refused.value.remote_type == "RequestTooLarge"
+    assert calls == [] and all(size < 4096 for size in decoded), "the oversized body was decoded"
+    assert await client.call(server.endpoint, "small", bytes(512), timeout=5) == 512
+    assert await client.call(server.endpoint, "big", bytes(4096), timeout=5) == 4096
+    with pytest.raises(ValueError, match="max_request_size"):
+        server.register("zero", record, max_request_size=0)

@@ -12,6 +12,7 @@ exception inside a method is sent back and re-raised on the caller as :class:`Re
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,17 @@ Method = Callable[[Endpoint, Any], Awaitable[Any]]
 """An RPC method: called with the caller's endpoint and the decoded body; returns the result."""
 
 _OK, _FAILED = 0, 1
+_METHOD_PREFIX = 512  # a request's method name is read from this many bytes
+
+
+def _method_of(payload: bytes) -> Any:
+    """The method a request names, read from its first bytes only (None if it cannot tell)."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(payload[:_METHOD_PREFIX])
+    try:
+        return unpacker.unpack() if unpacker.read_array_header() == 2 else None
+    except Exception:
+        return None
 
 
 def pack(value: Any) -> bytes:
@@ -43,19 +55,34 @@ class RPC:
         self.transport = transport
         self.default_timeout = default_timeout
         self._methods: dict[str, Method] = {}
+        self._max_request_size: dict[str, int] = {}
+        self._smallest_limit: float = math.inf  # requests up to this size skip the size check
 
     @property
     def endpoint(self) -> Endpoint | None:
         return self.transport.endpoint
 
-    def register(self, name: str, method: Method) -> None:
+    def register(self, name: str, method: Method, *, max_request_size: int | None = None) -> None:
+        """Serve ``method`` as ``name``.
+
+        With ``max_request_size``, a request to it of more bytes is refused after reading only
+        its method name, before the body is decoded: a peer cannot make this one spend the time
+        and memory of unpacking a body no legitimate caller would send.
+        """
         if name in self._methods:
             raise ValueError(f"RPC method {name!r} is already registered")
+        if max_request_size is not None and max_request_size < 1:
+            raise ValueError(f"max_request_size must be at least 1 byte, got {max_request_size}")
         self._methods[name] = method
+        if max_request_size is not None:
+            self._max_request_size[name] = max_request_size
+        self._smallest_limit = min(self._max_request_size.values(), default=math.inf)
 
     def unregister(self, name: str) -> None:
         """Stop serving ``name``; later calls get UnknownMethodError."""
         self._methods.pop(name, None)
+        self._max_request_size.pop(name, None)
+        self._smallest_limit = min(self._max_request_size.values(), default=math.inf)
 
     async def serve(self) -> Endpoint:
         """Start answering calls to the registered methods; returns this peer's endpoint."""
@@ -90,6 +117,12 @@ class RPC:
         raise ProtocolError(f"malformed response to {method!r} from {peer}: status {status!r}")
 
     async def _dispatch(self, peer: Endpoint, payload: bytes) -> bytes:
+        if len(payload) > self._smallest_limit:
+            method = _method_of(payload)
+            limit = self._max_request_size.get(method) if isinstance(method, str) else None
+            if limit is not None and len(payload) > limit:
+                message = f"a {method!r} request may be {limit} bytes, got {len(payload)}"
+                return pack((_FAILED, "RequestTooLarge", message))
         try:
             method, body = unpack(payload)
         except Exception as error:

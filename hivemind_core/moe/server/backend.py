@@ -8,6 +8,7 @@ request trains the expert.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,11 @@ class TensorSpec:
     @classmethod
     def of(cls, tensor: torch.Tensor) -> TensorSpec:
         return cls(tuple(tensor.shape[1:]), tensor.dtype)
+
+    @property
+    def sample_bytes(self) -> int:
+        """Raw bytes of one sample on the wire (uncompressed, the most a sample can take)."""
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def adam(params: Iterator[nn.Parameter], *, lr: float) -> torch.optim.Optimizer:
@@ -116,6 +122,11 @@ class ExpertBackend:
     def flops_per_sample(self) -> float:
         """Rough forward cost of one sample (2 flops per parameter), for simulated devices."""
         return 2.0 * self.num_parameters
+
+    def max_request_bytes(self, *, backward: bool) -> int:
+        """The largest tensor data a legitimate request can carry (a full batch, uncompressed)."""
+        specs = [*self.inputs, *self.outputs] if backward else self.inputs
+        return self.max_batch_size * sum(spec.sample_bytes for spec in specs)
 
     def info(self) -> dict[str, Any]:
         return {

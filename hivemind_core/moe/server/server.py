@@ -40,6 +40,7 @@ from .device import ComputeExecutor
 logger = logging.getLogger(__name__)
 
 METHODS = ("moe.info", "moe.forward", "moe.backward")
+_REQUEST_OVERHEAD = 64 * 1024  # msgpack framing, uid, headers and 8-bit block scales, generously
 DECODE_INLINE_BYTES = 1 << 20
 """Requests with more tensor data than this are decoded on the executor, off the event loop."""
 
@@ -111,8 +112,13 @@ class ExpertServer:
         if self.checkpoint_dir is not None:
             await self.load_checkpoints()
         self.rpc.register("moe.info", self._info)
-        self.rpc.register("moe.forward", self._forward)
-        self.rpc.register("moe.backward", self._backward)
+        # a body larger than any full batch could be is refused before it is even unpacked
+        for name, method, backward in (
+            ("moe.forward", self._forward, False),
+            ("moe.backward", self._backward, True),
+        ):
+            largest = max(b.max_request_bytes(backward=backward) for b in self.backends.values())
+            self.rpc.register(name, method, max_request_size=_REQUEST_OVERHEAD + largest * 101 // 100)
         if self.dht is not None:
             if self.endpoint is None:
                 raise ValueError("an expert server must listen to be announced in the DHT")
