@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
@@ -78,6 +79,15 @@ def _settle(task: asyncio.Future[T], outcome: concurrent.futures.Future[T]) -> N
         outcome.set_result(task.result())
 
 
+async def _cancel_others(grace: float) -> None:
+    """Cancel every other task of the running loop and give them ``grace`` seconds to unwind."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace)
+
+
 class LoopThread(LoopBridge):
     """An asyncio loop on a daemon thread of its own; :meth:`run` blocks the caller until done."""
 
@@ -87,8 +97,13 @@ class LoopThread(LoopBridge):
         self._thread.start()
 
     def close(self) -> None:
+        """Cancel whatever still runs on the loop (bounded wait), then stop and close it."""
         if self.loop.is_closed():
             return
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            asyncio.run_coroutine_threadsafe(_cancel_others(self.cancel_grace), self.loop).result(
+                self.cancel_grace + 1
+            )
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=30)
         self.loop.close()

@@ -104,3 +104,20 @@ def test_facade_get_returns_what_it_found_when_its_timeout_passes() -> None:
         assert many is not None and many.value == "value"
         with pytest.raises(ValueError, match="timeout must be positive"):
             reader.get("key", timeout=0)
+
+
+def test_closing_a_loop_thread_cancels_what_still_runs_on_it() -> None:
+    bridge = LoopThread()
+    cancelled = threading.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    bridge.loop.call_soon_threadsafe(lambda: bridge.loop.create_task(forever()))
+    bridge.run(asyncio.sleep(0))  # the task above has started by now
+    bridge.close()
+    assert cancelled.is_set() and bridge.loop.is_closed()
