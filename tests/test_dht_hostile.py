@@ -47,7 +47,11 @@ async def test_a_find_answer_full_of_unusable_contacts_costs_a_lookup_nothing(wo
 
     async def lying_find(peer: str, body: Any) -> Any:
         _, ids, _ = body
-        return [encode_node(liar.identity.public_key, liar.endpoint), junk, [[None, [0, 1, 2, 3, 4, 5]]] * len(ids)]
+        return [
+            encode_node(liar.identity.public_key, liar.endpoint),
+            junk,
+            [[None, [0, 1, 2, 3, 4, 5]]] * len(ids),
+        ]
 
     liar.rpc.unregister("dht.find")
     liar.rpc.register("dht.find", lying_find)

@@ -14,6 +14,7 @@ import socket
 from typing import Any
 
 import pytest
+from good_client import GoodClient
 
 from hivemind_core.net import RPC, DropReason, TcpTransport, parse_endpoint
 from hivemind_core.net.frames import PREFIX, FrameKind, encode_frame
@@ -96,54 +97,6 @@ async def connect_raw(endpoint: str, *, read: bool, receive_buffer: int | None =
         raise
     _, connection = await loop.create_connection(lambda: RawConnection(read=read), sock=sock)
     return connection
-
-
-class GoodClient:
-    """Calls the server in a loop from 127.0.0.1 for as long as a test runs; records failures.
-
-    With ``new_peer_each_call`` every call comes from a new transport, as a peer joining would.
-    """
-
-    def __init__(self, server: str, *, method: str = "echo", body: Any = 1, new_peer_each_call: bool = False):
-        self.server = server
-        self.method = method
-        self.body = body
-        self.new_peer_each_call = new_peer_each_call
-        self.rpc = RPC(TcpTransport())
-        self.successes = 0
-        self.failures: list[BaseException] = []
-        self._served = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _call(self) -> Any:
-        if not self.new_peer_each_call:
-            return await self.rpc.call(self.server, self.method, self.body, timeout=5)
-        newcomer = RPC(TcpTransport())
-        try:
-            return await newcomer.call(self.server, self.method, self.body, timeout=5)
-        finally:
-            await newcomer.transport.close()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._call()
-                self.successes += 1
-                self._served.set()
-            except Exception as error:
-                self.failures.append(error)
-            await asyncio.sleep(0.002)  # pacing, so the client does not hog the loop
-
-    async def served_again(self) -> None:
-        """Wait for a call that succeeds after this one began."""
-        self._served.clear()
-        await asyncio.wait_for(self._served.wait(), timeout=5)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.rpc.transport.close()
-        assert not self.failures, f"a well-behaved client was disturbed: {self.failures[:3]}"
 
 
 async def serving(**limits: Any) -> RPC:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from good_client import GoodClient
 
 from hivemind_core.net import RPC, TcpTransport, parse_endpoint
 from hivemind_core.net.frames import PREFIX, FrameKind, encode_frame
@@ -18,40 +19,6 @@ pytestmark = pytest.mark.asyncio(loop_factories=["tcp"])
 
 async def echo(_peer: str, body: Any) -> Any:
     return body
-
-
-class GoodClient:
-    """Calls the server in a loop for as long as a test runs, counting what went wrong."""
-
-    def __init__(self, server: str) -> None:
-        self.rpc = RPC(TcpTransport())
-        self.server = server
-        self.successes = 0
-        self.failures: list[BaseException] = []
-        self._served = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        n = 0
-        while True:
-            n += 1
-            try:
-                assert await self.rpc.call(self.server, "echo", n, timeout=5) == n
-                self.successes += 1
-                self._served.set()
-            except Exception as error:
-                self.failures.append(error)
-            await asyncio.sleep(0.002)  # pacing, so the client does not hog the loop
-
-    async def served_again(self) -> None:
-        """Wait for a request that succeeds after this call began."""
-        self._served.clear()
-        await asyncio.wait_for(self._served.wait(), timeout=5)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.rpc.transport.close()
 
 
 @pytest_asyncio.fixture
