@@ -2,8 +2,9 @@
 
 Every failure of one peer ends as ``None`` (with the reason logged, or put in ``errors``) and
 never as an exception, so one dead, slow or lying contact costs a lookup one answer, never the
-whole lookup. A peer that does not answer in time is forgotten; a malformed answer is treated
-the same way.
+whole lookup. A peer that does not answer in time is forgotten (and skipped by lookups for a
+while, see :class:`Membership`); a malformed answer is treated the same way. Every request and
+every failure is counted in :class:`DHTStats`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class PeerCalls:
             require(isinstance(response, list) and len(response) == 1, "ping response must be [responder]")
             public_key, announced = decode_node(response[0], "responder")
         except ValueError as error:
+            self.stats.rpc_failures += 1
             logger.warning("bad ping response from %s: %s", endpoint, error)
             if errors is not None:
                 errors[endpoint] = f"bad ping response: {error}"
@@ -108,6 +110,7 @@ class PeerCalls:
                 stored.append(result[0])
             return stored
         except ValueError as error:
+            self.stats.rpc_failures += 1
             logger.warning("bad store response from %s: %s", contact.endpoint, error)
             self.membership.failed(contact)
             return None
@@ -160,6 +163,7 @@ class PeerCalls:
                 found[target] = FindResult(nearest, entry)
             return found
         except ValueError as error:
+            self.stats.rpc_failures += 1
             logger.warning("bad find response from %s: %s", contact.endpoint, error)
             self.membership.failed(contact)
             return None
