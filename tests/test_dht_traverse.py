@@ -415,3 +415,22 @@ async def test_nothing_is_reported_when_the_lookup_converges() -> None:
     loop = asyncio.get_running_loop()
     await net.lookup(querier, [target], deadline=loop.time() + 30, on_unanswered=reported.append)
     assert reported == []
+
+
+async def test_also_ask_contacts_are_asked_first_and_awaited_wherever_they_are() -> None:
+    """A node that knows nobody near a target asks its introducer too; the target waits for that
+    answer even when the contacts it knew converged first (they may all be in the wrong region)."""
+    net = Network(seed=19)
+    querier, target = net.ids[0], net.random_target()
+    introducer = net.truth(target, exclude=querier, count=len(net.ids))[-1]  # the farthest node
+    net.delay[introducer] = 2.0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    result = (
+        await net.lookup(querier, [target], also_ask={target: [net.contacts[introducer]]}, max_rpcs=256)
+    )[target]
+    first_round = [node_id for t, node_id, _ in net.calls if t == start]
+    assert introducer in first_round, "asked at once, however far from the target"
+    assert loop.time() - start >= 2.0, "the lookup waited for its answer"
+    assert result.converged and nearest_ids(result) == net.truth(target, exclude=querier)
+    assert sum(1 for _, node_id, _ in net.calls if node_id == introducer) == 1

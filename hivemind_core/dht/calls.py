@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..net import RPC, ProtocolError, RemoteError, TransportError
-from .codec import decode_contact, decode_entry, decode_node, encode_node, encode_record, require
+from .codec import (
+    EndpointCheck,
+    decode_contact,
+    decode_entry,
+    decode_node,
+    encode_node,
+    encode_record,
+    require,
+)
 from .config import DHTConfig
 from .identity import Identity
 from .ids import id_to_bytes, node_id_for
@@ -145,19 +153,16 @@ class PeerCalls:
                 and len(raw_results) == len(targets),
                 "find response has the wrong shape",
             )
-            contacts = [
-                self._contact_or_none(raw, f"contacts[{i}]", contact) for i, raw in enumerate(raw_contacts)
-            ]
+            check = self.rpc.transport.check_endpoint
+            contacts = [self._contact_or_none(raw, check, contact) for raw in raw_contacts]
+            count = len(contacts)
             found: dict[int, FindResult] = {}
             for i, (target, raw) in enumerate(zip(targets, raw_results, strict=True)):
-                require(
-                    isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list),
-                    f"results[{i}] must be [entry, indices]",
-                )
-                require(
-                    all(isinstance(j, int) and 0 <= j < len(contacts) for j in raw[1]),
-                    f"results[{i}] has a contact index out of range",
-                )
+                # messages are formatted only on failure: this loop runs for every target of every answer
+                if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list)):
+                    raise ValueError(f"results[{i}] must be [entry, indices]")
+                if not all(isinstance(j, int) and 0 <= j < count for j in raw[1]):
+                    raise ValueError(f"results[{i}] has a contact index out of range")
                 entry = None if raw[0] is None else decode_entry(raw[0], f"results[{i}].entry")
                 nearest = [c for c in (contacts[j] for j in raw[1]) if c is not None]
                 found[target] = FindResult(nearest, entry)
@@ -194,12 +199,13 @@ class PeerCalls:
             errors[endpoint] = failure
         return None
 
-    def _contact_or_none(self, raw: Any, where: str, source: Contact) -> Contact | None:
+    @staticmethod
+    def _contact_or_none(raw: Any, check: EndpointCheck, source: Contact) -> Contact | None:
         """A contact from a find answer; one we could never dial is skipped, not believed."""
         try:
-            return decode_contact(raw, where, self.rpc.transport.check_endpoint)
+            return decode_contact(raw, "contact", check)
         except ValueError as error:
-            logger.debug("%s sent an unusable contact: %s", source.endpoint, error)
+            logger.debug("%s sent an unusable contact %r: %s", source.endpoint, raw, error)
             return None
 
     def _check_responder(self, contact: Contact, raw: Any) -> None:

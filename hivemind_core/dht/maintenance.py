@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 Lookup = Callable[[list[int], int], Awaitable[dict[int, LookupResult]]]
 """Look up many targets at once, converging on ``k`` nearest nodes each."""
 StoreAll = Callable[[Contact, Sequence[DHTRecord]], Awaitable[list[bool]]]
-MAX_NEWCOMERS = 256
-"""Newcomers waiting for a hand-over; more are skipped (republishing reaches them later)."""
 
 
 class Maintenance:
@@ -58,8 +56,6 @@ class Maintenance:
         self.clock = clock
         self.rng = rng
         self.spawn = spawn
-        self._newcomers: dict[int, Contact] = {}
-        self._handing_over = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -90,40 +86,22 @@ class Maintenance:
             bucket.last_updated = now
 
     def newcomer(self, contact: Contact) -> None:
-        """``contact`` just entered our routing table: hand it what it should now hold.
-
-        Newcomers met while a hand-over is running wait for the next pass, so a crowd costs
-        one pass over our storage per batch, not per node (at most ``MAX_NEWCOMERS`` wait).
-        """
-        if len(self._newcomers) < MAX_NEWCOMERS:
-            self._newcomers[contact.node_id] = contact
-        if not self._handing_over:
-            self._handing_over = True
-            self.spawn(self._hand_over())
-
-    async def _hand_over(self) -> None:
-        try:
-            while self._newcomers:
-                newcomers, self._newcomers = list(self._newcomers.values()), {}
-                plan = self._hand_over_plan(newcomers)
-                await asyncio.gather(*(self.store_all(contact, records) for contact, records in plan))
-        finally:
-            self._handing_over = False
-
-    def _hand_over_plan(self, newcomers: list[Contact]) -> list[tuple[Contact, list[DHTRecord]]]:
-        """Records each newcomer is nearer to than we are and is one of the nearest replicas of."""
-        me = self.routing_table.node_id
-        replicas = self.config.replicas
-        plan: dict[int, tuple[Contact, list[DHTRecord]]] = {}
+        """``contact`` just entered our routing table: hand it the records it should now hold,
+        those it is nearer to than we are and one of the nearest replicas of (as we know them)."""
+        if not len(self.storage):
+            return  # most nodes of a growing network hold nothing yet
+        me, newcomer = self.routing_table.node_id, contact.node_id
+        records: list[DHTRecord] = []
         for target, entry in self.storage.items(self.clock()):
-            ours = me ^ target
-            for contact in newcomers:
-                if contact.node_id ^ target >= ours:
-                    continue
-                nearest = self.routing_table.nearest(target, replicas)
-                if any(c.node_id == contact.node_id for c in nearest):
-                    plan.setdefault(contact.node_id, (contact, []))[1].extend(entry.records())
-        return list(plan.values())
+            if newcomer ^ target < me ^ target and any(
+                c.node_id == newcomer for c in self.routing_table.nearest(target, self.config.replicas)
+            ):
+                records.extend(entry.records())
+        if records:
+            self.spawn(self._hand_over(contact, records))
+
+    async def _hand_over(self, contact: Contact, records: list[DHTRecord]) -> None:
+        await self.store_all(contact, records)
 
     async def republish(self) -> None:
         """Store everything this node holds on the current nearest replicas of each key."""

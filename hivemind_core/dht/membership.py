@@ -25,7 +25,7 @@ from ..net import Transport
 from .background import Background
 from .codec import decode_node
 from .config import DHTConfig
-from .ids import ID_BITS, node_id_for
+from .ids import node_id_for
 from .routing import Contact, RoutingTable
 from .stats import DHTStats
 
@@ -67,6 +67,9 @@ class Membership:
         self.routing_table = RoutingTable(node_id, k=config.k, max_per_subnet=config.max_per_subnet)
         self._connected = asyncio.Event()
         self._connected.set()
+        self.ranges_seen = 0
+        """Bit ``b`` is set once a contact at a distance of bit length ``b`` entered the table:
+        ranges of distance where this node has met someone since it started."""
         self._pinging: set[int] = set()
         self._unresponsive: OrderedDict[int, float] = OrderedDict()  # node id -> skipped until (loop time)
 
@@ -94,19 +97,18 @@ class Membership:
 
     def seen(self, contact: Contact) -> None:
         """``contact`` just proved alive."""
-        self._unresponsive.pop(contact.node_id, None)
+        if self._unresponsive:
+            self._unresponsive.pop(contact.node_id, None)
         table = self.routing_table
-        known = contact.node_id in table
-        stale = table.add(contact, asyncio.get_running_loop().time())
+        entered, stale = table.admit(contact, asyncio.get_running_loop().time())
         if stale is not None and stale.node_id not in self._pinging:
             self._pinging.add(stale.node_id)
             self.background.spawn(self._ping_or_evict(stale))
-        if contact.node_id not in table:
-            return
-        if not self.connected:
+        if not self._connected.is_set() and (entered or contact.node_id in table):
             self._connected.set()
             logger.info("DHT node %x is connected again (through %s)", self.node_id, contact.endpoint)
-        if not known:
+        if entered:
+            self.ranges_seen |= 1 << (contact.node_id ^ self.node_id).bit_length()
             self.on_new_contact(contact)
 
     def failed(self, contact: Contact) -> None:
@@ -131,6 +133,10 @@ class Membership:
             )
             self.on_disconnected()
 
+    def skip(self) -> Callable[[int], bool] | None:
+        """What a lookup should skip: :meth:`is_unresponsive`, or None while nobody is."""
+        return self.is_unresponsive if self._unresponsive else None
+
     def is_unresponsive(self, node_id: int) -> bool:
         """Whether lookups should skip ``node_id`` for now."""
         until = self._unresponsive.get(node_id)
@@ -140,16 +146,6 @@ class Membership:
             return True
         del self._unresponsive[node_id]
         return False
-
-    def unknown_distances(self, closest: int) -> list[int]:
-        """Distance ranges [2**j, 2**(j+1)) farther than ``closest`` where we know nobody.
-
-        Kademlia's invariant is that a node knows someone in every range of distance where
-        nodes exist: a lookup for a target there starts from that contact. Ranges nearer than
-        our closest neighbour are empty by definition.
-        """
-        known = {(contact.node_id ^ self.node_id).bit_length() - 1 for contact in self.routing_table}
-        return [j for j in range(closest.bit_length(), ID_BITS) if j not in known]
 
     def _reachable(self, endpoint: str) -> bool:
         try:

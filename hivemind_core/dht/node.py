@@ -102,7 +102,6 @@ class DHTNode:
             background=self._background,
             stats=self.stats,
             ping=lambda contact: self.calls.is_alive(contact),
-            on_new_contact=lambda contact: self.maintenance.newcomer(contact),
             on_disconnected=self._disconnected,
         )
         self.calls = PeerCalls(
@@ -128,8 +127,10 @@ class DHTNode:
             rng=rng,
             spawn=self._background.spawn,
         )
+        self.membership.on_new_contact = self.maintenance.newcomer
         self._maintenance: asyncio.Task[None] | None = None
         self._initial_peers: list[str] = []
+        self._introducers: list[Contact] = []
         self._reconnecting = False
 
     @classmethod
@@ -369,10 +370,12 @@ class DHTNode:
         return alive
 
     async def _join(self, introducers: list[Contact]) -> None:
-        # One lookup of our own id fills our table and announces us to our nearest peers.
-        nearest = await self.find_nearest(self.node_id)
-        if nearest:
-            await self._probe_unknown_distances(nearest[0].node_id ^ self.node_id, introducers)
+        """Announce ourselves to our nearest peers and fill our table: one lookup of our own id.
+
+        Far ranges of distance fill as we look things up there: see :meth:`_ask_introducer`.
+        """
+        self._introducers = introducers
+        await self.find_nearest(self.node_id)
 
     def _disconnected(self) -> None:
         if not self._initial_peers:
@@ -402,37 +405,6 @@ class DHTNode:
         finally:
             self._reconnecting = False
 
-    async def _probe_unknown_distances(self, closest: int, introducers: list[Contact]) -> None:
-        """Meet one node at every distance farther than ``closest`` where we know nobody.
-
-        Peers joining together through one initial peer otherwise only learn their own
-        neighbourhood: a later lookup for a far target then converges among the nearest nodes
-        *we* know, half the id space from the real ones (a flash crowd of 300 left acknowledged
-        stores unreadable). Kademlia refreshes every such bucket with a full lookup (~9x the
-        messages of a join); one contact per range is what routing needs, so each range costs
-        one find to an introducer (batched over all ranges) and one to the node it names,
-        which also learns about us.
-        """
-        loop = asyncio.get_running_loop()
-        targets = [
-            self.node_id ^ ((1 << j) | self.rng.getrandbits(j))
-            for j in self.membership.unknown_distances(closest)
-        ]
-        if not targets:
-            return
-        await traverse(
-            targets,
-            {target: introducers for target in targets},
-            ask=self._ask,
-            k=1,
-            alpha=1,
-            max_rpcs=2,
-            straggler_delay=self.config.straggler_delay,
-            exclude=self.node_id,
-            deadline=loop.time() + self.config.lookup_timeout,
-            skip=self.membership.is_unresponsive,
-        )
-
     async def _lookup(
         self,
         targets: list[int],
@@ -448,6 +420,7 @@ class DHTNode:
         return await traverse(
             targets,
             {target: table.nearest(target, k) for target in targets},
+            also_ask=self._ask_introducer(targets),
             ask=self._ask,
             k=k,
             alpha=self.config.alpha,
@@ -456,9 +429,36 @@ class DHTNode:
             on_found=on_found,
             exclude=self.node_id,
             deadline=loop.time() + min(self.config.lookup_timeout, timeout or self.config.lookup_timeout),
-            skip=self.membership.is_unresponsive,
+            skip=self.membership.skip(),
             on_unanswered=self.membership.unresponsive,
         )
+
+    def _ask_introducer(self, targets: list[int]) -> dict[int, list[Contact]]:
+        """Targets at a distance where we have never met anyone, and who to ask about them too.
+
+        Peers that join at once through one initial peer only meet their own neighbourhood
+        (a flash crowd of 300 left acknowledged stores unreadable): a lookup for a far target
+        then converges among the nearest nodes *we* know, half the id space from the real ones,
+        because the nodes we know know nobody there either. The peer that introduced us knows
+        every part of the network, so such a lookup asks it too, in its first round (no extra
+        round trip). Once anyone from that range has answered us the range is known and this
+        costs nothing more: in steady growth, or after churn, the ranges a node has met stay
+        met. Kademlia's join instead refreshes every bucket farther than the closest neighbour
+        (~8x the messages of a join, measured), whether or not the node ever looks there.
+        """
+        introducer = next(
+            (c for c in self._introducers if not self.membership.is_unresponsive(c.node_id)), None
+        )
+        if introducer is None:
+            return {}
+        seen = self.membership.ranges_seen
+        unknown = [t for t in targets if not (seen >> (t ^ self.node_id).bit_length()) & 1]
+        if not unknown:
+            return {}
+        neighbour = self.routing_table.nearest(self.node_id, 1)
+        nearest = (neighbour[0].node_id ^ self.node_id).bit_length() if neighbour else 0
+        # nobody is nearer to us than our closest neighbour: those targets are ours to find
+        return {t: [introducer] for t in unknown if (t ^ self.node_id).bit_length() > nearest}
 
     async def _ask(self, contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]] | None:
         results: list[dict[int, FindResult]] = []

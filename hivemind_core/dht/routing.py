@@ -114,21 +114,25 @@ class RoutingTable:
         in the replacement cache: the caller should ping it and call :meth:`remove` if it
         fails. Returns None otherwise.
         """
+        return self.admit(contact, now)[1]
+
+    def admit(self, contact: Contact, now: float) -> tuple[bool, Contact | None]:
+        """Like :meth:`add`, but also says whether ``contact`` entered the table just now."""
         if contact.node_id == self.node_id:
-            return None
+            return False, None
         while True:
             bucket = self.bucket_for(contact.node_id)
             bucket.last_updated = now
             if contact.node_id in bucket.contacts:
                 del bucket.contacts[contact.node_id]
                 bucket.contacts[contact.node_id] = contact  # now the most recently seen
-                return None
+                return False, None
             if not self._subnet_allows(bucket, contact):
-                return None
+                return False, None
             if len(bucket.contacts) < self.k:
                 bucket.replacements.pop(contact.node_id, None)
                 bucket.contacts[contact.node_id] = contact
-                return None
+                return True, None
             if bucket.covers(self.node_id) and bucket.upper - bucket.lower > 1:
                 self._split(bucket)
                 continue
@@ -136,7 +140,7 @@ class RoutingTable:
             bucket.replacements[contact.node_id] = contact
             while len(bucket.replacements) > self.replacement_size:
                 del bucket.replacements[next(iter(bucket.replacements))]
-            return next(iter(bucket.contacts.values()))
+            return False, next(iter(bucket.contacts.values()))
 
     def remove(self, node_id: int) -> None:
         """Forget a failed contact; the most recently seen replacement takes its place."""
@@ -161,10 +165,13 @@ class RoutingTable:
         """
         ordered = sorted(self.buckets, key=lambda b: (b.lower ^ target) & ~(b.upper - b.lower - 1))
         found: list[Contact] = []
+        enough = count if exclude is None else count + 1  # one of them may be the excluded one
         for bucket in ordered:
-            if len(found) >= count:
+            if len(found) >= enough:
                 break
-            found.extend(c for c in bucket.contacts.values() if c.node_id != exclude)
+            found.extend(bucket.contacts.values())
+        if exclude is not None:
+            found = [c for c in found if c.node_id != exclude]
         found.sort(key=lambda c: c.node_id ^ target)
         return found[:count]
 

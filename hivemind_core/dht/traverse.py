@@ -15,7 +15,9 @@ batch of many targets converges as well as each would alone).
 Contacts that ``skip`` names (the caller's memory of who recently failed it) count as failed
 without being asked, and ``on_unanswered`` hears of every contact the lookup was still waiting
 for, past the straggler delay, when its deadline ended it: so a frozen peer makes one lookup
-wait, not every one.
+wait, not every one. ``also_ask`` names contacts to ask in the first round however far they are
+from the target, and whose answer (or failure) the target waits for: a node that knows nobody
+near a target asks someone who may.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class _Search:
     live_by_distance: list[tuple[int, int]] = field(default_factory=list)
     """(distance, node id) of known contacts not known to have failed, nearest first."""
     asked: set[int] = field(default_factory=set)
+    awaited: set[int] = field(default_factory=set)
+    """Contacts from ``also_ask`` that have neither answered nor failed yet."""
     answered: set[int] = field(default_factory=set)
     failed: set[int] = field(default_factory=set)
     finished: bool = False
@@ -111,6 +115,7 @@ async def traverse(
     deadline: float | None = None,
     skip: Skip | None = None,
     on_unanswered: Callable[[Contact], None] | None = None,
+    also_ask: Mapping[int, Sequence[Contact]] | None = None,
 ) -> dict[int, LookupResult]:
     """Look up every target; see the module docstring.
 
@@ -125,6 +130,8 @@ async def traverse(
                 search.learn(contact, 0, skip)
     loop = asyncio.get_running_loop()
     inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]] = {}
+    for contact, batch in _first_asks(searches, also_ask or {}, exclude, skip):
+        inflight[loop.create_task(ask(contact, batch))] = (contact, batch, loop.time())
     try:
         while True:
             now = loop.time()
@@ -177,6 +184,28 @@ def _answer(task: asyncio.Task[Any], contact: Contact) -> Any:
         return None
 
 
+def _first_asks(
+    searches: dict[int, _Search],
+    also_ask: Mapping[int, Sequence[Contact]],
+    exclude: int | None,
+    skip: Skip | None,
+) -> list[tuple[Contact, list[int]]]:
+    """The ``also_ask`` contacts, each with the targets to ask it about, marked as awaited."""
+    batches: dict[int, tuple[Contact, list[int]]] = {}
+    for target, contacts in also_ask.items():
+        search = searches[target]
+        for contact in contacts:
+            node_id = contact.node_id
+            if node_id == exclude or node_id in search.asked or (skip is not None and skip(node_id)):
+                continue
+            search.learn(contact, 0, skip)
+            search.asked.add(node_id)
+            search.awaited.add(node_id)
+            search.rpcs += 1
+            batches.setdefault(node_id, (contact, []))[1].append(target)
+    return list(batches.values())
+
+
 def _plan(
     searches: dict[int, _Search],
     inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]],
@@ -198,7 +227,7 @@ def _plan(
         if search.finished:
             continue
         frontier = search.frontier(k)
-        if all(node_id in search.answered for node_id in frontier):
+        if not search.awaited and all(node_id in search.answered for node_id in frontier):
             search.finished = True
             search.converged = bool(search.answered) or not search.known  # alone: trivially
             continue
@@ -238,6 +267,7 @@ def _absorb(
 ) -> None:
     for target in batch:
         search = searches[target]
+        search.awaited.discard(contact.node_id)
         if search.finished:
             continue
         if response is None or target not in response:
