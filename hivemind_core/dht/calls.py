@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..net import RPC, ProtocolError, RemoteError, TransportError
+from ..net import RPC, ProtocolError, RemoteError, TransportClosed, TransportError
 from .codec import (
     EndpointCheck,
     decode_contact,
@@ -188,7 +188,7 @@ class PeerCalls:
             return await self.rpc.call(endpoint, method, body, timeout=self.config.rpc_timeout)
         except (TransportError, ValueError) as error:  # ValueError: an endpoint we cannot dial
             logger.debug("%s to %s failed: %s", method, endpoint, error)
-            if contact is not None:
+            if contact is not None and not isinstance(error, TransportClosed):  # closed: our side
                 self.membership.failed(contact)
             failure = str(error)
         except (RemoteError, ProtocolError) as error:
