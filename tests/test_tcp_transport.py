@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from typing import Any
 
@@ -61,6 +62,39 @@ async def test_outgoing_pool_stays_within_its_limit() -> None:
             for server in servers:
                 assert await client.call(server.endpoint, "echo", round_) == round_
                 assert client.transport.connection_count <= 2
+    finally:
+        await client.transport.close()
+        for server in servers:
+            await server.transport.close()
+
+
+async def test_concurrent_dials_beyond_the_pool_do_not_evict_each_other() -> None:
+    """Many tasks calling more peers than the outgoing pool holds (as lookups do): a connection
+    fresh from a dial stays until its requesters have sent on it, and dials still waiting for a
+    slot do not count as holding one. Before, new connections evicted each other over and over
+    until requests timed out (and 12 dials queued for 3 free slots waited forever)."""
+    servers = [await serving() for _ in range(40)]
+    client = RPC(TcpTransport(max_outgoing=8))
+    transport = client.transport
+    assert isinstance(transport, TcpTransport)
+    dials = 0
+    dial = transport._dial
+
+    async def counted_dial(*args: Any) -> Any:
+        nonlocal dials
+        dials += 1
+        return await dial(*args)
+
+    transport._dial = counted_dial  # type: ignore[method-assign]
+    rng = random.Random(0)
+
+    async def lookup_like(calls: int) -> list[int]:
+        return [await client.call(rng.choice(servers).endpoint, "echo", i, timeout=10) for i in range(calls)]
+
+    try:
+        assert await asyncio.gather(*(lookup_like(10) for _ in range(100))) == [list(range(10))] * 100
+        assert dials <= 1000, f"{dials} dials for 1000 requests"
+        assert transport.connection_count <= 8
     finally:
         await client.transport.close()
         for server in servers:

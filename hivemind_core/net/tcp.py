@@ -474,6 +474,8 @@ class TcpTransport(FramedTransport):
         self._incoming: dict[_Connection, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._slot_waiters: list[asyncio.Future[None]] = []
+        self._dial_waiters: collections.Counter[Endpoint] = collections.Counter()  # requests awaiting a dial
+        self._dialing: set[Endpoint] = set()  # dials that hold a slot of the pool (past the wait for one)
         self._hosts: dict[str, _Host] = {}
         self._turns: collections.deque[_Host] = collections.deque()
         self._round = 0
@@ -536,9 +538,12 @@ class TcpTransport(FramedTransport):
     async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
         """A writable connection to ``peer``, dialling one if needed.
 
-        A connection fresh from a dial is idle until its requester resumes, and a concurrent
-        dial to another peer may evict it from a full pool meanwhile; a closed one is never
-        handed out (the request would wait for its whole timeout), so that case dials again.
+        A connection fresh from a dial is idle until its requesters resume, so a full pool
+        does not evict a connection that requesters still wait for (evicting them made
+        concurrent dials to more peers than the pool holds evict each other's new connections
+        over and over: 50,000 dials for 10 readers' lookups). A dial that every requester gave
+        up on is cancelled. A closed connection is never handed out (the request would wait
+        for its whole timeout), so that case dials again.
         """
         loop = asyncio.get_running_loop()
         host, port = parse_endpoint(peer)
@@ -551,11 +556,20 @@ class TcpTransport(FramedTransport):
                 task = loop.create_task(self._connect(peer, host, port))
                 self._connecting[peer] = task
                 task.add_done_callback(lambda done: self._connect_finished(peer, done))
+            self._dial_waiters[peer] += 1
             try:
                 async with asyncio.timeout_at(deadline):
                     connection = await asyncio.shield(task)
             except TimeoutError:
                 raise RequestTimeout(f"connecting to {peer} took longer than the request's timeout") from None
+            finally:
+                self._dial_waiters[peer] -= 1
+                if not self._dial_waiters[peer]:
+                    del self._dial_waiters[peer]
+                    if not task.done():  # nobody waits for this connection any more
+                        task.cancel()
+                        if self._connecting.get(peer) is task:
+                            del self._connecting[peer]  # a later request dials afresh
             if connection.writable:
                 return connection
 
@@ -723,7 +737,13 @@ class TcpTransport(FramedTransport):
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._make_room_for_outgoing(peer)
-                connection = await self._dial(peer, host, port)
+                self._dialing.add(peer)
+                try:
+                    connection = await self._dial(peer, host, port)
+                except BaseException:
+                    self._dialing.discard(peer)
+                    self._wake_slot_waiter()  # the slot this dial held is free again
+                    raise
         except TimeoutError:
             raise PeerUnavailable(
                 f"connecting to {peer} timed out after {self.connect_timeout:g} s "
@@ -731,6 +751,7 @@ class TcpTransport(FramedTransport):
             ) from None
         except OSError as error:
             raise PeerUnavailable(f"cannot connect to {peer}: {error.strerror or error}") from None
+        self._dialing.discard(peer)
         if self._closing:
             connection.transport.close()
             raise TransportClosed("transport closed while connecting")
@@ -776,10 +797,10 @@ class TcpTransport(FramedTransport):
         busy, wait until one becomes idle or closes (the caller bounds the wait).
         """
         while True:
-            others = len(self._outgoing) + sum(1 for p in self._connecting if p != peer)
+            others = len(self._outgoing) + len(self._dialing - {peer})
             if others < self.max_outgoing:
                 return
-            idle = [c for c in self._outgoing.values() if c.idle]
+            idle = [c for c in self._outgoing.values() if c.idle and c.peer not in self._dial_waiters]
             if idle:
                 oldest = min(idle, key=lambda c: c.last_active)
                 del self._outgoing[oldest.peer]
