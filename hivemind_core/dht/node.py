@@ -226,7 +226,10 @@ class DHTNode:
 
         True if at least one of the nearest replicas (this node included) holds it, as found
         by a lookup that converged, so that a lookup from any other node finds it too. Raises
-        ValueError for a value or key over the size limits, or a record this node may not write.
+        ValueError for a value or key over the size limits, a record this node may not write,
+        or an expiration that is not finite or lies more than ``max_ttl`` ahead of the clock;
+        TypeError for a key or subkey that is not a scalar or a tuple of them (a list would
+        hash like a tuple of the same items).
         """
         return (await self.store_many([StoreItem(key, value, expiration_time, subkey)]))[0]
 
