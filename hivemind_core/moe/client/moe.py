@@ -37,7 +37,7 @@ from ..uid import parse_uid
 from .arguments import check_count, check_timeout
 from .beam_search import Choice, MoEBeamSearcher
 from .client import MoEClient
-from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse
+from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse, describe_failures
 from .stats import MixtureStats
 
 logger = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ class RemoteMixtureOfExperts(nn.Module):
                 break
         if needy:
             self.stats.unavailable += 1
-            errors = (
-                "; ".join(sorted({f"{a.choice.uid}: {a.error}" for a in round_ if a.error})) or "none found"
+            errors = describe_failures(
+                [(a.choice.uid, a.choice.endpoint, a.error) for a in round_ if a.error]
             )
             raise ExpertsUnavailable(
                 f"only {min(len(answered[s]) for s in needy)} of k_min={self.k_min} experts answered for "
