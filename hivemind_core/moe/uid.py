@@ -8,6 +8,7 @@ every UID also names the prefixes it must be announced under.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ _PREFIX = r"[A-Za-z_][A-Za-z0-9_\-]*"
 _UID = re.compile(rf"^({_PREFIX})((?:\.\d+)+)$")
 _PATTERN_PART = re.compile(r"^(?:\d+|\[\d+:\d+\])$")
 MAX_UID_LENGTH = 256
+MAX_PATTERN_EXPERTS = 1 << 16
+"""Most UIDs ``expand_pattern`` lists unless told otherwise (a 256 x 256 grid)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +57,27 @@ def parse_uid(uid: str) -> ExpertUID:
     return ExpertUID(match.group(1), coords)
 
 
-def expand_pattern(pattern: str) -> list[str]:
-    """UIDs matching ``grid.[a:b].c...``: ranges are half-open, like Python slices."""
+def pattern_size(pattern: str) -> int:
+    """How many UIDs ``pattern`` names, without listing them; raises ValueError if it is invalid."""
+    return math.prod(r.stop - r.start for r in _pattern_ranges(pattern)[1])
+
+
+def expand_pattern(pattern: str, *, limit: int = MAX_PATTERN_EXPERTS) -> list[str]:
+    """UIDs matching ``grid.[a:b].c...``: ranges are half-open, like Python slices.
+
+    A pattern naming more than ``limit`` UIDs is refused before any is built: a typo such as
+    ``ffn.[0:100000].[0:100000]`` would otherwise take gigabytes and minutes.
+    """
+    grid, ranges = _pattern_ranges(pattern)
+    count = math.prod(r.stop - r.start for r in ranges)
+    if count > limit:
+        raise ValueError(
+            f"expert pattern {pattern!r} names {count:,} experts, more than the limit of {limit:,}"
+        )
+    return [str(ExpertUID(grid, coords)) for coords in itertools.product(*ranges)]
+
+
+def _pattern_ranges(pattern: str) -> tuple[str, list[range]]:
     grid, _, rest = pattern.partition(".")
     parts = rest.split(".") if rest else []
     if not re.fullmatch(_PREFIX, grid) or not parts or not all(_PATTERN_PART.match(p) for p in parts):
@@ -71,4 +93,4 @@ def expand_pattern(pattern: str) -> list[str]:
             ranges.append(range(start, stop))
         else:
             ranges.append(range(int(part), int(part) + 1))
-    return [str(ExpertUID(grid, coords)) for coords in itertools.product(*ranges)]
+    return grid, ranges
