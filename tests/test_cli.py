@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -99,3 +100,91 @@ def test_connection_caps_reach_the_transport_and_bad_values_name_the_flag(capsys
     with pytest.raises(SystemExit):
         build_parser().parse_args(["dht", "--max-connections-per-host", "-3"])
     assert "argument --max-connections-per-host: must be 0 or more, got -3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ping", "127.0.0.1:1", "--count", "0"], "argument --count: must be 1 or more, got 0"),
+        (["ping", "127.0.0.1:1", "--size", "-1"], "argument --size: must be 0 or more, got -1"),
+        (["ping", "127.0.0.1:1", "--timeout", "0"], "argument --timeout: must be a positive number"),
+        (["ping", "nonsense"], "argument endpoint: invalid endpoint 'nonsense'"),
+        (["serve", "--port", "70000"], "argument --port: must be a port number from 0 to 65535, got 70000"),
+        (["serve", "--duration", "-1"], "argument --duration: must be a positive number of seconds"),
+        (["serve", "--grace", "-1"], "argument --grace: must be 0 or more seconds, got -1"),
+        (["dht", "--initial-peers", "nonsense"], "argument --initial-peers: invalid endpoint 'nonsense'"),
+        (["expert-server", "--experts", "ffn"], "argument --experts: invalid expert pattern 'ffn'"),
+        (["expert-server", "--experts", "f.[0:2]", "--hidden-dim", "0"], "argument --hidden-dim: must be 1"),
+        (["expert-server", "--experts", "f.[0:2]", "--fault-rate", "2"], "argument --fault-rate: must be a"),
+        (["expert-server", "--experts", "f.[0:2]", "--lr", "-1"], "argument --lr: must be a finite number"),
+        (["expert-server", "--experts", "f.[0:2]", "--max-batch-size", "0"], "argument --max-batch-size:"),
+        (["expert-server", "--experts", "f.[0:2]", "--announce-period", "0"], "argument --announce-period:"),
+        (["expert-server", "--experts", "f.[0:2]", "--torch-threads", "-1"], "argument --torch-threads:"),
+        (["expert-server", "--experts", "f.[0:2]", "--expert-type", "x"], "argument --expert-type: invalid"),
+        (
+            ["expert-server", "--experts", "ffn.[0:100000].[0:100000]"],
+            "argument --experts: 'ffn.[0:100000].[0:100000]' names 10,000,000,000 experts; "
+            "one server hosts at most 4,096",
+        ),
+    ],
+)
+def test_core_bad_values_name_the_flag_the_user_typed(capsys, argv: list[str], message: str) -> None:
+    """Checked while parsing, before anything starts or any internal field name can leak out."""
+    from hivemind_core.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_core_errors_found_at_start_name_the_flag(capsys, tmp_path) -> None:
+    from hivemind_core.cli import main
+
+    cases = [
+        (
+            ["expert-server", "--experts", "ffn.[0:4000]", "more.[0:4000]"],
+            "argument --experts: the patterns name 8,000 experts in all; one server hosts at most 4,096",
+        ),
+        (
+            ["expert-server", "--experts", "ffn.[0:2]", "--device", "nodevice"],
+            "argument --device: torch cannot",
+        ),
+        (["dht", "--identity", str(tmp_path / "missing" / "peer.key")], "argument --identity: cannot read"),
+    ]
+    (tmp_path / "garbage.key").write_bytes(b"not a key")
+    cases.append((["dht", "--identity", str(tmp_path / "garbage.key")], "is not a key file written by"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases.append(
+            (
+                ["serve", "--port", str(port)],
+                f"cannot listen on --host 127.0.0.1 --port {port}: Address already",
+            )
+        )
+        for argv, message in cases:
+            assert main([*argv, "--duration", "5"]) == 2, argv
+            assert message in capsys.readouterr().err, argv
+
+
+def test_core_help_pages_show_defaults(capsys) -> None:
+    from hivemind_core.cli import EXPERT_TYPES, build_parser
+
+    expected = {
+        "serve": ["--grace GRACE seconds to finish requests on stop (default: 1.0)"],
+        "dht": ["(default: 1024)", "(default: 127.0.0.1)"],
+        "expert-server": ["(default: 512)", "(default: 0.001)", "(default: 10.0)", "(default: cpu)"],
+        "ping": ["number of round trips (default: 5)", "(default: 5.0)"],
+    }
+    for command, snippets in expected.items():
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        page = " ".join(capsys.readouterr().out.split())  # wrapped at the terminal width
+        for snippet in snippets:
+            assert snippet in page, (command, snippet)
+        assert "(default: None)" not in page and "(default: False)" not in page
+    from hivemind_core.moe.layers import EXPERT_TYPES as BUILT_IN
+
+    assert sorted(EXPERT_TYPES) == sorted(BUILT_IN), "the CLI's --expert-type choices are the built-in types"
