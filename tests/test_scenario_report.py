@@ -267,3 +267,21 @@ def test_empty_recorder_reports_not_observed(tmp_path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["train.loss.final"] == "nan"
     assert NOT_OBSERVED  # the plots' placeholder text; looked at by eye
+
+
+def test_live_figures_cover_the_recent_span() -> None:
+    rec = Recorder(1.0)
+    for i in range(100):
+        rec.event("dht.get", float(i), ok=i < 90, latency=0.1)
+        rec.value("train.loss", float(i), 1.0 if i < 90 else 3.0)
+    rec.gauge("peers.alive", 99.0, 12)
+    live = rec.live(span=19.0)  # samples at 80..99: half of them failed
+    assert live == {"peers.alive": 12, "dht.get.success_rate": 0.5, "train.loss.mean": 2.0}
+
+
+def test_first_and_final_follow_time_order() -> None:
+    rec = Recorder(1.0)
+    for t, v in [(2.0, 5.0), (1.0, 9.0), (3.0, 1.0)]:  # concurrent batches finish out of order
+        rec.value("train.loss", t, v)
+    s = rec.summary()
+    assert s["train.loss.first"] == 9.0 and s["train.loss.final"] == 1.0

@@ -16,10 +16,14 @@ Metric kinds (the names are the spec's, see docs/scenarios.md):
 - counters, amounts added over time (`rpc.messages`, `moe.bans`, ...);
 - gauges, sampled every `sample_interval` (`peers.alive`, `peers.alive.<group>`);
 - windows: when each scenario event (a fault) was active, for `... during <event>`.
+
+Record each sample at the time it is known (an operation's end, with its latency): that keeps
+every series in time order, and `... during <event>` then means "finished during the event".
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from dataclasses import dataclass
@@ -252,6 +256,9 @@ class Recorder:
                     out[f"{name}.{key}.mean"] = float(fv.mean())
         for name, series in self._values.items():
             t, v = series.columns()
+            if t.size > 1 and not (t[1:] >= t[:-1]).all():  # recorded out of order: first/final follow time
+                order = np.argsort(t, kind="stable")
+                t, v = t[order], v[order]
             mask = self._mask(t, windows)
             if mask is not None:
                 v = v[mask]
@@ -337,6 +344,22 @@ class Recorder:
             cols += [f"{name}.count", f"{name}.success_rate", f"{name}.p50"]
         cols += [f"{name}.mean" for name in sorted(self._values)]
         return cols + sorted(self._counters)
+
+    def live(self, span: float) -> dict[str, float]:
+        """Cheap figures for a progress display: each gauge's last level, and over the last `span`
+        seconds before the latest sample, each event's `.success_rate` and each value's `.mean`."""
+        out: dict[str, float] = {name: series.v[-1] for name, series in self._gauges.items() if series.v}
+        for name, events in self._events.items():
+            if events.t:
+                first = bisect.bisect_left(events.t, events.t[-1] - span)
+                recent = events.ok[first:]
+                out[f"{name}.success_rate"] = sum(recent) / len(recent)
+        for name, series in self._values.items():
+            if series.t:
+                first = bisect.bisect_left(series.t, series.t[-1] - span)
+                recent = series.v[first:]
+                out[f"{name}.mean"] = sum(recent) / len(recent)
+        return out
 
     # -- raw columns for plots (read-only views) --------------------------------------------------
 
