@@ -40,6 +40,7 @@ FAILURE_COUNTERS = {"moe.expert_failures": "expert failures", "moe.bans": "bans"
 # fault windows: colours unlike the data lines (tab10's first four and black)
 WINDOW_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
 MAX_SCATTER = 5000  # loss points drawn; more only blur into a band
+MAX_CDF_POINTS = 4000
 NOT_OBSERVED = "not observed in this scenario"
 LABEL_ROW = 0.07  # height of one row of fault-window labels, as a fraction of the axes
 
@@ -150,7 +151,8 @@ def success_rates(recorder: Recorder, rows: Rows) -> Figure:
         label = (
             f"{EVENT_LABELS[name]} (whole run {overall:.1%})" if overall is not None else EVENT_LABELS[name]
         )
-        ax.plot((time + dt / 2) / scale, rate * 100, marker=".", markersize=4, color=f"C{i}", label=label)
+        marker = "." if len(rows) <= 120 else None  # dots help only while intervals are wide apart
+        ax.plot((time + dt / 2) / scale, rate * 100, marker=marker, markersize=4, color=f"C{i}", label=label)
         drawn = True
     if not drawn:
         return _not_observed(fig, ax)
@@ -298,6 +300,9 @@ def _cdf(ax: Axes, values: np.ndarray, *, label: str, color: str, linestyle: str
     xs = np.sort(values)
     ys = np.arange(1, xs.size + 1) / xs.size
     p50, p99 = np.percentile(xs, [50, 99])
+    if xs.size > MAX_CDF_POINTS:  # evenly spaced ranks draw the same curve
+        ranks = np.linspace(0, xs.size - 1, MAX_CDF_POINTS).astype(np.int64)
+        xs, ys = xs[ranks], ys[ranks]
     full = f"{label}: n={xs.size}, p50 {format_duration(p50)}, p99 {format_duration(p99)}"
     ax.step(xs, ys, where="post", color=color, linestyle=linestyle, label=full)
 
