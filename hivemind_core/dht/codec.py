@@ -46,24 +46,22 @@ def encode_node(public_key: bytes, endpoint: str | None) -> list[Any]:
 
 
 def decode_node(raw: Any, where: str) -> tuple[bytes, str | None]:
-    require(isinstance(raw, list) and len(raw) == 2, f"{where} must be [public_key, endpoint]")
+    # runs for every request and answer: messages are formatted only on failure
+    if not (isinstance(raw, list) and len(raw) == 2):
+        raise ValueError(f"{where} must be [public_key, endpoint]")
     public_key, endpoint = raw
-    require(
-        isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_BYTES,
-        f"{where}: public key must be {PUBLIC_KEY_BYTES} bytes",
-    )
-    require(
-        endpoint is None or (isinstance(endpoint, str) and 0 < len(endpoint) <= MAX_ENDPOINT_LENGTH),
-        f"{where}: endpoint must be nil or a string of at most {MAX_ENDPOINT_LENGTH} characters",
-    )
+    if not (isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_BYTES):
+        raise ValueError(f"{where}: public key must be {PUBLIC_KEY_BYTES} bytes")
+    if not (endpoint is None or (isinstance(endpoint, str) and 0 < len(endpoint) <= MAX_ENDPOINT_LENGTH)):
+        raise ValueError(f"{where}: endpoint must be nil or a string of at most {MAX_ENDPOINT_LENGTH} chars")
     return public_key, endpoint
 
 
 def decode_contact(raw: Any, where: str, check_endpoint: EndpointCheck) -> Contact:
     """A contact someone told us about; its endpoint must be one our transport can reach."""
     public_key, endpoint = decode_node(raw, where)
-    require(endpoint is not None, f"{where}: a contact needs an endpoint")
-    assert endpoint is not None
+    if endpoint is None:
+        raise ValueError(f"{where}: a contact needs an endpoint")
     try:
         check_endpoint(endpoint)
     except ValueError as error:

@@ -84,10 +84,10 @@ class DHTHandlers:
             isinstance(count, int) and not isinstance(count, bool) and 0 < count <= self.config.k,
             f"find count must be in 1..{self.config.k}",
         )
-        ids = []
-        for i, raw in enumerate(raw_ids):
-            require(isinstance(raw, bytes) and len(raw) == ID_BYTES, f"ids[{i}] must be {ID_BYTES} bytes")
-            ids.append(id_from_bytes(raw))
+        if not all(isinstance(raw, bytes) and len(raw) == ID_BYTES for raw in raw_ids):
+            bad = next(i for i, r in enumerate(raw_ids) if not (isinstance(r, bytes) and len(r) == ID_BYTES))
+            raise ValueError(f"ids[{bad}] must be {ID_BYTES} bytes")  # formatted only on failure
+        ids = [id_from_bytes(raw) for raw in raw_ids]
         sender_id = self.membership.observe_requester(peer, sender)
         now = self.clock()
         table = self.membership.routing_table

@@ -80,6 +80,7 @@ class TcpStats:
     """Connections closed by this side, by reason."""
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_endpoint(endpoint: Endpoint) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6addr]:port"`` to (host, port), with a clear error if malformed."""
     host, sep, port_text = endpoint.rpartition(":")
@@ -98,6 +99,7 @@ def format_endpoint(host: str, port: int) -> Endpoint:
     return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical_host(host: str) -> str:
     """One spelling per address (an IPv4-mapped IPv6 address is its IPv4 address); names as given."""
     try:
