@@ -1,0 +1,730 @@
+"""The scenario format (schema_version 1) as typed, immutable pydantic models.
+
+One ``Scenario`` describes an experiment: the world (``topology``), who is in it (``peers``),
+what goes wrong when (``events``), what the peers do (``workload``) and what must hold
+(``assertions``). Field checks live on each model; checks that span models (a selector naming
+a group, ``during`` naming an event) run once on ``Scenario`` and report every problem at once,
+each at its own key path, through ``ScenarioProblems``. docs/scenarios.md documents every
+field from these models' docstrings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from .units import (
+    Bandwidth,
+    ChurnTime,
+    Compute,
+    Constant,
+    Duration,
+    Fraction,
+    FrozenModel,
+    Popularity,
+    PositiveDuration,
+    Size,
+    UniformPopularity,
+    Varying,
+    format_duration,
+    parse_bandwidth,
+    parse_duration,
+    parse_fraction,
+    parse_size,
+)
+
+Loc = tuple[str | int, ...]
+
+
+class ScenarioProblems(ValueError):
+    """Several problems found by one cross-check, each with its key path from the model it checked."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {message}" for loc, message in problems))
+        self.problems = problems
+
+
+def _check_name(kind: str) -> AfterValidator:
+    def check(name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"a {kind} is a letter then letters, digits, `_`, `.` or `-`, got `{name}`")
+        return name
+
+    return AfterValidator(check)
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _existing_file(path: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the scenario file (the loader passes ``base_dir``)."""
+    base = (info.context or {}).get("base_dir")
+    resolved = (Path(base) / path if base is not None else path).expanduser()
+    if not resolved.is_file():
+        raise ValueError(f"file not found: {resolved}")
+    return resolved.resolve() if base is not None else resolved
+
+
+# ---- the world ---------------------------------------------------------------------------------
+
+TOPOLOGY_PARAMS: dict[str, dict[str, Any]] = {
+    "waxman": {"alpha": float, "beta": float, "max_latency": parse_duration},
+    "barabasi_albert": {"m": int, "min_latency": parse_duration, "max_latency": parse_duration},
+    "random_geometric": {"radius": float, "max_latency": parse_duration},
+    "world_regions": {},
+    "file": {"latency_attribute": str, "latency_unit": parse_duration},
+}
+"""Generator parameters allowed per topology kind, with their parsers (latencies take units)."""
+
+
+class Topology(FrozenModel):
+    """The backbone: regions or routers joined by links with latency, jitter, loss and bandwidth."""
+
+    kind: Literal["world_regions", "waxman", "barabasi_albert", "random_geometric", "file"] = "world_regions"
+    """`world_regions`: eight cloud regions with real inter-region round-trip times; `waxman`,
+    `barabasi_albert`, `random_geometric`: generated graphs of `nodes` routers; `file`: a GraphML or
+    GML file."""
+    nodes: int | None = Field(default=None, ge=1)
+    """Routers in a generated graph (required for generated kinds, not allowed otherwise)."""
+    params: dict[str, float | int | str] = {}
+    """Generator parameters: waxman `alpha`, `beta`, `max_latency`; barabasi_albert `m`,
+    `min_latency`, `max_latency`; random_geometric `radius`, `max_latency`; file `latency_attribute`
+    (edge attribute, default `latency`) and `latency_unit` (what one unit of it is, default `1s`)."""
+    path: Path | None = None
+    """The graph file (kind `file`), relative to the scenario file."""
+    jitter: Fraction = 0.0
+    """Random extra delay per message, as a fraction of its path's latency."""
+    loss: Fraction = 0.0
+    """Probability that a message is lost, on every path."""
+    backbone_bandwidth: Bandwidth | None = None
+    """Capacity of each backbone edge, shared by the traffic crossing it; null: unlimited."""
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _existing_file(path, info)
+
+    @model_validator(mode="after")
+    def _per_kind(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        generated = self.kind in ("waxman", "barabasi_albert", "random_geometric")
+        if generated and self.nodes is None:
+            problems.append((("nodes",), f"a {self.kind} topology needs `nodes`"))
+        if not generated and self.nodes is not None:
+            problems.append((("nodes",), f"`nodes` is only for generated topologies, not {self.kind}"))
+        if (self.kind == "file") != (self.path is not None):
+            message = (
+                "a file topology needs `path`" if self.kind == "file" else "`path` is only for kind file"
+            )
+            problems.append((("path",), message))
+        allowed = TOPOLOGY_PARAMS[self.kind]
+        for key, value in self.params.items():
+            if key not in allowed:
+                known = f"; known: {', '.join(allowed)}" if allowed else ""
+                problems.append(
+                    (
+                        ("params", key),
+                        f"unknown parameter `{key}` for {self.kind}{_suggest(key, allowed)}{known}",
+                    )
+                )
+                continue
+            try:
+                allowed[key](value)
+            except (TypeError, ValueError) as error:
+                problems.append((("params", key), str(error)))
+        if problems:
+            raise ScenarioProblems(problems)
+        return self
+
+    def param(self, key: str, default: Any = None) -> Any:
+        """A generator parameter in its base unit (latencies in seconds), or ``default``."""
+        return TOPOLOGY_PARAMS[self.kind][key](self.params[key]) if key in self.params else default
+
+
+# ---- peers ---------------------------------------------------------------------------------------
+
+
+class Link(FrozenModel):
+    """A peer's access link to its backbone node; each value may be a distribution drawn per peer."""
+
+    uplink: Varying[Bandwidth] | None = None
+    """Upload bandwidth; null: unlimited."""
+    downlink: Varying[Bandwidth] | None = None
+    """Download bandwidth; null: unlimited."""
+    latency: Varying[Duration] = Constant[Duration](value=0.005)
+    """One-way latency between the peer and its backbone node (last mile)."""
+    loss: Fraction = 0.0
+    """Probability that a message through this link is lost."""
+
+
+class Hardware(FrozenModel):
+    """How fast a peer computes; each value may be a distribution drawn per peer."""
+
+    device: Varying[Compute] = Constant[Compute](value=10e12)
+    """Speed of the device that runs hosted experts' forward and backward passes."""
+    trainer_device: Varying[Compute] | None = None
+    """Speed of a trainer's own local layers (its forward and backward take virtual time);
+    default: the same as `device` (filled in on loading, so never null after it)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainer_device_defaults_to_device(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("trainer_device") is None:
+            return {**data, "trainer_device": data.get("device", Constant[Compute](value=10e12))}
+        return data
+
+
+class Churn(FrozenModel):
+    """Peers of a group leaving and coming back: drawn session and downtime lengths, or a trace."""
+
+    session: ChurnTime | None = None
+    """How long a peer stays up each time it joins."""
+    downtime: ChurnTime | None = None
+    """How long a peer stays away before it comes back (same identity)."""
+    graceful: Fraction = 0.0
+    """Fraction of leaves that are graceful (records handed on, connections closed); the rest crash."""
+    trace: Path | None = None
+    """Instead of session/downtime: a CSV file with header `peer,join,leave` (peer name, seconds
+    from the start of the measured window), relative to the scenario file."""
+    min_alive: int = Field(default=0, ge=0)
+    """Churn never takes the group's live peers below this many (a leave is skipped)."""
+    max_alive: int | None = Field(default=None, ge=1)
+    """Churn never brings the group's live peers above this many (a return waits); null: no bound."""
+
+    @field_validator("trace")
+    @classmethod
+    def _trace_exists(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return None if path is None else _existing_file(path, info)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        drawn = self.session is not None or self.downtime is not None
+        if drawn and self.trace is not None:
+            raise ScenarioProblems(
+                [(("trace",), "give either `session` and `downtime`, or `trace`, not both")]
+            )
+        if not drawn and self.trace is None:
+            raise ScenarioProblems([((), "churn needs `session` and `downtime`, or a `trace` file")])
+        if drawn and (self.session is None or self.downtime is None):
+            missing = "downtime" if self.downtime is None else "session"
+            raise ScenarioProblems(
+                [((missing,), f"churn with `session` and `downtime` needs both: `{missing}`")]
+            )
+        if self.max_alive is not None and self.max_alive < self.min_alive:
+            raise ScenarioProblems(
+                [(("max_alive",), f"max_alive {self.max_alive} < min_alive {self.min_alive}")]
+            )
+        return self
+
+
+Role = Literal["dht", "server", "trainer", "peer"]
+EXPERT_ROLES = frozenset({"server", "peer"})
+TRAINER_ROLES = frozenset({"trainer", "peer"})
+
+
+class PeerGroup(FrozenModel):
+    """`count` peers made from one template, named `<group>-<index>` (index from 0)."""
+
+    group: Annotated[str, _check_name("group name")]
+    """Unique group name."""
+    role: Role
+    """`dht`: a plain DHT peer; `server`: hosts experts; `trainer`: trains through a DMoE layer;
+    `peer`: hosts experts and trains."""
+    count: int = Field(ge=1)
+    """How many peers."""
+    regions: tuple[str, ...] | None = Field(default=None, min_length=1)
+    """Topology nodes to place the peers on, round-robin; null: all nodes."""
+    join_at: Duration | None = None
+    """When the group's peers join, all at once, from the start of the measured window (a flash
+    crowd); null: during the warmup."""
+    client_mode: Fraction = 0.0
+    """Fraction of the peers behind NAT: they accept no incoming connections."""
+    link: Link = Link()
+    """Access link."""
+    hardware: Hardware = Hardware()
+    """Compute speed."""
+    experts: int = Field(default=1, ge=1)
+    """Grid experts hosted per peer (roles server and peer)."""
+    concurrent_batches: int = Field(default=1, ge=1)
+    """Training batches each trainer keeps in flight (roles trainer and peer)."""
+    churn: Churn | None = None
+    """Peers leaving and coming back; null: they stay."""
+
+    @property
+    def hosts_experts(self) -> bool:
+        return self.role in EXPERT_ROLES
+
+    @property
+    def trains(self) -> bool:
+        return self.role in TRAINER_ROLES
+
+    def peer_names(self) -> list[str]:
+        return [f"{self.group}-{index}" for index in range(self.count)]
+
+    @model_validator(mode="after")
+    def _role_fields(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        if self.experts != 1 and not self.hosts_experts:
+            problems.append((("experts",), f"`experts` is for roles server and peer, not {self.role}"))
+        if self.concurrent_batches != 1 and not self.trains:
+            problems.append(
+                (
+                    ("concurrent_batches",),
+                    f"`concurrent_batches` is for roles trainer and peer, not {self.role}",
+                )
+            )
+        if self.churn is not None and self.churn.min_alive > self.count:
+            problems.append(
+                (("churn", "min_alive"), f"min_alive {self.churn.min_alive} > count {self.count}")
+            )
+        if problems:
+            raise ScenarioProblems(problems)
+        return self
+
+
+# ---- events ----------------------------------------------------------------------------------------
+
+
+class Selector(FrozenModel):
+    """Which peers an event acts on; the keys given intersect (`{group: servers, region: eu}`)."""
+
+    group: str | None = None
+    """Peers of this group."""
+    role: Role | None = None
+    """Peers of groups with this role."""
+    region: str | None = None
+    """Peers placed on this topology node."""
+    peers: tuple[str, ...] | None = None
+    """These peers, by name (`servers-3`)."""
+    fraction: Fraction | None = None
+    """A random fraction of the peers matched so far (rounded to nearest, drawn from the seed)."""
+    count: int | None = Field(default=None, ge=1)
+    """Instead of `fraction`: this many random peers of those matched."""
+
+    @model_validator(mode="after")
+    def _some_and_not_both(self) -> Self:
+        if self.fraction is not None and self.count is not None:
+            raise ScenarioProblems([(("count",), "give `fraction` or `count`, not both")])
+        if all(value is None for value in self.__dict__.values()):
+            raise ValueError("select needs at least one of group, role, region, peers, fraction, count")
+        return self
+
+
+class _Event(FrozenModel):
+    name: Annotated[str, _check_name("event name")] | None = None
+    """Name used by assertions (`... during <name>`); unique."""
+    at: Duration
+    """When it happens, from the start of the measured window."""
+    duration: PositiveDuration | None = None
+    """How long before it is undone (crashed peers restart, frozen ones resume...); null: until
+    the end of the run. Every fault is undone at the end."""
+
+
+class _SelectingEvent(_Event):
+    select: Selector
+    """The peers it acts on."""
+
+
+class CrashEvent(_SelectingEvent):
+    """The selected peers' machines die: no goodbye; undone: they restart with the same identity."""
+
+    action: Literal["crash"]
+
+
+class LeaveEvent(_SelectingEvent):
+    """The selected peers leave gracefully (hand their records on); undone: they rejoin."""
+
+    action: Literal["leave"]
+
+
+class FreezeEvent(_SelectingEvent):
+    """The selected peers stop answering but keep their connections (like SIGSTOP); undone: they resume."""
+
+    action: Literal["freeze"]
+
+
+class RestartEvent(_SelectingEvent):
+    """The selected peers crash and restart at once with the same identity (state is lost)."""
+
+    action: Literal["restart"]
+
+
+class PartitionEvent(_Event):
+    """The network splits: peers in different sides cannot reach each other; undone: healed."""
+
+    action: Literal["partition"]
+    sides: tuple[Selector, ...] = Field(min_length=1)
+    """Each side's peers; the peers in no side form one more side."""
+
+
+class HealEvent(_Event):
+    """Ends every active partition."""
+
+    action: Literal["heal"]
+
+
+class DegradeEvent(_SelectingEvent):
+    """The selected peers' access links get worse; undone: restored."""
+
+    action: Literal["degrade"]
+    latency: Duration = 0.0
+    """Added one-way latency."""
+    loss: Fraction = 0.0
+    """Added loss probability."""
+    bandwidth: Bandwidth | None = None
+    """Cap on both directions; null: unchanged."""
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Self:
+        if self.latency == 0 and self.loss == 0 and self.bandwidth is None:
+            raise ValueError("degrade needs at least one of `latency`, `loss`, `bandwidth`")
+        return self
+
+
+class SlowComputeEvent(_SelectingEvent):
+    """The selected peers' devices get `factor` times slower; undone: normal speed."""
+
+    action: Literal["slow_compute"]
+    factor: float = Field(ge=1)
+    """Slowdown: every compute duration is multiplied by it."""
+
+
+class MisbehaveEvent(_SelectingEvent):
+    """The selected peers' experts return bad outputs; undone: correct again."""
+
+    action: Literal["misbehave"]
+    output: Literal["nan", "garbage"]
+    """`nan`: outputs full of NaN; `garbage`: well-formed tensors of random numbers."""
+
+
+Event = Annotated[
+    CrashEvent
+    | LeaveEvent
+    | FreezeEvent
+    | RestartEvent
+    | PartitionEvent
+    | HealEvent
+    | DegradeEvent
+    | SlowComputeEvent
+    | MisbehaveEvent,
+    Field(discriminator="action"),
+]
+"""One timeline entry, told apart by `action`."""
+EVENT_TYPES = (
+    CrashEvent,
+    LeaveEvent,
+    FreezeEvent,
+    RestartEvent,
+    PartitionEvent,
+    HealEvent,
+    DegradeEvent,
+    SlowComputeEvent,
+    MisbehaveEvent,
+)
+
+
+# ---- workload ------------------------------------------------------------------------------------
+
+
+class DHTWorkload(FrozenModel):
+    """DHT stores and gets, issued by live peers with role dht or peer (all peers if there are none)."""
+
+    stores_per_second: float = Field(default=1.0, ge=0)
+    """Stores per second over the whole network (Poisson arrivals)."""
+    gets_per_second: float = Field(default=10.0, ge=0)
+    """Gets per second over the whole network (Poisson arrivals)."""
+    keys: int = Field(default=1000, ge=1)
+    """Number of distinct keys."""
+    popularity: Popularity = UniformPopularity(distribution="uniform")
+    """How requests spread over keys: `{distribution: uniform}` or `{distribution: zipf, exponent: 1.1}`."""
+    ttl: PositiveDuration = 3600.0
+    """Lifetime of a stored value."""
+    value_size: Size = 64
+    """Size of each stored value."""
+
+
+class ModelShape(FrozenModel):
+    """The trained network: local layer, mixture of experts, local head."""
+
+    hidden_dim: int = Field(default=32, ge=1)
+    """Width of the expert's input and output."""
+    expert: Literal["ffn", "transformer"] = "ffn"
+    """Expert architecture."""
+
+
+class Optimizer(FrozenModel):
+    """The trainers' optimizer."""
+
+    name: Literal["adam", "sgd"] = "adam"
+    """Algorithm."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Learning rate."""
+
+
+class TrainingWorkload(FrozenModel):
+    """Trainers (roles trainer and peer) train through a DMoE layer on experts hosted by servers and peers."""
+
+    model: ModelShape = ModelShape()
+    """The trained network."""
+    grid: tuple[int, ...] = Field(default=(8, 8), min_length=1)
+    """Expert grid dimensions; experts are named `<expert>.<i>.<j>...`."""
+    k_best: int = Field(default=4, ge=1)
+    """Experts each sample is sent to."""
+    k_min: int = Field(default=1, ge=1)
+    """Answers a step needs before it stops waiting for slower experts."""
+    forward_timeout: PositiveDuration = 3.0
+    """Longest wait for an expert's forward answer."""
+    backward_timeout: PositiveDuration = 3.0
+    """Longest wait for an expert's backward answer."""
+    batch_size: int = Field(default=16, ge=1)
+    """Samples per training batch."""
+    optimizer: Optimizer = Optimizer()
+    """Optimizer."""
+    dataset: Literal["synthetic", "digits"] = "synthetic"
+    """`synthetic`: random inputs labelled by a fixed projection; `digits`: scikit-learn's 8x8 digits."""
+
+    @property
+    def experts_in_grid(self) -> int:
+        return math.prod(self.grid)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        if min(self.grid) < 1:
+            problems.append((("grid",), f"grid dimensions must be >= 1, got {list(self.grid)}"))
+        if self.k_min > self.k_best:
+            problems.append((("k_min",), f"k_min {self.k_min} > k_best {self.k_best}"))
+        if self.k_best > self.experts_in_grid:
+            problems.append(
+                (("k_best",), f"k_best {self.k_best} > {self.experts_in_grid} experts in the grid")
+            )
+        if problems:
+            raise ScenarioProblems(problems)
+        return self
+
+
+class Workload(FrozenModel):
+    """What the peers do."""
+
+    dht: DHTWorkload | None = None
+    """DHT requests; null: none."""
+    training: TrainingWorkload | None = None
+    """DMoE training; null: none (then no group may have role server, trainer or peer)."""
+
+
+# ---- assertions ----------------------------------------------------------------------------------
+
+OPS = ("<=", ">=", "==", "!=", "<", ">")
+_ASSERTION = re.compile(
+    r"\s*(?P<metric>[\w.\-]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<threshold>\S+)\s*(?:during\s+(?P<during>\S+)\s*)?"
+)
+
+EVENT_METRICS = ("dht.get", "dht.store", "moe.step", "moe.expert_call")
+EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
+COUNTER_METRICS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
+
+
+def metric_names(groups: Iterator[str] | tuple[str, ...] = ()) -> frozenset[str]:
+    """Every summary key an assertion may name (see docs/scenarios.md, "Metrics")."""
+    names = {f"{event}.{stat}" for event in EVENT_METRICS for stat in EVENT_STATS}
+    names |= {"dht.get.hops.mean", "train.loss.first", "train.loss.final", "train.loss.min"}
+    names |= {f"{counter}.{stat}" for counter in COUNTER_METRICS for stat in ("total", "per_peer")}
+    for gauge in ["peers.alive", *(f"peers.alive.{group}" for group in groups)]:
+        names |= {f"{gauge}.{stat}" for stat in ("min", "mean", "final")}
+    return frozenset(names)
+
+
+def parse_threshold(text: str) -> float:
+    """A number in the metric's base unit: `0.99`, `99%`, `3s`, `250ms`, `64KiB`, `10Mbit/s`."""
+    for parse in (float, parse_fraction, parse_duration, parse_size, parse_bandwidth):
+        try:
+            return float(parse(text))
+        except ValueError:
+            continue
+    raise ValueError(f"expected a threshold like `0.99`, `99%`, `3s`, got `{text}`")
+
+
+class Assertion(FrozenModel):
+    """`<metric> <op> <threshold> [during <event>]`, e.g. `moe.step.p99 <= 3s during crash-wave`."""
+
+    metric: str
+    """A summary key (docs/scenarios.md lists them)."""
+    op: Literal["<=", ">=", "==", "!=", "<", ">"]
+    """Comparison."""
+    threshold: float
+    """In the metric's base unit (seconds, fractions, counts); units are accepted."""
+    during: str | None = None
+    """Only samples taken while this named event was active; null: the whole measured window."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_text(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        match = _ASSERTION.fullmatch(data)
+        if match is None:
+            raise ValueError(
+                f"expected `<metric> <op> <threshold> [during <event>]` like "
+                f"`dht.get.success_rate >= 0.99`, got `{data}`"
+            )
+        return {**match.groupdict(), "threshold": parse_threshold(match["threshold"])}
+
+    @model_serializer
+    def _as_text(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        threshold = repr(self.threshold).removesuffix(".0")
+        during = f" during {self.during}" if self.during else ""
+        return f"{self.metric} {self.op} {threshold}{during}"
+
+
+# ---- the scenario ----------------------------------------------------------------------------------
+
+
+class Scenario(FrozenModel):
+    """One experiment: world, peers, faults, workload and what must hold."""
+
+    schema_version: Literal[1] = 1
+    """Version of this format."""
+    name: Annotated[str, _check_name("scenario name")]
+    """Report folder name; default: the file's stem."""
+    description: str = ""
+    """One line shown in the report."""
+    seed: int = Field(default=0, ge=0)
+    """Root seed: every random stream derives from it and a stable name."""
+    warmup: Duration = 60.0
+    """Joins and bootstrap before the measured window: no faults, nothing measured."""
+    duration: PositiveDuration
+    """The measured window, after the warmup."""
+    sample_interval: PositiveDuration = 10.0
+    """Resolution of time series (alive peers, rates per interval)."""
+    topology: Topology = Topology()
+    """The backbone network."""
+    peers: tuple[PeerGroup, ...] = Field(min_length=1)
+    """Peer groups."""
+    events: tuple[Event, ...] = ()
+    """The fault timeline."""
+    workload: Workload = Workload()
+    """What the peers do."""
+    assertions: tuple[Assertion, ...] = ()
+    """Checks on the run's metrics; each is pass, fail or unknown (never observed)."""
+
+    def group(self, name: str) -> PeerGroup:
+        return next(group for group in self.peers if group.group == name)
+
+    @property
+    def total_peers(self) -> int:
+        return sum(group.count for group in self.peers)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        problems = [*self._check_groups(), *self._check_events(), *self._check_assertions()]
+        if problems:
+            raise ScenarioProblems(problems)
+        return self
+
+    def _check_groups(self) -> Iterator[tuple[Loc, str]]:
+        seen: set[str] = set()
+        for index, group in enumerate(self.peers):
+            if group.group in seen:
+                yield ("peers", index, "group"), f"duplicate group name `{group.group}`"
+            seen.add(group.group)
+        if self.sample_interval > self.duration:
+            yield ("sample_interval",), "sample_interval is longer than the measured duration"
+        training = self.workload.training
+        for index, group in enumerate(self.peers):
+            if group.role != "dht" and training is None:
+                yield ("peers", index, "role"), f"role `{group.role}` needs a `workload.training` section"
+            if group.join_at is not None and group.join_at >= self.duration:
+                yield ("peers", index, "join_at"), "join_at is not before the end of the measured window"
+        if training is not None:
+            hosted = sum(g.count * g.experts for g in self.peers if g.hosts_experts)
+            if not any(g.trains for g in self.peers):
+                yield ("workload", "training"), "training needs a group with role trainer or peer"
+            if hosted == 0:
+                yield ("workload", "training"), "training needs a group with role server or peer"
+            elif hosted > training.experts_in_grid:
+                yield (
+                    ("workload", "training", "grid"),
+                    f"peers host {hosted} experts but the grid {list(training.grid)} has only "
+                    f"{training.experts_in_grid}",
+                )
+
+    def _check_events(self) -> Iterator[tuple[Loc, str]]:
+        names: set[str] = set()
+        for index, event in enumerate(self.events):
+            loc: Loc = ("events", index)
+            if event.name is not None:
+                if event.name in names:
+                    yield (*loc, "name"), f"duplicate event name `{event.name}`"
+                names.add(event.name)
+            if event.at >= self.duration:
+                yield (
+                    (*loc, "at"),
+                    f"{format_duration(event.at)} is not before the end of the measured window "
+                    f"(duration {format_duration(self.duration)})",
+                )
+            if isinstance(event, HealEvent):
+                if event.duration is not None:
+                    yield (*loc, "duration"), "a heal cannot be undone: no `duration`"
+                if not any(isinstance(e, PartitionEvent) and e.at <= event.at for e in self.events):
+                    yield (*loc, "at"), "heal with no partition at or before it"
+            selectors = (
+                [((*loc, "sides", i), side) for i, side in enumerate(event.sides)]
+                if isinstance(event, PartitionEvent)
+                else [((*loc, "select"), event.select)]
+                if isinstance(event, _SelectingEvent)
+                else []
+            )
+            for selector_loc, selector in selectors:
+                yield from self._check_selector(selector_loc, selector, event)
+
+    def _check_selector(self, loc: Loc, selector: Selector, event: _Event) -> Iterator[tuple[Loc, str]]:
+        groups = {group.group: group for group in self.peers}
+        if selector.group is not None and selector.group not in groups:
+            yield (*loc, "group"), f"no group `{selector.group}`{_suggest(selector.group, groups)}"
+        if selector.role is not None and not any(g.role == selector.role for g in self.peers):
+            yield (*loc, "role"), f"no group has role `{selector.role}`"
+        names = {name for group in self.peers for name in group.peer_names()}
+        for i, peer in enumerate(selector.peers or ()):
+            if peer not in names:
+                yield (*loc, "peers", i), f"no peer `{peer}` (peers are named `<group>-<index>` from 0)"
+        if isinstance(event, MisbehaveEvent):
+            chosen = [groups[selector.group]] if selector.group in groups else list(self.peers)
+            if not any(g.hosts_experts for g in chosen):
+                yield loc, "misbehave needs peers that host experts (role server or peer)"
+
+    def _check_assertions(self) -> Iterator[tuple[Loc, str]]:
+        known = metric_names(tuple(group.group for group in self.peers))
+        events = {event.name for event in self.events if event.name is not None}
+        for index, assertion in enumerate(self.assertions):
+            if assertion.metric not in known:
+                yield (
+                    ("assertions", index),
+                    f"unknown metric `{assertion.metric}`{_suggest(assertion.metric, known)}",
+                )
+            if assertion.during is not None and assertion.during not in events:
+                hint = _suggest(assertion.during, events) or (
+                    " (no event has a `name`)" if not events else ""
+                )
+                yield ("assertions", index), f"`during {assertion.during}`: no event named so{hint}"
+
+
+EVENT_ACTIONS = {get_args(cls.model_fields["action"].annotation)[0]: cls for cls in EVENT_TYPES}
+"""Each `action` value and its model."""

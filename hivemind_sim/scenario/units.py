@@ -1,0 +1,522 @@
+"""Quantities with units: `50ms`, `10Mbit/s`, `1.5TFLOP/s`, `64KiB`, `30%`.
+
+A scenario file writes quantities as strings with units, or as plain numbers in the base unit.
+Each ``parse_*`` function turns one into a float in its base unit (seconds, bits per second,
+FLOP/s, bytes, fractions of one) or raises ``ValueError`` with an example of the expected form;
+the annotated types (``Duration``, ``Bandwidth``...) apply them inside pydantic models and write
+the value back with its unit when a model is dumped. ``format_*`` give the human form, rounded
+for reports or exact (``exact=True``: parsing the text gives back the same float).
+
+Distributions are pydantic models told apart by their ``distribution`` key, each with a seeded
+``sample``: ``Varying[...]`` for peer attributes (a plain quantity means a constant),
+``ChurnTime`` for session and downtime lengths (convertible to ``swarms.churn`` classes), and
+``Popularity`` for which DHT key a request names.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import importlib
+import itertools
+import math
+import random
+import re
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+
+_NUMBER = r"[+-]?(?:\d+(?:_\d+)*\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_QUANTITY = re.compile(rf"\s*({_NUMBER})\s*([^\s\d.+-][^\s]*)?\s*")
+
+_DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
+
+DURATION_UNITS: Mapping[str, float] = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+BANDWIDTH_UNITS: Mapping[str, float] = {
+    **{f"{p}bit/s": f for p, f in (_DECIMAL | _BINARY).items()},
+    **{f"{p}B/s": 8 * f for p, f in (_DECIMAL | _BINARY).items()},
+    **{f"{p}bps": f for p, f in _DECIMAL.items()},
+}
+COMPUTE_UNITS: Mapping[str, float] = {
+    **{f"{p}FLOP/s": f for p, f in _DECIMAL.items()},
+    **{f"{p}FLOPS": f for p, f in _DECIMAL.items()},
+}
+SIZE_UNITS: Mapping[str, float] = {f"{p}B": f for p, f in (_DECIMAL | _BINARY).items()}
+
+
+def _split(text: str) -> tuple[float, str] | None:
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        return None
+    return float(match.group(1).replace("_", "")), match.group(2) or ""
+
+
+def _suggest_unit(unit: str, units: Mapping[str, float]) -> str:
+    """`; did you mean `Mbit/s`?` for `mbit/s`: units are case-sensitive (m is milli or minutes)."""
+    same = [u for u in units if u.lower() == unit.lower()]
+    close = same or difflib.get_close_matches(unit, list(units), n=1, cutoff=0.7)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _parse(
+    value: object,
+    *,
+    units: Mapping[str, float],
+    kind: str,
+    examples: str,
+    positive: bool = False,
+) -> float:
+    """A finite number >= 0 (> 0 when ``positive``) in base units, from a number or `<number><unit>`."""
+    what = f"a positive {kind}" if positive else f"a {kind}"
+    expected = f"expected {what} like {examples}"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{expected}, got `{value!r}`")
+    if isinstance(value, str):
+        split = _split(value)
+        if split is None:
+            raise ValueError(f"{expected}, got `{value}`")
+        number, unit = split
+        factor = 1.0 if unit == "" else units.get(unit)
+        if factor is None:
+            raise ValueError(f"{expected}, got `{value}` (unknown unit `{unit}`{_suggest_unit(unit, units)})")
+        result = number * factor
+    else:
+        result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{expected}, got `{value}` (not finite)")
+    if result < 0 or (positive and result == 0):
+        raise ValueError(f"{expected}, got `{value}` (must be {'>' if positive else '>='} 0)")
+    return result
+
+
+def parse_duration(value: object, *, positive: bool = False) -> float:
+    """Seconds from `50ms`, `2s`, `10m` (minutes), `2h`, `1d` or a number of seconds."""
+    return _parse(
+        value,
+        units=DURATION_UNITS,
+        kind="duration",
+        examples="`50ms`, `2h` (units: us, ms, s, m or min, h, d)",
+        positive=positive,
+    )
+
+
+def parse_bandwidth(value: object) -> float:
+    """Bits per second from `10Mbit/s`, `1Gbit/s`, `2MB/s` (B = 8 bit), `100Mbps` or a number."""
+    return _parse(
+        value,
+        units=BANDWIDTH_UNITS,
+        kind="bandwidth",
+        examples="`10Mbit/s`, `2MB/s` (bit/s or B/s with k, M, G, T, Ki, Mi, Gi, Ti)",
+        positive=True,
+    )
+
+
+def parse_compute(value: object) -> float:
+    """FLOP/s from `1.5TFLOP/s`, `200GFLOP/s`, `10TFLOPS` or a number."""
+    return _parse(
+        value, units=COMPUTE_UNITS, kind="compute speed", examples="`1.5TFLOP/s`, `200GFLOP/s`", positive=True
+    )
+
+
+def parse_size(value: object) -> int:
+    """A whole number of bytes from `64B`, `64KiB`, `1MB` (10^6 bytes), `1MiB` or a number."""
+    result = _parse(value, units=SIZE_UNITS, kind="size", examples="`64B`, `64KiB`, `1MB`")
+    whole = round(result)
+    if abs(result - whole) > 1e-9 * max(1.0, result):
+        raise ValueError(f"expected a whole number of bytes, got `{value}` ({result} bytes)")
+    return whole
+
+
+def parse_fraction(value: object) -> float:
+    """A fraction in [0, 1] from `0.3`, `30%` or `0.1%`."""
+    expected = "expected a fraction like `0.3` or `30%`"
+    if isinstance(value, str) and value.strip().endswith("%"):
+        split = _split(value.strip()[:-1])
+        if split is None or split[1]:
+            raise ValueError(f"{expected}, got `{value}`")
+        result = split[0] / 100
+    elif isinstance(value, str):
+        split = _split(value)
+        if split is None or split[1]:
+            raise ValueError(f"{expected}, got `{value}`")
+        result = split[0]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        result = float(value)
+    else:
+        raise ValueError(f"{expected}, got `{value!r}`")
+    if not 0 <= result <= 1:
+        raise ValueError(f"{expected}, got `{value}` (must be between 0 and 100%)")
+    return result
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+def _digits(number: float, significant: int) -> str:
+    text = f"{number:.{significant}g}"
+    return f"{number:.0f}" if "e" in text else text
+
+
+def _exact(value: float, units: Mapping[str, float], parse: Callable[[str], float]) -> str | None:
+    """The shortest `<number> <unit>` that parses back to exactly ``value`` (larger units win ties)."""
+    best: str | None = None
+    for unit, factor in sorted(units.items(), key=lambda item: -item[1]):
+        number = value / factor
+        if value and number < 1:
+            continue
+        for significant in range(1, 18):
+            text = f"{number:.{significant}g}"
+            if "e" not in text and parse(f"{text} {unit}") == value:
+                if best is None or len(text) < best.index(" "):
+                    best = f"{text} {unit}"
+                break
+    return best
+
+
+def _format(
+    value: float,
+    *,
+    steps: list[tuple[float, str]],
+    exact: bool,
+    parse: Callable[[str], float],
+    significant: int = 4,
+) -> str:
+    """``steps``: (factor, unit) from the smallest; the largest unit whose factor is <= value wins."""
+    if value == 0:
+        return f"0 {next(unit for factor, unit in steps if factor == 1)}"
+    if exact:
+        text = _exact(value, {unit: factor for factor, unit in steps}, parse)
+        return text if text is not None else repr(value)
+    factor, unit = steps[0]
+    for candidate in steps:
+        if abs(value) >= candidate[0]:
+            factor, unit = candidate
+    return f"{_digits(value / factor, significant)} {unit}"
+
+
+_DURATION_STEPS = [(1e-6, "us"), (1e-3, "ms"), (1.0, "s"), (60.0, "min"), (3600.0, "h"), (86400.0, "d")]
+_BANDWIDTH_STEPS = [(1.0, "bit/s"), (1e3, "kbit/s"), (1e6, "Mbit/s"), (1e9, "Gbit/s"), (1e12, "Tbit/s")]
+_COMPUTE_STEPS = [(1.0, "FLOP/s"), (1e3, "kFLOP/s"), (1e6, "MFLOP/s"), (1e9, "GFLOP/s"), (1e12, "TFLOP/s")]
+_SIZE_STEPS = [(1.0, "B"), (2.0**10, "KiB"), (2.0**20, "MiB"), (2.0**30, "GiB"), (2.0**40, "TiB")]
+
+
+def format_duration(seconds: float, *, exact: bool = False) -> str:
+    """`0.05` -> `50 ms`, `7200` -> `2 h` (4 significant digits unless ``exact``)."""
+    return _format(seconds, steps=_DURATION_STEPS, exact=exact, parse=parse_duration)
+
+
+def format_bandwidth(bits_per_second: float, *, exact: bool = False) -> str:
+    """`2e7` -> `20 Mbit/s`."""
+    return _format(bits_per_second, steps=_BANDWIDTH_STEPS, exact=exact, parse=parse_bandwidth)
+
+
+def format_compute(flops: float, *, exact: bool = False) -> str:
+    """`1.5e12` -> `1.5 TFLOP/s`."""
+    return _format(flops, steps=_COMPUTE_STEPS, exact=exact, parse=parse_compute)
+
+
+def format_size(size: float, *, exact: bool = False) -> str:
+    """`65536` -> `64 KiB`; exact sizes are whole bytes, written in the largest unit that divides them."""
+    if exact:
+        whole = [(f"{int(size // f)} {u}", f) for u, f in SIZE_UNITS.items() if size % f == 0]
+        return min(whole, key=lambda w: (len(w[0]), -w[1]))[0]
+    return _format(size, steps=_SIZE_STEPS, exact=False, parse=parse_size)
+
+
+def format_fraction(fraction: float, *, exact: bool = False) -> str:
+    """`0.3` -> `30%`."""
+    if exact:
+        for significant in range(1, 18):
+            text = f"{fraction * 100:.{significant}g}"
+            if "e" not in text and parse_fraction(f"{text}%") == fraction:
+                return f"{text}%"
+        return repr(fraction)
+    return f"{_digits(fraction * 100, 4)}%"
+
+
+# ---- pydantic types: parsed on the way in, written with their unit on the way out ----------------
+
+
+def _unit_serializer(fmt: Callable[..., str]) -> PlainSerializer:
+    return PlainSerializer(partial(fmt, exact=True), return_type=str, when_used="json")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), _unit_serializer(format_duration)]
+"""Seconds, >= 0: `50ms`, `2h`, or a number of seconds."""
+PositiveDuration = Annotated[
+    float, BeforeValidator(partial(parse_duration, positive=True)), _unit_serializer(format_duration)
+]
+"""Seconds, > 0."""
+Bandwidth = Annotated[float, BeforeValidator(parse_bandwidth), _unit_serializer(format_bandwidth)]
+"""Bits per second, > 0: `10Mbit/s`, `2MB/s`."""
+Compute = Annotated[float, BeforeValidator(parse_compute), _unit_serializer(format_compute)]
+"""FLOP/s, > 0: `1.5TFLOP/s`."""
+Fraction = Annotated[float, BeforeValidator(parse_fraction), _unit_serializer(format_fraction)]
+"""A fraction in [0, 1]: `0.3` or `30%`."""
+Size = Annotated[int, BeforeValidator(parse_size), _unit_serializer(format_size)]
+"""Bytes, a whole number: `64KiB`, `1MB`."""
+
+
+# ---- distributions --------------------------------------------------------------------------------
+
+
+class FrozenModel(BaseModel):
+    """Base of every scenario model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+Q = TypeVar("Q")
+
+
+class Constant(FrozenModel, Generic[Q]):
+    """The same value for every peer; written as the plain quantity (`20Mbit/s`)."""
+
+    distribution: Literal["constant"] = "constant"
+    value: Q
+    """The value."""
+
+    def sample(self, rng: random.Random) -> float:
+        return self.value  # type: ignore[return-value]
+
+    @model_serializer(mode="wrap")
+    def _plain(self, handler: SerializerFunctionWrapHandler) -> object:
+        return handler(self)["value"]
+
+
+class LogNormal(FrozenModel, Generic[Q]):
+    """Log-normal around a median: half the peers below it, a long tail above."""
+
+    distribution: Literal["lognormal"]
+    median: Q
+    """The median value (> 0)."""
+    sigma: float = Field(ge=0)
+    """Standard deviation of the value's natural logarithm (0.5: a quarter of peers below ~0.7x median)."""
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.lognormvariate(math.log(self.median), self.sigma)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _median_positive(self) -> Self:
+        if not self.median > 0:  # type: ignore[operator]
+            raise ValueError("a log-normal median must be > 0")
+        return self
+
+
+class Uniform(FrozenModel, Generic[Q]):
+    """Uniform between two bounds."""
+
+    distribution: Literal["uniform"]
+    low: Q
+    """Lower bound."""
+    high: Q
+    """Upper bound (>= low)."""
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.high < self.low:  # type: ignore[operator]
+            raise ValueError("uniform needs low <= high")
+        return self
+
+
+class Choice(FrozenModel, Generic[Q]):
+    """One of a few values, optionally weighted (a mix of hardware classes)."""
+
+    distribution: Literal["choice"]
+    values: tuple[Q, ...] = Field(min_length=1)
+    """The values to pick from."""
+    weights: tuple[float, ...] | None = None
+    """Relative weights, one per value (>= 0, not all 0); default: equally likely."""
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.choices(self.values, self.weights)[0]  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> Self:
+        if self.weights is not None:
+            if len(self.weights) != len(self.values):
+                raise ValueError(f"{len(self.weights)} weights for {len(self.values)} values")
+            if min(self.weights) < 0 or not sum(self.weights) > 0:
+                raise ValueError("weights must be >= 0 and not all 0")
+        return self
+
+
+def _constant_if_scalar(quantity: Any, parse: Callable[[object], float]) -> Callable[[object], object]:
+    constant = Constant[quantity]
+
+    def wrap(value: object) -> object:
+        if isinstance(value, Mapping | BaseModel):
+            return value
+        return constant(value=parse(value))  # so that errors name the key, not `constant.value`
+
+    return wrap
+
+
+class _VaryingFactory:
+    """``Varying[Bandwidth]``: a quantity, or a distribution of it drawn once per peer."""
+
+    def __getitem__(self, quantity: Any) -> Any:
+        parse = next(m.func for m in get_args(quantity)[1:] if isinstance(m, BeforeValidator))
+        union = Annotated[
+            Constant[quantity] | LogNormal[quantity] | Uniform[quantity] | Choice[quantity],
+            Field(discriminator="distribution"),
+        ]
+        return Annotated[union, BeforeValidator(_constant_if_scalar(quantity, parse))]
+
+
+Varying = _VaryingFactory()
+
+
+# -- churn: how long a peer stays up (session) or down (downtime) --------------------------------------
+
+
+def _churn_module() -> Any:
+    try:
+        return importlib.import_module("hivemind_sim.swarms.churn")
+    except ModuleNotFoundError:
+        return importlib.import_module("hivemind_sim.swarms.churn")
+
+
+class ExponentialTime(FrozenModel):
+    """Memoryless: a peer is as likely to leave now as after an hour."""
+
+    distribution: Literal["exponential"]
+    mean: PositiveDuration
+    """Mean length."""
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.expovariate(1 / self.mean)
+
+    def to_churn(self) -> Any:
+        return _churn_module().Exponential(mean=self.mean)
+
+
+class WeibullTime(FrozenModel):
+    """Weibull; shape < 1 gives many short sessions and a few very long ones, as measured in P2P networks."""
+
+    distribution: Literal["weibull"]
+    shape: float = Field(gt=0)
+    """Shape k (> 0; < 1: heavy tail, 1: exponential)."""
+    median: PositiveDuration | None = None
+    """Median length; give either this or `scale`."""
+    scale: PositiveDuration | None = None
+    """Scale lambda (the 63rd percentile); give either this or `median`."""
+
+    @property
+    def scale_seconds(self) -> float:
+        """The scale, from the median when that is what was given: median = scale * ln(2)^(1/shape)."""
+        if self.scale is not None:
+            return self.scale
+        return self.median / math.log(2) ** (1 / self.shape)  # type: ignore[operator]
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.weibullvariate(self.scale_seconds, self.shape)
+
+    def to_churn(self) -> Any:
+        return _churn_module().Weibull(shape=self.shape, scale=self.scale_seconds)
+
+    @model_validator(mode="after")
+    def _median_or_scale(self) -> Self:
+        if (self.median is None) == (self.scale is None):
+            raise ValueError("weibull needs exactly one of `median` and `scale`")
+        return self
+
+
+class LogNormalTime(FrozenModel):
+    """Log-normal around a median length."""
+
+    distribution: Literal["lognormal"]
+    median: PositiveDuration
+    """Median length."""
+    sigma: float = Field(ge=0)
+    """Standard deviation of the length's natural logarithm."""
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.lognormvariate(math.log(self.median), self.sigma)
+
+    def to_churn(self) -> Any:
+        return _churn_module().LogNormal(mu=math.log(self.median), sigma=self.sigma)
+
+
+class ParetoTime(FrozenModel):
+    """Pareto: never shorter than `minimum`, with a power-law tail."""
+
+    distribution: Literal["pareto"]
+    shape: float = Field(gt=0)
+    """Tail index alpha (> 0; <= 1: infinite mean)."""
+    minimum: PositiveDuration
+    """Shortest length."""
+
+    def sample(self, rng: random.Random) -> float:
+        return self.minimum * rng.paretovariate(self.shape)
+
+    def to_churn(self) -> Any:
+        return _churn_module().Pareto(shape=self.shape, minimum=self.minimum)
+
+
+ChurnTime = Annotated[
+    ExponentialTime | WeibullTime | LogNormalTime | ParetoTime, Field(discriminator="distribution")
+]
+"""A distribution of session or downtime lengths, in seconds."""
+
+
+# -- key popularity: which of the DHT workload's keys a request names ----------------------------------
+
+
+class ZipfPopularity(FrozenModel):
+    """Key i (from 0) is requested with weight 1 / (i + 1)^exponent: a few hot keys."""
+
+    distribution: Literal["zipf"]
+    exponent: float = Field(ge=0)
+    """Skew (0: uniform; ~1: web-like popularity)."""
+
+    def sampler(self, keys: int) -> Callable[[random.Random], int]:
+        """A function drawing key indices in [0, keys) (the cumulative weights are computed once)."""
+        cumulative = list(itertools.accumulate((i + 1) ** -self.exponent for i in range(keys)))
+        total = cumulative[-1]
+        return lambda rng: min(bisect.bisect_right(cumulative, rng.random() * total), keys - 1)
+
+    def sample(self, rng: random.Random, keys: int) -> int:
+        return self.sampler(keys)(rng)
+
+
+class UniformPopularity(FrozenModel):
+    """Every key equally likely."""
+
+    distribution: Literal["uniform"]
+
+    def sampler(self, keys: int) -> Callable[[random.Random], int]:
+        return lambda rng: rng.randrange(keys)
+
+    def sample(self, rng: random.Random, keys: int) -> int:
+        return rng.randrange(keys)
+
+
+Popularity = Annotated[ZipfPopularity | UniformPopularity, Field(discriminator="distribution")]
+"""How requests spread over the keys."""
