@@ -25,7 +25,7 @@ from typing import Any
 from hivemind_core.dht import DHTConfig, DHTNode
 from hivemind_core.net import TcpTransport
 from hivemind_sim import AccessLink, Simulation, Topology
-from hivemind_sim.dht_swarm import DHTSwarm
+from hivemind_sim.swarms.dht_swarm import DHTSwarm
 
 CHURN_FRACTION = 0.3
 

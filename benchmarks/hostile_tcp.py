@@ -1,7 +1,7 @@
 """Hostile peers against a real peer: how a well-behaved client fares, and the victim's memory.
 
 For each case a fresh victim (``hivemind-core serve``, default limits) runs in its own
-process (started as ``hivemind_sim.processes.rpc_peer`` would, with its log kept aside). A
+process (started as ``hivemind_sim.swarms.processes.rpc_peer`` would, with its log kept aside). A
 well-behaved client, in another process, calls ``ping`` every 20 ms from 127.0.0.1; after
 ``--before`` seconds this process attacks the victim from 127.0.0.2 for ``--during`` seconds
 (attackers reconnect whenever the victim drops them). Cases:

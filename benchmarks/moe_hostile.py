@@ -21,7 +21,7 @@ import time
 import torch
 
 from hivemind_core.net import RPC, RemoteError, TcpTransport
-from hivemind_sim.processes import expert_server
+from hivemind_sim.swarms.processes import expert_server
 
 
 def hostile_main(args: argparse.Namespace) -> None:

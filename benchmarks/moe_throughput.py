@@ -20,7 +20,7 @@ import torch
 
 from hivemind_core.moe.layers import FeedforwardBlock
 from hivemind_core.moe.server.backend import adam
-from hivemind_sim.processes import expert_server
+from hivemind_sim.swarms.processes import expert_server
 
 
 def client_main(args: argparse.Namespace) -> None:

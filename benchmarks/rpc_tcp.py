@@ -14,7 +14,7 @@ import statistics
 import time
 
 from hivemind_core.net import RPC, TcpTransport
-from hivemind_sim.processes import rpc_peer
+from hivemind_sim.swarms.processes import rpc_peer
 
 PAYLOADS = {"1KiB": 1024, "1MiB": 1024 * 1024}
 

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
-from hivemind_sim.processes import expert_server
+from hivemind_sim.swarms.processes import expert_server
 
 HIDDEN = 64
 GRID = (4, 4)

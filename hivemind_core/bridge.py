@@ -3,7 +3,7 @@
 Torch autograd calls ``forward``/``backward`` synchronously, but remote experts are reached
 through asyncio. A ``Bridge`` runs a coroutine to completion and returns its result to the
 calling thread. In real mode that is :class:`LoopThread`, an event loop on a background
-thread; simulations use a deterministic baton instead (``hivemind_sim.baton``). This module
+thread; simulations use a deterministic baton instead (``hivemind_sim.swarms.baton``). This module
 is real-mode glue, allowed to start a thread.
 """
 

@@ -14,23 +14,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .loop import SimulationStuck, VirtualTimeLoop
-    from .network import AccessLink, NetworkStats, SimNetwork
-    from .simulation import Simulation
-    from .topology import Topology
-    from .trace import TraceDigest
-    from .transport import SimTransport
+    from .world.loop import SimulationStuck, VirtualTimeLoop
+    from .world.network import AccessLink, NetworkStats, SimNetwork
+    from .world.simulation import Simulation
+    from .world.topology import Topology
+    from .world.trace import TraceDigest
+    from .world.transport import SimTransport
 
 _SUBMODULE = {
-    "SimulationStuck": "loop",
-    "VirtualTimeLoop": "loop",
-    "AccessLink": "network",
-    "NetworkStats": "network",
-    "SimNetwork": "network",
-    "Simulation": "simulation",
-    "Topology": "topology",
-    "TraceDigest": "trace",
-    "SimTransport": "transport",
+    "SimulationStuck": "world.loop",
+    "VirtualTimeLoop": "world.loop",
+    "AccessLink": "world.network",
+    "NetworkStats": "world.network",
+    "SimNetwork": "world.network",
+    "Simulation": "world.simulation",
+    "Topology": "world.topology",
+    "TraceDigest": "world.trace",
+    "SimTransport": "world.transport",
 }
 
 __all__ = [

@@ -9,14 +9,21 @@ from collections.abc import Sequence
 
 from hivemind_core import __version__
 
-SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib"}  # what `pip install 'hivemind-sim[sim]'` adds
+SIM_EXTRA = {
+    "simpy",
+    "networkx",
+    "rich",
+    "matplotlib",
+    "pydantic",
+    "yaml",
+}  # what `pip install 'hivemind-sim[sim]'` adds
 
 try:
     from rich.console import Console
     from rich.table import Table
 
-    from .demo import SwarmConfig, run_swarm
-    from .moe_swarm import MoESwarmConfig, run_moe_swarm
+    from .swarms.demo import SwarmConfig, run_swarm
+    from .swarms.moe_swarm import MoESwarmConfig, run_moe_swarm
 except ModuleNotFoundError as error:  # a real peer's install: the core without the simulator
     MISSING_EXTRA: str | None = (error.name or "").partition(".")[0]
     if MISSING_EXTRA not in SIM_EXTRA:

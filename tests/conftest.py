@@ -21,8 +21,8 @@ from hivemind_core.moe.client import MoEClient
 from hivemind_core.moe.server import ComputeExecutor, DeviceThread, ExpertBackend, ExpertServer
 from hivemind_core.net import RPC, TcpTransport, Transport
 from hivemind_sim import AccessLink, SimTransport, Simulation
-from hivemind_sim.baton import Baton
-from hivemind_sim.compute import SimulatedDevice
+from hivemind_sim.swarms.baton import Baton
+from hivemind_sim.swarms.compute import SimulatedDevice
 
 # Property tests: a quick profile by default, HYPOTHESIS_PROFILE=thorough for a long hunt.
 settings.register_profile(

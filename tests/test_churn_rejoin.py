@@ -14,8 +14,8 @@ import pytest
 
 from hivemind_core.dht import StoreItem
 from hivemind_sim import Simulation, Topology
-from hivemind_sim.churn import ChurnModel, Exponential
-from hivemind_sim.dht_swarm import DHTSwarm
+from hivemind_sim.swarms.churn import ChurnModel, Exponential
+from hivemind_sim.swarms.dht_swarm import DHTSwarm
 
 SHORT_DOWNTIMES = ChurnModel(session=Exponential(60), downtime=Exponential(0.05), graceful_fraction=0.8)
 

@@ -43,7 +43,7 @@ def test_another_seed_gives_another_digest() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_repeated_runs_in_one_process_agree(seed: int) -> None:
-    from hivemind_sim.demo import SwarmConfig, run_swarm
+    from hivemind_sim.swarms.demo import SwarmConfig, run_swarm
 
     config = SwarmConfig(peers=40, rpcs_per_peer=5, seed=seed)
     first, second = run_swarm(config), run_swarm(config)

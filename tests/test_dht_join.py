@@ -23,7 +23,7 @@ from hivemind_core.dht.routing import Contact, RoutingTable
 from hivemind_core.dht.storage import DHTRecord, LocalStorage
 from hivemind_core.net import TcpTransport
 from hivemind_sim import AccessLink, Simulation, Topology
-from hivemind_sim.dht_swarm import DHTSwarm
+from hivemind_sim.swarms.dht_swarm import DHTSwarm
 
 LINKS = [
     AccessLink(uplink_bps=20e6, downlink_bps=100e6, latency=0.015),  # home

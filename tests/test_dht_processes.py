@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from hivemind_core.dht import DHT, BootstrapError
-from hivemind_sim.processes import PeerProcess, dht_peer
+from hivemind_sim.swarms.processes import PeerProcess, dht_peer
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 from hivemind_core.dht import DHTConfig, StoreItem
 from hivemind_sim import AccessLink, Simulation, Topology
-from hivemind_sim.churn import ChurnModel, Weibull
-from hivemind_sim.dht_swarm import DHTSwarm
+from hivemind_sim.swarms.churn import ChurnModel, Weibull
+from hivemind_sim.swarms.dht_swarm import DHTSwarm
 
 LINKS = [
     AccessLink(uplink_bps=20e6, downlink_bps=100e6, latency=0.015),  # home

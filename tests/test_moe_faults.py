@@ -16,7 +16,7 @@ import torch
 
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
-from hivemind_sim.processes import PeerProcess, expert_server
+from hivemind_sim.swarms.processes import PeerProcess, expert_server
 
 HID = 32
 

@@ -21,8 +21,8 @@ from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtur
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import expand_pattern
 from hivemind_sim import AccessLink, Simulation
-from hivemind_sim.baton import Baton
-from hivemind_sim.compute import SimulatedDevice
+from hivemind_sim.swarms.baton import Baton
+from hivemind_sim.swarms.compute import SimulatedDevice
 
 HID, GRID, SERVERS = 8, (3, 4), 6
 LINK = AccessLink(uplink_bps=1e8, downlink_bps=1e8, latency=0.005)

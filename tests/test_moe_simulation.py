@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hivemind_sim.moe_swarm import MoESwarmConfig, run_moe_swarm
+from hivemind_sim.swarms.moe_swarm import MoESwarmConfig, run_moe_swarm
 
 
 def test_thirty_two_servers_and_eight_trainers_train_reproducibly_through_crashes() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml"}  # distribution -> module, where they differ
-SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib"}
+SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib", "pydantic", "yaml"}
 
 
 def module_names(requirements: list[str]) -> set[str]:

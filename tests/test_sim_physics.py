@@ -11,7 +11,7 @@ import pytest
 from hivemind_core.net import PeerUnavailable, RequestTimeout, TransportClosed
 from hivemind_core.net.frames import HEADER_SIZE
 from hivemind_sim import AccessLink, Simulation, SimulationStuck, Topology
-from hivemind_sim.network import PeerState
+from hivemind_sim.world.network import PeerState
 
 BACKBONE_LATENCY = 0.040
 

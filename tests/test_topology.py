@@ -8,7 +8,7 @@ import networkx as nx
 import pytest
 
 from hivemind_sim import Topology
-from hivemind_sim.topology import WORLD_REGIONS_RTT_MS
+from hivemind_sim.world.topology import WORLD_REGIONS_RTT_MS
 
 
 def test_world_regions_use_half_the_rtt_and_route_through_shortcuts() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import simpy
 
-from .simulation import Simulation
+from ..world.simulation import Simulation
 
 
 class Distribution(abc.ABC):

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 from hivemind_core.net import RPC, TransportClosed, TransportError
 
-from .network import AccessLink
-from .simulation import Simulation
-from .topology import Topology
+from ..world.network import AccessLink
+from ..world.simulation import Simulation
+from ..world.topology import Topology
 
 LINK_PROFILES: dict[str, AccessLink] = {
     "home": AccessLink(uplink_bps=20e6, downlink_bps=100e6, latency=0.015),

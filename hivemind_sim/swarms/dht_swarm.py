@@ -14,9 +14,9 @@ from typing import Any
 
 from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode, Identity
 
+from ..world.network import AccessLink
+from ..world.simulation import Simulation
 from .churn import ChurnModel, start_churn
-from .network import AccessLink
-from .simulation import Simulation
 
 
 class DHTSwarm:

@@ -21,12 +21,12 @@ from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import expand_pattern
 
+from ..world.network import AccessLink
+from ..world.simulation import Simulation
+from ..world.topology import Topology
 from .baton import Baton
 from .compute import DeviceModel, SimulatedDevice
 from .dht_swarm import DHTSwarm
-from .network import AccessLink
-from .simulation import Simulation
-from .topology import Topology
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
 
     It has no sockets: code that tries to open one fails, which is the point (core code
     reaches the network through a Transport). ``simulation`` is set by the owning
-    :class:`~hivemind_sim.simulation.Simulation`.
+    :class:`~hivemind_sim.world.simulation.Simulation`.
     """
 
     def __init__(self, env: simpy.Environment) -> None:

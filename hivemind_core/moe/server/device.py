@@ -3,7 +3,7 @@
 An expert server never computes on its event loop: it hands each batch to an executor. In
 real mode that is :class:`DeviceThread`, one worker thread per device (torch releases the
 GIL, so the loop keeps serving the network meanwhile). Simulations run batches inline and
-advance virtual time by a modelled duration instead (``hivemind_sim.compute``).
+advance virtual time by a modelled duration instead (``hivemind_sim.swarms.compute``).
 """
 
 from __future__ import annotations
