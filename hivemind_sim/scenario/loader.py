@@ -9,7 +9,9 @@ line). A value that came from an override is reported against its `--set`, not a
 
 from __future__ import annotations
 
+import csv
 import difflib
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .schema import Scenario, ScenarioProblems
+from .schema import PeerGroup, Scenario, ScenarioProblems
+from .units import parse_duration
 
 Loc = tuple[str | int, ...]
 _DISCRIMINATORS = ("distribution", "action")
@@ -80,10 +83,14 @@ def parse_scenario(
     data.setdefault("name", Path(filename).stem)
     context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
     try:
-        return Scenario.model_validate(data, context=context)
+        scenario = Scenario.model_validate(data, context=context)
     except ValidationError as error:
         mapper = _Locator(filename, node, data, overridden)
         raise ScenarioError(sorted(mapper.problems(error), key=lambda p: (p.line, p.path))) from None
+    for group in scenario.peers:
+        if group.churn is not None and group.churn.trace is not None:
+            read_churn_trace(group)  # its problems name the CSV file and line
+    return scenario
 
 
 def dump_resolved(scenario: Scenario) -> str:
@@ -91,7 +98,29 @@ def dump_resolved(scenario: Scenario) -> str:
     data = scenario.model_dump(mode="json", exclude_none=True)
     data["events"] = [{"action": event.pop("action"), **event} for event in data.get("events", [])]
     header = "# resolved scenario: every default filled in; run it again to repeat this run exactly\n"
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except for short leaves (`select: {group: servers}`, `grid: [8, 8]`)."""
+
+    def represent_dict(self, data: Any) -> yaml.Node:
+        node = super().represent_dict(data)
+        node.flow_style = _is_leaf(data.values()) and len(data) <= 4
+        return node
+
+    def represent_list(self, data: Any) -> yaml.Node:
+        node = super().represent_list(data)
+        node.flow_style = _is_leaf(data) and len(data) <= 8
+        return node
+
+
+def _is_leaf(values: Any) -> bool:
+    return all(not isinstance(v, dict | list) for v in values)
+
+
+_Dumper.add_representer(dict, _Dumper.represent_dict)
+_Dumper.add_representer(list, _Dumper.represent_list)
 
 
 # ---- YAML -------------------------------------------------------------------------------------------
@@ -172,7 +201,7 @@ def _members(tp: Any) -> list[Any]:
     """The non-None alternatives of a union (or the type itself)."""
     tp = _strip(tp)
     if get_origin(tp) in (Union, UnionType):
-        return [_strip(member) for member in get_args(tp) if member is not NoneType]
+        return [inner for member in get_args(tp) if member is not NoneType for inner in _members(member)]
     return [tp]
 
 
@@ -349,6 +378,11 @@ class _Locator:
         if kind == "too_short":
             return self.problem(clean, f"needs at least {ctx['min_length']} item(s)")
         if kind in ("model_type", "dict_type", "model_attributes_type"):
+            tagged = [_tag(m) for m in (picked if isinstance(picked, list) else []) if _is_model(m) and _tag(m)]
+            if tagged:
+                choices = ", ".join(f"`{tag}`" for _, tag in tagged)
+                message = f"expected a mapping with `{tagged[0][0]}` (one of {choices}) and its parameters"
+                return self.problem(clean, f"{message}, got {_show(raw)}")
             return self.problem(clean, f"expected a mapping of keys, got {_show(raw)}")
         if kind in ("tuple_type", "list_type"):
             return self.problem(clean, f"expected a list, got {_show(raw)}")
@@ -435,3 +469,65 @@ def _list_index(items: list[Any], part: str, here: str) -> int:
     raise _OverrideError(
         f"{here}.{part}", f"no item `{part}` in `{here}` (an index from 0, or a name){_suggest(part, known)}"
     )
+
+
+# ---- churn traces ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceSession:
+    """One stay of a peer, from a churn trace: up from ``join`` to ``leave`` (None: to the end)."""
+
+    peer: str
+    join: float
+    leave: float | None
+
+
+def read_churn_trace(group: PeerGroup) -> list[TraceSession]:
+    """The sessions of a group's churn trace (CSV `peer,join,leave`), sorted by join time.
+
+    Times are seconds from the start of the measured window (units allowed: `90s`, `2m`); an empty
+    `leave` means the peer stays to the end. Peers must be the group's (`<group>-<index>`) and
+    one peer's sessions must not overlap. Raises ``ScenarioError`` naming the file and line.
+    """
+    assert group.churn is not None and group.churn.trace is not None
+    path = group.churn.trace
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError([Problem(str(path), "", f"cannot read the churn trace: {error}")]) from None
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    if header != ["peer", "join", "leave"]:
+        got = ",".join(header)
+        raise ScenarioError(
+            [Problem(f"{path}:1", "", f"expected the header `peer,join,leave`, got `{got}`", 1)]
+        )
+    problems: list[Problem] = []
+    parsed: list[tuple[int, TraceSession]] = []
+    for number, row in enumerate(rows[1:], start=2):
+        if any(cell.strip() for cell in row):
+            try:
+                parsed.append((number, _trace_row(row, group)))
+            except ValueError as error:
+                problems.append(Problem(f"{path}:{number}", "", str(error), number))
+    parsed.sort(key=lambda item: (item[1].peer, item[1].join))
+    for (_, before), (number, after) in itertools.pairwise(parsed):
+        if before.peer == after.peer and (before.leave is None or after.join < before.leave):
+            message = f"`{after.peer}` joins at {after.join} s, before its session from {before.join} s ended"
+            problems.append(Problem(f"{path}:{number}", "", message, number))
+    if problems:
+        raise ScenarioError(sorted(problems, key=lambda problem: problem.line))
+    return sorted((session for _, session in parsed), key=lambda session: (session.join, session.peer))
+
+
+def _trace_row(row: list[str], group: PeerGroup) -> TraceSession:
+    if len(row) != 3:
+        raise ValueError(f"expected 3 columns `peer,join,leave`, got {len(row)}")
+    peer, join_text, leave_text = (cell.strip() for cell in row)
+    if not peer.startswith(f"{group.group}-") or peer not in group.peer_names():
+        raise ValueError(f"no peer `{peer}` in group `{group.group}` ({group.group}-0 to -{group.count - 1})")
+    join = parse_duration(join_text)
+    leave = parse_duration(leave_text) if leave_text else None
+    if leave is not None and leave <= join:
+        raise ValueError(f"leave `{leave_text}` is not after join `{join_text}`")
+    return TraceSession(peer, join, leave)
