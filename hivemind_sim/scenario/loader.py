@@ -378,7 +378,9 @@ class _Locator:
         if kind == "too_short":
             return self.problem(clean, f"needs at least {ctx['min_length']} item(s)")
         if kind in ("model_type", "dict_type", "model_attributes_type"):
-            tagged = [_tag(m) for m in (picked if isinstance(picked, list) else []) if _is_model(m) and _tag(m)]
+            tagged = [
+                _tag(m) for m in (picked if isinstance(picked, list) else []) if _is_model(m) and _tag(m)
+            ]
             if tagged:
                 choices = ", ".join(f"`{tag}`" for _, tag in tagged)
                 message = f"expected a mapping with `{tagged[0][0]}` (one of {choices}) and its parameters"

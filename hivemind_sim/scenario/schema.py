@@ -181,12 +181,11 @@ class Hardware(FrozenModel):
     """Speed of a trainer's own local layers (its forward and backward take virtual time);
     default: the same as `device` (filled in on loading, so never null after it)."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _trainer_device_defaults_to_device(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("trainer_device") is None:
-            return {**data, "trainer_device": data.get("device", Constant[Compute](value=10e12))}
-        return data
+    @model_validator(mode="after")
+    def _trainer_device_defaults_to_device(self) -> Self:
+        if self.trainer_device is None:
+            self.__dict__["trainer_device"] = self.device  # frozen: set once, while being built
+        return self
 
 
 class Churn(FrozenModel):
@@ -301,7 +300,7 @@ class PeerGroup(FrozenModel):
 
 
 class Selector(FrozenModel):
-    """Which peers an event acts on; the keys given intersect (`{group: servers, region: eu}`)."""
+    """Which peers an event acts on; the keys given intersect (`{group: servers, region: eu-west}`)."""
 
     group: str | None = None
     """Peers of this group."""
@@ -326,6 +325,8 @@ class Selector(FrozenModel):
 
 
 class _Event(FrozenModel):
+    """A timeline entry: what happens (`action`), when, for how long, and to which peers."""
+
     name: Annotated[str, _check_name("event name")] | None = None
     """Name used by assertions (`... during <name>`); unique."""
     at: Duration
@@ -336,6 +337,8 @@ class _Event(FrozenModel):
 
 
 class _SelectingEvent(_Event):
+    """A timeline entry: what happens (`action`), when, for how long, and to which peers."""
+
     select: Selector
     """The peers it acts on."""
 
@@ -344,30 +347,35 @@ class CrashEvent(_SelectingEvent):
     """The selected peers' machines die: no goodbye; undone: they restart with the same identity."""
 
     action: Literal["crash"]
+    """Selects this action."""
 
 
 class LeaveEvent(_SelectingEvent):
     """The selected peers leave gracefully (hand their records on); undone: they rejoin."""
 
     action: Literal["leave"]
+    """Selects this action."""
 
 
 class FreezeEvent(_SelectingEvent):
     """The selected peers stop answering but keep their connections (like SIGSTOP); undone: they resume."""
 
     action: Literal["freeze"]
+    """Selects this action."""
 
 
 class RestartEvent(_SelectingEvent):
     """The selected peers crash and restart at once with the same identity (state is lost)."""
 
     action: Literal["restart"]
+    """Selects this action."""
 
 
 class PartitionEvent(_Event):
     """The network splits: peers in different sides cannot reach each other; undone: healed."""
 
     action: Literal["partition"]
+    """Selects this action."""
     sides: tuple[Selector, ...] = Field(min_length=1)
     """Each side's peers; the peers in no side form one more side."""
 
@@ -376,12 +384,14 @@ class HealEvent(_Event):
     """Ends every active partition."""
 
     action: Literal["heal"]
+    """Selects this action."""
 
 
 class DegradeEvent(_SelectingEvent):
     """The selected peers' access links get worse; undone: restored."""
 
     action: Literal["degrade"]
+    """Selects this action."""
     latency: Duration = 0.0
     """Added one-way latency."""
     loss: Fraction = 0.0
@@ -400,6 +410,7 @@ class SlowComputeEvent(_SelectingEvent):
     """The selected peers' devices get `factor` times slower; undone: normal speed."""
 
     action: Literal["slow_compute"]
+    """Selects this action."""
     factor: float = Field(ge=1)
     """Slowdown: every compute duration is multiplied by it."""
 
@@ -408,6 +419,7 @@ class MisbehaveEvent(_SelectingEvent):
     """The selected peers' experts return bad outputs; undone: correct again."""
 
     action: Literal["misbehave"]
+    """Selects this action."""
     output: Literal["nan", "garbage"]
     """`nan`: outputs full of NaN; `garbage`: well-formed tensors of random numbers."""
 
@@ -563,7 +575,7 @@ class Assertion(FrozenModel):
     """`<metric> <op> <threshold> [during <event>]`, e.g. `moe.step.p99 <= 3s during crash-wave`."""
 
     metric: str
-    """A summary key (docs/scenarios.md lists them)."""
+    """A summary key such as `dht.get.success_rate` (docs/scenarios.md lists them all)."""
     op: Literal["<=", ">=", "==", "!=", "<", ">"]
     """Comparison."""
     threshold: float
@@ -680,11 +692,11 @@ class Scenario(FrozenModel):
                     f"{format_duration(event.at)} is not before the end of the measured window "
                     f"(duration {format_duration(self.duration)})",
                 )
-            if isinstance(event, HealEvent):
-                if event.duration is not None:
-                    yield (*loc, "duration"), "a heal cannot be undone: no `duration`"
-                if not any(isinstance(e, PartitionEvent) and e.at <= event.at for e in self.events):
-                    yield (*loc, "at"), "heal with no partition at or before it"
+            if isinstance(event, HealEvent | RestartEvent) and event.duration is not None:
+                yield (*loc, "duration"), f"a {event.action} is over at once: it takes no `duration`"
+            partitioned = any(isinstance(e, PartitionEvent) and e.at <= event.at for e in self.events)
+            if isinstance(event, HealEvent) and not partitioned:
+                yield (*loc, "at"), "heal with no partition at or before it"
             selectors = (
                 [((*loc, "sides", i), side) for i, side in enumerate(event.sides)]
                 if isinstance(event, PartitionEvent)

@@ -296,6 +296,7 @@ class Constant(FrozenModel, Generic[Q]):
     """The same value for every peer; written as the plain quantity (`20Mbit/s`)."""
 
     distribution: Literal["constant"] = "constant"
+    """Selects this distribution."""
     value: Q
     """The value."""
 
@@ -311,6 +312,7 @@ class LogNormal(FrozenModel, Generic[Q]):
     """Log-normal around a median: half the peers below it, a long tail above."""
 
     distribution: Literal["lognormal"]
+    """Selects this distribution."""
     median: Q
     """The median value (> 0)."""
     sigma: float = Field(ge=0)
@@ -330,6 +332,7 @@ class Uniform(FrozenModel, Generic[Q]):
     """Uniform between two bounds."""
 
     distribution: Literal["uniform"]
+    """Selects this distribution."""
     low: Q
     """Lower bound."""
     high: Q
@@ -349,6 +352,7 @@ class Choice(FrozenModel, Generic[Q]):
     """One of a few values, optionally weighted (a mix of hardware classes)."""
 
     distribution: Literal["choice"]
+    """Selects this distribution."""
     values: tuple[Q, ...] = Field(min_length=1)
     """The values to pick from."""
     weights: tuple[float, ...] | None = None
@@ -407,6 +411,7 @@ class ExponentialTime(FrozenModel):
     """Memoryless: a peer is as likely to leave now as after an hour."""
 
     distribution: Literal["exponential"]
+    """Selects this distribution."""
     mean: PositiveDuration
     """Mean length."""
 
@@ -421,6 +426,7 @@ class WeibullTime(FrozenModel):
     """Weibull; shape < 1 gives many short sessions and a few very long ones, as measured in P2P networks."""
 
     distribution: Literal["weibull"]
+    """Selects this distribution."""
     shape: float = Field(gt=0)
     """Shape k (> 0; < 1: heavy tail, 1: exponential)."""
     median: PositiveDuration | None = None
@@ -452,6 +458,7 @@ class LogNormalTime(FrozenModel):
     """Log-normal around a median length."""
 
     distribution: Literal["lognormal"]
+    """Selects this distribution."""
     median: PositiveDuration
     """Median length."""
     sigma: float = Field(ge=0)
@@ -468,6 +475,7 @@ class ParetoTime(FrozenModel):
     """Pareto: never shorter than `minimum`, with a power-law tail."""
 
     distribution: Literal["pareto"]
+    """Selects this distribution."""
     shape: float = Field(gt=0)
     """Tail index alpha (> 0; <= 1: infinite mean)."""
     minimum: PositiveDuration
@@ -493,6 +501,7 @@ class ZipfPopularity(FrozenModel):
     """Key i (from 0) is requested with weight 1 / (i + 1)^exponent: a few hot keys."""
 
     distribution: Literal["zipf"]
+    """Selects this distribution."""
     exponent: float = Field(ge=0)
     """Skew (0: uniform; ~1: web-like popularity)."""
 
@@ -510,6 +519,7 @@ class UniformPopularity(FrozenModel):
     """Every key equally likely."""
 
     distribution: Literal["uniform"]
+    """Selects this distribution."""
 
     def sampler(self, keys: int) -> Callable[[random.Random], int]:
         return lambda rng: rng.randrange(keys)
