@@ -398,6 +398,20 @@ def test_bad_quantity_inside_a_distribution() -> None:
             " known: alpha, beta, max_latency",
         ),
         (
+            "events:\n  - {at: 1m, action: crash, select: {region: eu}}\n",
+            "s.yaml:14: events.0.select.region: no topology node `eu` in world_regions"
+            " (nodes: asia-east, asia-south, eu-central, eu-west, oceania, sa-east, us-east, us-west)",
+        ),
+        (
+            "topology: {kind: waxman, nodes: 3}\n"
+            "events:\n  - {at: 1m, action: crash, select: {region: '1'}}\n",
+            "s.yaml:15: events.0.select.region: routers are numbers: write 1 without quotes",
+        ),
+        (
+            "events:\n  - {at: 1m, action: crash, selct: {group: servers}}\n",
+            "s.yaml:14: events.0.selct: unknown key `selct` (did you mean `select`?)",
+        ),
+        (
             "topology: {kind: barabasi_albert}\n",
             "s.yaml:13: topology.nodes: a barabasi_albert topology needs `nodes`",
         ),
@@ -511,10 +525,7 @@ def test_load_scenario_names_the_file(tmp_path: Path) -> None:
     path.write_text(MINIMAL.replace("name: t\n", "").replace("count: 4", "cout: 4"))
     with pytest.raises(ScenarioError) as caught:
         load_scenario(path)
-    assert str(caught.value).splitlines() == [
-        f"{path}:4: peers.0.count: missing required key `count`",
-        f"{path}:6: peers.0.cout: unknown key `cout` (did you mean `count`?)",
-    ]
+    assert str(caught.value) == f"{path}:6: peers.0.cout: unknown key `cout` (did you mean `count`?)"
     path.write_text(MINIMAL.replace("name: t\n", ""))
     assert load_scenario(path).name == "quick"  # the default name is the file's stem
     with pytest.raises(ScenarioError, match="cannot read the scenario"):
@@ -526,7 +537,7 @@ def test_load_scenario_names_the_file(tmp_path: Path) -> None:
 
 def test_overrides_reach_the_model() -> None:
     scenario = parse_scenario(
-        MINIMAL,
+        MINIMAL + "events:\n  - {name: wave, at: 1m, action: crash, select: {group: servers}}\n",
         overrides=[
             "seed=7",
             "peers.0.count=8",
@@ -534,10 +545,11 @@ def test_overrides_reach_the_model() -> None:
             "duration=10m",
             "peers.0.link.uplink={distribution: lognormal, median: 20Mbit/s, sigma: 0.5}",
             "workload.dht.keys=10",  # creates the section
+            "events.wave.at=2m",
             "assertions=[dht.get.success_rate >= 0.9]",
         ],
     )
-    assert scenario.seed == 7 and scenario.duration == 600
+    assert scenario.seed == 7 and scenario.duration == 600 and scenario.events[0].at == 120
     assert scenario.peers[0].count == 8 and scenario.group("trainers").concurrent_batches == 3
     assert (
         scenario.peers[0].link.uplink is not None
@@ -589,7 +601,7 @@ peers:
   - group: servers
     role: server
     count: 6
-    regions: ["0", "1"]
+    regions: [0, 1]
     link:
       uplink: {distribution: lognormal, median: 20Mbit/s, sigma: 0.5}
       downlink: 100Mbit/s
@@ -614,12 +626,12 @@ peers:
   - {group: dht, role: dht, count: 10, join_at: 1m, churn: {trace: trace.csv}}
 events:
   - {name: crash-wave, at: 2m, duration: 30s, action: crash, select: {group: servers, fraction: 25%}}
-  - {name: split, at: 3m, action: partition, sides: [{group: servers}, {region: "1"}]}
+  - {name: split, at: 3m, action: partition, sides: [{group: servers}, {region: 1}]}
   - {at: 4m, action: heal}
   - {at: 1m, action: degrade, latency: 100ms, loss: 5%, bandwidth: 1Mbit/s, select: {role: peer}}
   - {at: 1m, action: slow_compute, factor: 10, select: {peers: [peers-1]}}
   - {at: 1m, action: misbehave, output: nan, select: {group: servers, count: 2}}
-  - {at: 1m, action: freeze, duration: 0.1s, select: {region: "0", role: dht}}
+  - {at: 1m, action: freeze, duration: 0.1s, select: {region: 0, role: dht}}
   - {at: 1m, action: leave, select: {group: dht, fraction: 0.1}}
   - {at: 1m, action: restart, select: {group: dht, count: 1}}
 workload:

@@ -301,6 +301,12 @@ def _clean(loc: Loc, data: Any) -> tuple[Loc, Any]:
 # ---- validation errors -> problems ----------------------------------------------------------------------
 
 
+def _misspelt(missing: Loc, unknown: Sequence[Loc]) -> bool:
+    """Whether a missing key was written, misspelt, beside it (so one message is enough)."""
+    beside = [str(loc[-1]) for loc in unknown if loc[:-1] == missing[:-1]]
+    return bool(difflib.get_close_matches(str(missing[-1]), beside, n=1, cutoff=0.6))
+
+
 def _suggest(word: object, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
@@ -326,10 +332,13 @@ class _Locator:
         found: list[Problem] = []
         details = error.errors(include_url=False)
         failed = [tuple(detail["loc"]) for detail in details]
+        unknown = [tuple(d["loc"]) for d in details if d["type"] == "extra_forbidden"]
         for detail in details:
             loc = tuple(detail["loc"])
             if detail["type"] == "too_short" and any(f[: len(loc)] == loc and f != loc for f in failed):
                 continue  # "no items after validation" only repeats that every item failed
+            if detail["type"] == "missing" and _misspelt(loc, unknown):
+                continue  # "unknown key `cout` (did you mean `count`?)" says it already
             cause = detail.get("ctx", {}).get("error")
             if isinstance(cause, ScenarioProblems):
                 clean, _ = _clean(loc, self.data)

@@ -151,6 +151,16 @@ class Topology(FrozenModel):
             raise ScenarioProblems(problems)
         return self
 
+    def known_nodes(self) -> list[str | int] | None:
+        """The backbone's node names, when known without reading a file."""
+        if self.kind == "world_regions":
+            from hivemind_sim import Topology as World  # lazy: networkx loads only when needed
+
+            return sorted(World.world_regions().nodes)
+        if self.nodes is not None:
+            return list(range(self.nodes))
+        return None
+
     def param(self, key: str, default: Any = None) -> Any:
         """A generator parameter in its base unit (latencies in seconds), or ``default``."""
         return TOPOLOGY_PARAMS[self.kind][key](self.params[key]) if key in self.params else default
@@ -246,8 +256,9 @@ class PeerGroup(FrozenModel):
     `peer`: hosts experts and trains."""
     count: int = Field(ge=1)
     """How many peers."""
-    regions: tuple[str, ...] | None = Field(default=None, min_length=1)
-    """Topology nodes to place the peers on, round-robin; null: all nodes."""
+    regions: tuple[str | int, ...] | None = Field(default=None, min_length=1)
+    """Topology nodes to place the peers on, round-robin (world regions by name, generated graphs'
+    routers by number from 0); null: all nodes."""
     join_at: Duration | None = None
     """When the group's peers join, all at once, from the start of the measured window (a flash
     crowd); null: during the warmup."""
@@ -306,8 +317,8 @@ class Selector(FrozenModel):
     """Peers of this group."""
     role: Role | None = None
     """Peers of groups with this role."""
-    region: str | None = None
-    """Peers placed on this topology node."""
+    region: str | int | None = None
+    """Peers placed on this topology node (a world region's name, a generated router's number)."""
     peers: tuple[str, ...] | None = None
     """These peers, by name (`servers-3`)."""
     fraction: Fraction | None = None
@@ -638,7 +649,10 @@ class Scenario(FrozenModel):
     """Checks on the run's metrics; each is pass, fail or unknown (never observed)."""
 
     def group(self, name: str) -> PeerGroup:
-        return next(group for group in self.peers if group.group == name)
+        for group in self.peers:
+            if group.group == name:
+                return group
+        raise KeyError(f"no group {name!r}")
 
     @property
     def total_peers(self) -> int:
@@ -646,7 +660,12 @@ class Scenario(FrozenModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
-        problems = [*self._check_groups(), *self._check_events(), *self._check_assertions()]
+        problems = [
+            *self._check_groups(),
+            *self._check_regions(),
+            *self._check_events(),
+            *self._check_assertions(),
+        ]
         if problems:
             raise ScenarioProblems(problems)
         return self
@@ -677,6 +696,37 @@ class Scenario(FrozenModel):
                     f"peers host {hosted} experts but the grid {list(training.grid)} has only "
                     f"{training.experts_in_grid}",
                 )
+
+    def _check_regions(self) -> Iterator[tuple[Loc, str]]:
+        """Region names exist (world regions) or router numbers are in range (generated graphs);
+        a graph file's nodes are checked when it is read."""
+        known = self.topology.known_nodes()
+        if known is None:
+            return
+        used: list[tuple[Loc, str | int]] = [
+            (("peers", i, "regions", j), region)
+            for i, group in enumerate(self.peers)
+            for j, region in enumerate(group.regions or ())
+        ]
+        for i, event in enumerate(self.events):
+            sides = event.sides if isinstance(event, PartitionEvent) else ()
+            selectors = [("sides", j, side) for j, side in enumerate(sides)]
+            if isinstance(event, _SelectingEvent):
+                selectors.append(("select", None, event.select))
+            for key, j, selector in selectors:
+                if selector.region is not None:
+                    where = ("events", i, key, j) if j is not None else ("events", i, key)
+                    used.append(((*where, "region"), selector.region))
+        for loc, region in used:
+            if isinstance(region, str) and region.isdigit() and int(region) in known:
+                yield loc, f"routers are numbers: write {region} without quotes"
+            elif region not in known:
+                names = [str(node) for node in known]
+                hint = (
+                    _suggest(str(region), names)
+                    or f" (nodes: {', '.join(names[:8])}{'...' * (len(names) > 8)})"
+                )
+                yield loc, f"no topology node `{region}` in {self.topology.kind}{hint}"
 
     def _check_events(self) -> Iterator[tuple[Loc, str]]:
         names: set[str] = set()
