@@ -388,6 +388,15 @@ def test_bad_quantity_inside_a_distribution() -> None:
             "s.yaml:16: assertions.0: `during crash-wav`: no event named so (did you mean `crash-wave`?)",
         ),
         (
+            "assertions:\n  - train.loss.final < nan\n",
+            "s.yaml:14: assertions.0.threshold: expected a threshold like `0.99`, `99%`, `3s`, got `nan`",
+        ),
+        (
+            "assertions:\n  - {metric: moe.step.p99, op: '<', threshold: 3 parsecs}\n",
+            "s.yaml:14: assertions.0.threshold: expected a threshold like `0.99`, `99%`, `3s`,"
+            " got `3 parsecs`",
+        ),
+        (
             "assertions:\n  - loss is low\n",
             "s.yaml:14: assertions.0: expected `<metric> <op> <threshold> [during <event>]` like"
             " `dht.get.success_rate >= 0.99`, got `loss is low`",
@@ -557,6 +566,8 @@ def test_overrides_reach_the_model() -> None:
     )
     assert scenario.workload.dht is not None and scenario.workload.dht.keys == 10
     assert scenario.assertions == (Assertion(metric="dht.get.success_rate", op=">=", threshold=0.9),)
+    mapping = {"metric": "moe.step.p99", "op": "<=", "threshold": "250ms", "during": "wave"}
+    assert Assertion.model_validate(mapping) == Assertion.model_validate("moe.step.p99 <= 0.25 during wave")
 
 
 @pytest.mark.parametrize(

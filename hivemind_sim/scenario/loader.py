@@ -65,7 +65,7 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
 def parse_scenario(
     text: str,
     *,
-    filename: str = "<scenario>",
+    filename: str = "scenario.yaml",
     base_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
 ) -> Scenario:

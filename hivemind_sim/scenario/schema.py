@@ -13,12 +13,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -552,7 +553,6 @@ class Workload(FrozenModel):
 
 # ---- assertions ----------------------------------------------------------------------------------
 
-OPS = ("<=", ">=", "==", "!=", "<", ">")
 _ASSERTION = re.compile(
     r"\s*(?P<metric>[\w.\-]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<threshold>\S+)\s*(?:during\s+(?P<during>\S+)\s*)?"
 )
@@ -562,7 +562,7 @@ EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
 COUNTER_METRICS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
 
 
-def metric_names(groups: Iterator[str] | tuple[str, ...] = ()) -> frozenset[str]:
+def metric_names(groups: Iterable[str] = ()) -> frozenset[str]:
     """Every summary key an assertion may name (see docs/scenarios.md, "Metrics")."""
     names = {f"{event}.{stat}" for event in EVENT_METRICS for stat in EVENT_STATS}
     names |= {"dht.get.hops.mean", "train.loss.first", "train.loss.final", "train.loss.min"}
@@ -572,14 +572,18 @@ def metric_names(groups: Iterator[str] | tuple[str, ...] = ()) -> frozenset[str]
     return frozenset(names)
 
 
-def parse_threshold(text: str) -> float:
-    """A number in the metric's base unit: `0.99`, `99%`, `3s`, `250ms`, `64KiB`, `10Mbit/s`."""
+def parse_threshold(value: object) -> float:
+    """A finite number in the metric's base unit: `0.99`, `-1`, `99%`, `3s`, `250ms`, `64KiB`, `10Mbit/s`."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
     for parse in (float, parse_fraction, parse_duration, parse_size, parse_bandwidth):
         try:
-            return float(parse(text))
-        except ValueError:
+            number = float(parse(value))
+        except (TypeError, ValueError):
             continue
-    raise ValueError(f"expected a threshold like `0.99`, `99%`, `3s`, got `{text}`")
+        if math.isfinite(number):
+            return number
+    raise ValueError(f"expected a threshold like `0.99`, `99%`, `3s`, got `{value}`")
 
 
 class Assertion(FrozenModel):
@@ -589,7 +593,7 @@ class Assertion(FrozenModel):
     """A summary key such as `dht.get.success_rate` (docs/scenarios.md lists them all)."""
     op: Literal["<=", ">=", "==", "!=", "<", ">"]
     """Comparison."""
-    threshold: float
+    threshold: Annotated[float, BeforeValidator(parse_threshold)]
     """In the metric's base unit (seconds, fractions, counts); units are accepted."""
     during: str | None = None
     """Only samples taken while this named event was active; null: the whole measured window."""
@@ -605,7 +609,7 @@ class Assertion(FrozenModel):
                 f"expected `<metric> <op> <threshold> [during <event>]` like "
                 f"`dht.get.success_rate >= 0.99`, got `{data}`"
             )
-        return {**match.groupdict(), "threshold": parse_threshold(match["threshold"])}
+        return match.groupdict()
 
     @model_serializer
     def _as_text(self) -> str:
