@@ -10,6 +10,10 @@ A message of S bytes from peer A to peer B:
 Each link keeps only its "free again at" time, so a message costs one simpy event (two when
 B's downlink has finite bandwidth): no per-packet simulation. Loss and partitions drop whole
 messages, which the requester sees as a timeout.
+
+Faults a scenario can inject: ``crash``, ``partition``/``heal``, ``set_link`` (degrade a peer's
+access link for a while) and ``freeze``/``thaw`` (a stopped process whose kernel still holds
+its connections, like SIGSTOP/SIGCONT).
 """
 
 from __future__ import annotations
@@ -63,8 +67,13 @@ class AccessLink:
             raise ValueError(f"loss must be a probability in [0, 1], got {self.loss}")
 
 
+DEFAULT_FROZEN_BUFFER = 64 * 1024 * 1024
+"""Bytes a frozen peer's kernel holds for it (both directions together) before dropping frames."""
+
+
 class PeerState(enum.Enum):
     UP = "up"
+    FROZEN = "frozen"  # the process is stopped (SIGSTOP): connections stay up, frames wait
     CLOSED = "closed"  # the process exited: connections to it are refused
     CRASHED = "crashed"  # the machine is gone: nothing answers, senders time out
 
@@ -77,6 +86,29 @@ class NetworkStats:
     dropped_loss: int = 0
     dropped_partition: int = 0
     dropped_unreachable: int = 0
+    dropped_frozen: int = 0
+    """Frames beyond a frozen peer's buffer (see ``SimNetwork.freeze``)."""
+
+
+@dataclass(eq=False)
+class _Frozen:
+    """What the kernel of a stopped process holds until it resumes."""
+
+    transport: Receiver
+    buffer_bytes: int
+    inbox: list[tuple[str, bytes | None]] = field(default_factory=list)
+    """(source, frame) in arrival order; ``None`` is a reset."""
+    outbox: list[tuple[str, bytes | None]] = field(default_factory=list)
+    """(destination, frame) in the order the peer's code wrote them; ``None`` is a reset."""
+    held_bytes: int = 0
+
+    def hold(self, box: list[tuple[str, bytes | None]], address: str, frame: bytes | None) -> bool:
+        size = len(frame) if frame is not None else 0
+        if self.held_bytes + size > self.buffer_bytes:
+            return False
+        self.held_bytes += size
+        box.append((address, frame))
+        return True
 
 
 @dataclass(eq=False)
@@ -90,6 +122,8 @@ class _Peer:
     down_free_at: float = 0.0
     state: PeerState = PeerState.CLOSED
     transport: Receiver | None = None
+    """None while the peer is down or frozen: ``_deliver`` checks only this on the hot path."""
+    frozen: _Frozen | None = None
 
     def __post_init__(self) -> None:
         self.set_link(self.link)
@@ -138,7 +172,7 @@ class SimNetwork:
     def attach(self, address: str, transport: Receiver) -> None:
         """Bring a peer's transport up (first start, or restart after a crash or close)."""
         peer = self._peer(address)
-        if peer.state is PeerState.UP:
+        if peer.state is PeerState.UP or peer.state is PeerState.FROZEN:
             raise ValueError(f"peer {address!r} already has a running transport")
         peer.transport = transport
         peer.state = PeerState.UP
@@ -146,11 +180,13 @@ class SimNetwork:
     def detach(self, address: str, *, crashed: bool) -> None:
         peer = self._peer(address)
         peer.transport = None
+        peer.frozen = None  # a stopped process that dies takes what its kernel held with it
         peer.state = PeerState.CRASHED if crashed else PeerState.CLOSED
 
     def crash(self, address: str) -> None:
         """The machine dies mid-whatever: no goodbye, no answers, its peers time out."""
-        transport = self._peer(address).transport
+        peer = self._peer(address)
+        transport = peer.frozen.transport if peer.frozen is not None else peer.transport
         if transport is not None:
             transport.crash()
 
@@ -181,6 +217,57 @@ class SimNetwork:
     def heal(self) -> None:
         self._group_of = None
 
+    def freeze(self, address: str, *, buffer_bytes: int = DEFAULT_FROZEN_BUFFER) -> bool:
+        """Stop a peer's process as SIGSTOP would; False (and nothing changes) unless it was up.
+
+        Frozen: its connections stay up, so senders get no reset and their requests time out on
+        their own deadlines; frames reaching it (after its downlink, as a kernel receives them)
+        and resets are held in arrival order; whatever its code writes (frames, resets) is held
+        too and only sent at ``thaw``. Beyond ``buffer_bytes`` held in all, frames are dropped
+        (counted in ``stats.dropped_frozen``), as a full socket buffer would stall them.
+
+        Not frozen: the peer's own asyncio tasks and timers, which nothing ties to a peer on the
+        shared loop. Its handlers and timeouts keep running in virtual time, but they can neither
+        hear nor be heard until ``thaw``, so the world sees a silent peer; the one difference from
+        SIGSTOP is that the peer's own request timeouts fire while frozen instead of at resume.
+        A frozen peer can still be crashed (everything held is lost) or closed (its goodbye
+        resets are lost: a stopped process cannot send them).
+        """
+        peer = self._peer(address)
+        if peer.state is not PeerState.UP or peer.transport is None:
+            return False
+        peer.frozen = _Frozen(peer.transport, buffer_bytes)
+        peer.transport = None
+        peer.state = PeerState.FROZEN
+        return True
+
+    def thaw(self, address: str) -> bool:
+        """Resume a frozen peer (SIGCONT); False (and nothing changes) unless it was frozen.
+
+        What it wrote while frozen leaves first, through its uplink from now on, then what its
+        kernel held for it is delivered at once, in arrival order.
+        """
+        peer = self._peer(address)
+        frozen = peer.frozen
+        if frozen is None:
+            return False
+        peer.frozen = None
+        peer.transport = frozen.transport
+        peer.state = PeerState.UP
+        for dst, frame in frozen.outbox:
+            if frame is None:
+                self.reset(address, dst)
+            else:
+                self.send(address, dst, frame)
+        for src, frame in frozen.inbox:
+            if peer.transport is not frozen.transport:
+                break  # what it just received made it crash or close
+            if frame is None:
+                self._deliver_reset(src, peer, None)
+            else:
+                self._deliver(src, peer, frame, None)
+        return True
+
     # ---- physics --------------------------------------------------------------------------
 
     def path_latency(self, src: str, dst: str) -> float:
@@ -192,6 +279,8 @@ class SimNetwork:
         """Put ``frame`` on the wire from ``src`` to ``dst``; it may be delayed or dropped."""
         sender = self._peers[src]
         if sender.state is not PeerState.UP:
+            if sender.frozen is not None:
+                self._hold(sender.frozen, sender.frozen.outbox, dst, frame)
             return
         stats = self.stats
         stats.sent += 1
@@ -220,6 +309,10 @@ class SimNetwork:
 
     def reset(self, src: str, dst: str) -> None:
         """Tell ``dst`` that every exchange it has with ``src`` is over (a TCP reset)."""
+        sender = self._peers.get(src)
+        if sender is not None and sender.frozen is not None:
+            self._hold(sender.frozen, sender.frozen.outbox, dst, None)
+            return
         receiver = self._peers.get(dst)
         if receiver is None or self._cut(src, dst):
             return
@@ -251,9 +344,18 @@ class SimNetwork:
         else:
             self._deliver(src, receiver, frame, None)
 
+    def _hold(
+        self, frozen: _Frozen, box: list[tuple[str, bytes | None]], address: str, frame: bytes | None
+    ) -> None:
+        if not frozen.hold(box, address, frame):
+            self.stats.dropped_frozen += 1
+
     def _deliver(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event | None) -> None:
         transport = receiver.transport
         if transport is None:
+            if receiver.frozen is not None:
+                self._hold(receiver.frozen, receiver.frozen.inbox, src, frame)
+                return
             if receiver.state is PeerState.CLOSED:
                 self.reset(receiver.address, src)  # connection refused
             self.stats.dropped_unreachable += 1
@@ -264,9 +366,11 @@ class SimNetwork:
             self.trace.record(self.env.now, src, receiver.address, frame)
         transport.frame_arrived(src, frame)
 
-    def _deliver_reset(self, src: str, receiver: _Peer, _event: simpy.Event) -> None:
+    def _deliver_reset(self, src: str, receiver: _Peer, _event: simpy.Event | None) -> None:
         transport = receiver.transport
         if transport is None:
+            if receiver.frozen is not None:
+                self._hold(receiver.frozen, receiver.frozen.inbox, src, None)
             return
         if self.trace is not None:
             self.trace.record(self.env.now, src, receiver.address, b"", kind="reset")

@@ -1,0 +1,195 @@
+"""Faults a scenario injects into the simulated world: each does what it says, and only that.
+
+All of these run in virtual time, where ``asyncio.sleep`` is exact: sleeping to a time is how a
+test says "at t = 2 s", not a guess at how long something takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import networkx as nx
+import pytest
+
+from hivemind_core.net import RequestTimeout
+from hivemind_core.net.frames import HEADER_SIZE
+from hivemind_sim import Simulation, Topology
+from hivemind_sim.world.network import PeerState
+
+BACKBONE_LATENCY = 0.040
+
+
+@pytest.fixture
+def sim():
+    """Two backbone nodes, x and y, 40 ms apart."""
+    graph = nx.Graph()
+    graph.add_edge("x", "y", latency=BACKBONE_LATENCY)
+    with Simulation(seed=0, topology=Topology(graph)) as simulation:
+        yield simulation
+
+
+async def record_arrivals(transport, arrivals: list[tuple[float, bytes]]) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def handler(_peer: str, payload: bytes) -> bytes:
+        arrivals.append((loop.time(), payload))
+        return b"ok:" + payload
+
+    await transport.listen(handler)
+
+
+async def sleep_until(sim: Simulation, when: float) -> None:
+    await asyncio.sleep(when - sim.now)
+
+
+# ---- freeze -------------------------------------------------------------------------------
+
+
+def test_a_frozen_peer_holds_frames_and_senders_time_out_without_a_reset(sim) -> None:
+    a = sim.add_peer("a", node="x")
+    b = sim.add_peer("b", node="y")
+    arrivals: list[tuple[float, bytes]] = []
+    resets: list[str] = []
+    a.reset_received = resets.append  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await record_arrivals(b, arrivals)
+        assert sim.network.freeze("b")
+        assert sim.network.state("b") is PeerState.FROZEN
+        first = asyncio.ensure_future(a.request("b", b"first", timeout=10.0))
+        with pytest.raises(RequestTimeout):
+            await a.request("b", b"given up", timeout=1.0)
+        second = asyncio.ensure_future(a.request("b", b"second", timeout=10.0))
+        assert sim.now == pytest.approx(1.0)
+        await sleep_until(sim, 5.0)
+        assert arrivals == [] and resets == [] and not first.done()
+        assert sim.network.thaw("b")
+        assert await asyncio.gather(first, second) == [b"ok:first", b"ok:second"]
+        assert sim.now == pytest.approx(5.0 + BACKBONE_LATENCY)
+
+    sim.run(main())
+    # the kernel held them in arrival order; "given up" was read with its cancel right behind it
+    assert arrivals == [(5.0, b"first"), (5.0, b"second")]
+    assert sim.network.state("b") is PeerState.UP
+    assert resets == []
+
+
+def test_a_frozen_peer_sends_nothing_until_thawed(sim) -> None:
+    a = sim.add_peer("a", node="x")
+    b = sim.add_peer("b", node="y")
+    arrivals: list[tuple[float, bytes]] = []
+
+    async def main() -> None:
+        await record_arrivals(a, arrivals)
+        sim.network.freeze("b")
+        call = asyncio.ensure_future(b.request("a", b"written while stopped", timeout=10.0))
+        await sleep_until(sim, 3.0)
+        assert arrivals == [] and not call.done()
+        sim.network.thaw("b")
+        assert await call == b"ok:written while stopped"
+        assert sim.now == pytest.approx(3.0 + 2 * BACKBONE_LATENCY)
+
+    sim.run(main())
+    assert arrivals == [(pytest.approx(3.0 + BACKBONE_LATENCY), b"written while stopped")]
+
+
+def test_an_answer_reaching_a_frozen_peer_waits_for_the_thaw(sim) -> None:
+    a = sim.add_peer("a", node="x")
+    b = sim.add_peer("b", node="y")
+
+    async def main() -> None:
+        await record_arrivals(a, [])
+        call = asyncio.ensure_future(b.request("a", b"question", timeout=10.0))
+        await asyncio.sleep(BACKBONE_LATENCY / 2)  # the request is on its way
+        sim.network.freeze("b")
+        await sleep_until(sim, 1.0)
+        assert not call.done(), "the answer arrived at 80 ms but the process is stopped"
+        sim.network.thaw("b")
+        assert await call == b"ok:question"
+        assert sim.now == 1.0
+
+    sim.run(main())
+
+
+def test_crashing_a_frozen_peer_loses_what_was_held(sim) -> None:
+    a = sim.add_peer("a", node="x")
+    b = sim.add_peer("b", node="y")
+    arrivals: list[tuple[float, bytes]] = []
+
+    async def main() -> None:
+        await record_arrivals(b, arrivals)
+        sim.network.freeze("b")
+        with pytest.raises(RequestTimeout):
+            await a.request("b", b"never read", timeout=1.0)
+        sim.network.crash("b")
+        assert sim.network.state("b") is PeerState.CRASHED
+        assert not sim.network.thaw("b"), "a dead process cannot be resumed"
+        reborn = sim.restart("b")
+        await record_arrivals(reborn, arrivals)
+        assert await a.request("b", b"after restart", timeout=1.0) == b"ok:after restart"
+
+    sim.run(main())
+    assert [payload for _, payload in arrivals] == [b"after restart"]
+
+
+def test_freeze_and_thaw_only_act_on_a_peer_in_the_right_state(sim) -> None:
+    sim.add_peer("a", node="x")
+    sim.network.add_peer("down", node="y")  # placed, never started
+    assert not sim.network.thaw("a")
+    assert not sim.network.freeze("down")
+    assert sim.network.freeze("a")
+    assert not sim.network.freeze("a")
+    assert sim.network.thaw("a")
+    with pytest.raises(KeyError, match="no peer with address 'nobody'"):
+        sim.network.freeze("nobody")
+
+
+def test_a_frozen_peer_holds_a_bounded_buffer(sim) -> None:
+    a = sim.add_peer("a", node="x")
+    b = sim.add_peer("b", node="y")
+    arrivals: list[tuple[float, bytes]] = []
+    payload = bytes(1000)
+
+    async def main() -> None:
+        await record_arrivals(b, arrivals)
+        sim.network.freeze("b", buffer_bytes=3 * (HEADER_SIZE + len(payload)))
+        calls = [asyncio.ensure_future(a.request("b", payload, timeout=1.0)) for _ in range(5)]
+        await asyncio.gather(*calls, return_exceptions=True)
+        sim.network.thaw("b")
+        await asyncio.sleep(0)
+
+    sim.run(main())
+    assert len(arrivals) == 3
+    assert sim.network.stats.dropped_frozen >= 2  # two requests, then the cancels beyond the buffer
+
+
+def frozen_run(seed: int) -> str:
+    """A small world where one peer freezes and thaws while others keep calling it."""
+    with Simulation(seed=seed, topology=Topology.world_regions(), jitter=0.1) as sim:
+        regions = sim.network.topology.nodes
+        peers = [sim.add_peer(f"p{i}", node=regions[i % len(regions)]) for i in range(6)]
+
+        async def caller(transport, rng_name: str) -> None:
+            rng = sim.random(rng_name)
+            for _ in range(20):
+                with contextlib.suppress(RequestTimeout):
+                    await transport.request(f"p{rng.randrange(6)}", b"x" * rng.randrange(100), timeout=0.5)
+
+        async def main() -> None:
+            for peer in peers:
+                await record_arrivals(peer, [])
+            callers = asyncio.gather(*(caller(p, f"c{i}") for i, p in enumerate(peers)))
+            await asyncio.sleep(1.0)
+            sim.network.freeze("p2")
+            await asyncio.sleep(2.0)
+            sim.network.thaw("p2")
+            await callers
+
+        sim.run(main())
+        return sim.digest()
+
+
+def test_freezing_is_deterministic() -> None:
+    assert frozen_run(1) == frozen_run(1)
+    assert frozen_run(1) != frozen_run(2)
