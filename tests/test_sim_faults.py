@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import networkx as nx
 import pytest
 
 from hivemind_core.net import RequestTimeout
 from hivemind_core.net.frames import HEADER_SIZE
-from hivemind_sim import Simulation, Topology
+from hivemind_sim import AccessLink, SimNetwork, Simulation, Topology
 from hivemind_sim.world.network import PeerState
 
 BACKBONE_LATENCY = 0.040
@@ -193,3 +194,90 @@ def frozen_run(seed: int) -> str:
 def test_freezing_is_deterministic() -> None:
     assert frozen_run(1) == frozen_run(1)
     assert frozen_run(1) != frozen_run(2)
+
+
+# ---- loss on every path; degrading one peer's link -----------------------------------------
+
+
+def success_rate(sim: Simulation, a, b, requests: int = 400) -> float:
+    outcomes: list[bool] = []
+
+    async def main() -> None:
+        if b.endpoint is None:
+            await record_arrivals(b, [])
+        for _ in range(requests):
+            try:
+                await a.request("b", b"ping", timeout=0.5)
+                outcomes.append(True)
+            except RequestTimeout:
+                outcomes.append(False)
+
+    sim.run(main())
+    return sum(outcomes) / len(outcomes)
+
+
+def test_path_loss_drops_frames_on_every_path(sim) -> None:
+    a, b = sim.add_peer("a", node="x"), sim.add_peer("b", node="y")
+    sim.network.set_loss(1.0)
+    assert success_rate(sim, a, b, requests=3) == 0
+    assert sim.network.stats.dropped_loss == 6  # each request and its cancel
+
+
+def test_path_loss_combines_with_access_link_loss(sim) -> None:
+    a, b = sim.add_peer("a", node="x"), sim.add_peer("b", node="y")
+    sim.network.set_loss(0.2)
+    assert 0.55 < success_rate(sim, a, b) < 0.73  # a round trip: 0.8 ** 2 = 0.64
+    sim.network.set_link("a", AccessLink(loss=0.2))
+    assert 0.33 < success_rate(sim, a, b) < 0.49  # (0.8 * 0.8) ** 2 = 0.41
+
+
+def test_path_loss_must_be_a_probability(sim) -> None:
+    with pytest.raises(ValueError, match=r"path loss must be a probability in \[0, 1\], got 1.5"):
+        sim.network.set_loss(1.5)
+    with pytest.raises(ValueError, match=r"path loss must be a probability in \[0, 1\], got -0.1"):
+        SimNetwork(sim.env, Topology.single(), rng=random.Random(0), loss=-0.1)
+    assert SimNetwork(sim.env, Topology.single(), rng=random.Random(0), loss=0.25).loss == 0.25
+
+
+def test_a_link_changed_mid_flight_paces_what_has_not_reached_it_yet(sim) -> None:
+    original = AccessLink(downlink_bps=8e6, latency=0.0)
+    a = sim.add_peer("a", node="x")
+    b = sim.add_peer("b", node="y", link=original)
+    arrivals: list[tuple[float, bytes]] = []
+    payload = bytes(10_000)
+    size = HEADER_SIZE + len(payload)
+    slow = original.degraded(extra_latency=0.5, bandwidth_bps=4e6)
+
+    async def main() -> None:
+        await record_arrivals(b, arrivals)
+        first = asyncio.ensure_future(a.request("b", payload, timeout=10))
+        await asyncio.sleep(0.010)  # on the backbone: its latency is fixed, its downlink is not
+        sim.network.set_link("b", slow)
+        assert sim.network.link("b") == slow
+        await first
+        second_sent = sim.now
+        await a.request("b", payload, timeout=10)
+        sim.network.set_link("b", original)
+        assert sim.network.link("b") == original
+        third_sent = sim.now
+        await a.request("b", payload, timeout=10)
+        assert [t for t, _ in arrivals] == pytest.approx(
+            [
+                BACKBONE_LATENCY + 8 * size / 4e6,
+                second_sent + BACKBONE_LATENCY + 0.5 + 8 * size / 4e6,
+                third_sent + BACKBONE_LATENCY + 8 * size / 8e6,
+            ],
+            abs=1e-9,
+        )
+
+    sim.run(main())
+
+
+def test_a_degraded_link_adds_latency_combines_loss_and_caps_bandwidth() -> None:
+    link = AccessLink(uplink_bps=20e6, downlink_bps=100e6, latency=0.015, loss=0.1)
+    worse = link.degraded(extra_latency=0.1, loss=0.5, bandwidth_bps=50e6)
+    assert (worse.uplink_bps, worse.downlink_bps) == (20e6, 50e6)
+    assert (worse.latency, worse.loss) == pytest.approx((0.115, 0.55))
+    assert link.degraded() == link
+    with pytest.raises(ValueError, match="loss must be a probability"):
+        link.degraded(loss=2)

@@ -22,7 +22,7 @@ import enum
 import math
 import random
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
@@ -65,6 +65,22 @@ class AccessLink:
             raise ValueError(f"latency must be a finite number of seconds >= 0, got {self.latency}")
         if not 0 <= self.loss <= 1:
             raise ValueError(f"loss must be a probability in [0, 1], got {self.loss}")
+
+    def degraded(
+        self, *, extra_latency: float = 0.0, loss: float = 0.0, bandwidth_bps: float = math.inf
+    ) -> AccessLink:
+        """This link made worse: ``extra_latency`` added, ``loss`` on top of its own (independent
+        drops), both directions capped at ``bandwidth_bps``. A degrade fault sets it with
+        ``SimNetwork.set_link`` and later sets the original back."""
+        if not 0 <= loss <= 1:
+            raise ValueError(f"loss must be a probability in [0, 1], got {loss}")
+        return replace(
+            self,
+            latency=self.latency + extra_latency,
+            loss=self.loss + loss - self.loss * loss,  # independent drops; exact when either is 0
+            uplink_bps=min(self.uplink_bps, bandwidth_bps),
+            downlink_bps=min(self.downlink_bps, bandwidth_bps),
+        )
 
 
 DEFAULT_FROZEN_BUFFER = 64 * 1024 * 1024
@@ -145,6 +161,7 @@ class SimNetwork:
         rng: random.Random,
         trace: TraceDigest | None = None,
         jitter: float = 0.0,
+        loss: float = 0.0,
     ) -> None:
         if not 0 <= jitter <= 10:
             raise ValueError(f"jitter is a fraction of the path latency in [0, 10], got {jitter}")
@@ -153,6 +170,9 @@ class SimNetwork:
         self.rng = rng
         self.trace = trace
         self.jitter = jitter
+        self.loss = 0.0
+        """Probability that a frame is lost on any path, besides the access links' own loss."""
+        self.set_loss(loss)
         self.stats = NetworkStats()
         self._peers: dict[str, _Peer] = {}
         self._group_of: dict[str, int] | None = None
@@ -193,6 +213,14 @@ class SimNetwork:
     def state(self, address: str) -> PeerState:
         return self._peer(address).state
 
+    def link(self, address: str) -> AccessLink:
+        """The peer's access link as it is now (``set_link`` changes it)."""
+        return self._peer(address).link
+
+    def node(self, address: str) -> Node:
+        """The backbone node the peer is attached to."""
+        return self._peer(address).node
+
     @property
     def addresses(self) -> list[str]:
         return list(self._peers)
@@ -200,8 +228,20 @@ class SimNetwork:
     # ---- faults ---------------------------------------------------------------------------
 
     def set_link(self, address: str, link: AccessLink) -> None:
-        """Change a peer's bandwidth, latency or loss from now on."""
+        """Change a peer's bandwidth, latency or loss from now on.
+
+        Frames already sent keep the latency, loss and uplink time they were given at send time;
+        those still to reach this peer's downlink are paced at the new downlink rate. Frames
+        queued on its uplink are not re-paced: the link is free again when it said it would be.
+        """
         self._peer(address).set_link(link)
+
+    def set_loss(self, loss: float) -> None:
+        """Loss probability per frame on every path (the topology's), from now on; it combines
+        with the access links' loss as independent drops."""
+        if not 0 <= loss <= 1:
+            raise ValueError(f"path loss must be a probability in [0, 1], got {loss}")
+        self.loss = loss
 
     def partition(self, groups: Iterable[Collection[str]]) -> None:
         """Cut the listed groups apart; peers in no group form one more group together."""
@@ -294,7 +334,7 @@ class SimNetwork:
         if self._group_of is not None and self._cut(src, dst):
             stats.dropped_partition += 1
             return
-        if (sender.link.loss or receiver.link.loss) and self._lost(sender, receiver):
+        if (self.loss or sender.link.loss or receiver.link.loss) and self._lost(sender, receiver):
             stats.dropped_loss += 1
             return
         backbone = self.topology.latency(sender.node, receiver.node)
@@ -332,7 +372,7 @@ class SimNetwork:
         return group_of is not None and group_of.get(src, -1) != group_of.get(dst, -1)
 
     def _lost(self, sender: _Peer, receiver: _Peer) -> bool:
-        survive = (1 - sender.link.loss) * (1 - receiver.link.loss)
+        survive = (1 - self.loss) * (1 - sender.link.loss) * (1 - receiver.link.loss)
         return self.rng.random() >= survive
 
     def _reach_downlink(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event) -> None:
