@@ -10,13 +10,23 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode, Identity
 
 from ..world.network import AccessLink
 from ..world.simulation import Simulation
 from .churn import ChurnModel, start_churn
+
+
+class SwarmHooks(Protocol):
+    """What runs on top of a swarm's DHT nodes (expert servers, trainers) follows their lives."""
+
+    async def started(self, address: str, node: DHTNode) -> None:
+        """``node`` just joined (or rejoined) as ``address``."""
+
+    async def stopping(self, address: str, *, crashed: bool) -> None:
+        """``address`` is about to stop: crashed (no goodbye) or leaving gracefully."""
 
 
 class DHTSwarm:
@@ -39,6 +49,8 @@ class DHTSwarm:
         self.nodes: dict[str, DHTNode] = {}
         self.identities: dict[str, Identity] = {}
         self.departed: set[str] = set()  # peers that churn took down and has not brought back yet
+        self.client_mode: set[str] = set()  # peers that accept no incoming requests
+        self.hooks: SwarmHooks | None = None
         self._rng = sim.random("swarm")
         self._placement: dict[str, tuple[object, AccessLink]] = {}
         self._skew: dict[str, float] = {}
@@ -58,15 +70,37 @@ class DHTSwarm:
             added += await asyncio.gather(*(self.add_peer() for _ in range(wave)))
         return added
 
-    async def add_peer(self, initial: Sequence[str] | None = None) -> DHTNode:
-        address = f"dht{len(self._placement):05d}"
+    async def add_peer(
+        self,
+        initial: Sequence[str] | None = None,
+        *,
+        address: str | None = None,
+        region: object | None = None,
+        link: AccessLink | None = None,
+        client_mode: bool = False,
+    ) -> DHTNode:
+        """Place a new peer (at ``region`` with ``link``, or drawn at random) and start it.
+
+        ``initial``: the peers it joins through (default: up to ``initial_peers`` live ones).
+        A ``client_mode`` peer accepts no incoming requests (a peer behind NAT).
+        """
+        address = address or f"dht{len(self._placement):05d}"
+        if address in self._placement:
+            raise ValueError(f"peer {address!r} exists already")
         regions = self.sim.network.topology.nodes
-        self._placement[address] = (self._rng.choice(regions), self._rng.choice(self.links))
+        region = self._rng.choice(regions) if region is None else region
+        self._placement[address] = (region, link or self._rng.choice(self.links))
         self._skew[address] = self._rng.uniform(-self.clock_skew, self.clock_skew)
         self.identities[address] = Identity.generate(self.sim.random(f"identity/{address}"))
+        if client_mode:
+            self.client_mode.add(address)
         node_name, link = self._placement[address]
         transport = self.sim.add_peer(address, node=node_name, link=link)
         return await self._start(address, transport, initial)
+
+    def region_of(self, address: str) -> object:
+        """The topology node a peer was placed on."""
+        return self._placement[address][0]
 
     async def crash(self, address: str) -> None:
         """The peer's machine dies: no goodbye; its tasks stop. A graceful leave in progress is cut
@@ -77,13 +111,18 @@ class DHTSwarm:
             raise KeyError(f"peer {address!r} is not up")
         self.sim.network.crash(address)  # fails the hand-off's requests at once
         if node is not None:
+            if self.hooks is not None:
+                await self.hooks.stopping(address, crashed=True)
             await self._stop_node(address, node.shutdown(handoff_timeout=0))  # a dead machine says no goodbye
         else:
             await asyncio.wait([leaving])
 
     async def shut_down(self, address: str) -> None:
         """The peer leaves gracefully: it hands its records on, then its connections close."""
-        await self._stop_node(address, self.nodes.pop(address).shutdown())
+        node = self.nodes.pop(address)
+        if self.hooks is not None:
+            await self.hooks.stopping(address, crashed=False)
+        await self._stop_node(address, node.shutdown())
 
     async def rejoin(self, address: str) -> DHTNode:
         """A departed peer comes back with its identity but empty storage.
@@ -96,18 +135,31 @@ class DHTSwarm:
             await asyncio.wait([leaving])  # not gather: a cancelled rejoin must not cancel the leave
         return await self._start(address, self.sim.restart(address), None)
 
-    def churn(self, model: ChurnModel, *, until: float) -> None:
-        """Make every current peer leave and come back according to ``model`` until ``until``."""
+    def churn(
+        self,
+        model: ChurnModel,
+        *,
+        until: float,
+        addresses: Sequence[str] | None = None,
+        stream: str = "churn",
+    ) -> None:
+        """Make ``addresses`` (default: every current peer) leave and come back according to
+        ``model`` until ``until``; ``stream`` names their random streams."""
 
-        def leave(address: str, graceful: bool) -> None:
-            self.departed.add(address)
-            self._spawn(self._leave(address, graceful))
+        chosen = list(self.nodes) if addresses is None else list(addresses)
+        start_churn(
+            self.sim, chosen, model, leave=self.depart, join=self.come_back, until=until, stream=stream
+        )
 
-        def join(address: str) -> None:
-            self.departed.discard(address)
-            self._spawn(self._join(address))
+    def depart(self, address: str, graceful: bool) -> None:
+        """Start taking ``address`` down (a graceful leave or a crash) in the background."""
+        self.departed.add(address)
+        self._spawn(self._leave(address, graceful))
 
-        start_churn(self.sim, list(self.nodes), model, leave=leave, join=join, until=until)
+    def come_back(self, address: str) -> None:
+        """Start bringing a departed ``address`` back in the background."""
+        self.departed.discard(address)
+        self._spawn(self._join(address))
 
     async def settle(self) -> None:
         """Wait until every leave and rejoin that churn has started so far is over."""
@@ -120,7 +172,10 @@ class DHTSwarm:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         for address in list(self.nodes):
-            await self.nodes.pop(address).shutdown(handoff_timeout=0)  # the whole world ends
+            node = self.nodes.pop(address)
+            if self.hooks is not None:
+                await self.hooks.stopping(address, crashed=False)
+            await node.shutdown(handoff_timeout=0)  # the whole world ends
 
     def nearest_live(self, target: int, k: int, *, exclude: int | None = None) -> list[int]:
         """The oracle: ids of the ``k`` live nodes truly nearest to ``target``."""
@@ -163,7 +218,8 @@ class DHTSwarm:
 
     async def _start(self, address: str, transport, initial: Sequence[str] | None) -> DHTNode:
         if initial is None:
-            live = list(self.nodes)  # in simulation a peer's address is its endpoint
+            # in simulation a peer's address is its endpoint; client-mode peers take no requests
+            live = [a for a in self.nodes if a not in self.client_mode]
             initial = self._rng.sample(live, min(self.initial_peers, len(live)))
         loop = self.sim.loop
         skew = self._skew[address]
@@ -174,6 +230,9 @@ class DHTSwarm:
             config=self.config,
             clock=(lambda: loop.time() + skew) if skew else loop.time,
             rng=self.sim.random(f"dht/{address}/{loop.time()!r}"),
+            client_mode=address in self.client_mode,
         )
         self.nodes[address] = node
+        if self.hooks is not None:
+            await self.hooks.started(address, node)
         return node

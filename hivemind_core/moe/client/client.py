@@ -49,6 +49,7 @@ class MoEClient:
         self.compression = Compression(compression)
         self.ban_time = ban_time
         self._banned: dict[str, float] = {}  # endpoint -> until; insertion order = expiry order
+        self.bans = 0  # servers banned so far (a server banned twice counts twice)
         self._background: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -66,6 +67,8 @@ class MoEClient:
         return True
 
     def ban(self, endpoint: str) -> None:
+        """Skip ``endpoint`` for ``ban_time`` seconds (counted in ``bans``)."""
+        self.bans += 1
         now = asyncio.get_running_loop().time()
         self._banned.pop(endpoint, None)
         self._banned[endpoint] = now + self.ban_time

@@ -1,0 +1,159 @@
+"""A scenario's timeline: each event acts on the peers its selector picks, at its time, and is
+undone when its ``duration`` ends (every fault still active is undone when the run ends).
+
+Process faults (crash, leave, freeze, restart, slow compute, misbehaving experts) pick among
+the peers alive at that moment; network faults (partition, degrade) among all peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from . import schema
+from .metrics import Recorder
+from .peers import ScenarioPeers
+
+Undo = Callable[[], Awaitable[None]]
+
+
+def event_name(index: int, event: schema.Event) -> str:
+    """The name reports and assertions use: the event's own, or ``<action>-<index>``."""
+    return event.name or f"{event.action}-{index}"
+
+
+class Timeline:
+    """Runs a scenario's events in virtual time, with ``start`` the measured window's start."""
+
+    def __init__(self, peers: ScenarioPeers, recorder: Recorder, *, start: float, end: float) -> None:
+        self.peers = peers
+        self.sim = peers.sim
+        self.recorder = recorder
+        self.start = start
+        self.end = end
+        self._active: dict[int, Undo] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def schedule(self, events: tuple[schema.Event, ...]) -> None:
+        for index, event in enumerate(events):
+            self._tasks.append(self.sim.loop.create_task(self._run(index, event)))
+
+    async def finish(self) -> None:
+        """Undo every fault still active, in the order they began."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for index in sorted(self._active):
+            await self._active.pop(index)()
+
+    async def _run(self, index: int, event: schema.Event) -> None:
+        await asyncio.sleep(max(0.0, self.start + event.at - self.sim.now))
+        name = event_name(index, event)
+        undo = await self._apply(index, event)
+        duration = event.duration
+        ends = None if duration is None else min(event.at + duration, self.end - self.start)
+        self.recorder.window(name, event.action, event.at, ends if undo is not None else event.at)
+        if undo is None:
+            return
+        self._active[index] = undo
+        if duration is not None:
+            await asyncio.sleep(duration)
+            await self._active.pop(index)()
+
+    async def _apply(self, index: int, event: schema.Event) -> Undo | None:
+        peers, network = self.peers, self.sim.network
+        if isinstance(event, schema.PartitionEvent):
+            sides = [set(self._select(index, side, alive=False)) for side in event.sides]
+            rest = set(peers.placements) - set().union(*sides)
+            network.partition([*sides, rest] if rest else sides)
+            return _async(network.heal)
+        if isinstance(event, schema.HealEvent):
+            network.heal()
+            return None
+        chosen = self._select(index, event.select, alive=not isinstance(event, schema.DegradeEvent))
+        if isinstance(event, schema.CrashEvent | schema.LeaveEvent):
+            graceful = isinstance(event, schema.LeaveEvent)
+            for name in chosen:
+                peers.swarm.depart(name, graceful)
+            return self._bring_back(chosen)
+        if isinstance(event, schema.RestartEvent):
+            for name in chosen:
+                peers.swarm.depart(name, False)
+            await peers.swarm.settle()
+            await self._bring_back(chosen)()
+            return None
+        if isinstance(event, schema.FreezeEvent):
+            for name in chosen:
+                network.freeze(name)
+            return _async(lambda: [network.thaw(name) for name in chosen])
+        if isinstance(event, schema.DegradeEvent):
+            return self._degrade(chosen, event)
+        if isinstance(event, schema.SlowComputeEvent):
+            devices = [peers.devices[name] for name in chosen if name in peers.devices]
+            for device in devices:
+                device.slowdown = event.factor
+            return _async(lambda: [setattr(device, "slowdown", 1.0) for device in devices])
+        if isinstance(event, schema.MisbehaveEvent):
+            from ..swarms import faults
+
+            servers = [peers.servers[name] for name in chosen if name in peers.servers]
+            for server in servers:
+                faults.misbehave(server, output=event.output, seed=self.sim.seed)
+            return _async(lambda: [faults.behave(server) for server in servers])
+        raise AssertionError(f"unhandled event {event.action}")
+
+    def _bring_back(self, names: list[str]) -> Undo:
+        async def undo() -> None:
+            for name in names:
+                if name in self.peers.swarm.departed:
+                    self.peers.swarm.come_back(name)
+
+        return undo
+
+    def _degrade(self, names: list[str], event: schema.DegradeEvent) -> Undo:
+        network = self.sim.network
+        before = {name: network.link(name) for name in names}
+        for name, link in before.items():
+            network.set_link(
+                name,
+                dataclasses.replace(
+                    link,
+                    latency=link.latency + event.latency,
+                    loss=1 - (1 - link.loss) * (1 - event.loss),
+                    uplink_bps=min(link.uplink_bps, event.bandwidth or link.uplink_bps),
+                    downlink_bps=min(link.downlink_bps, event.bandwidth or link.downlink_bps),
+                ),
+            )
+
+        async def undo() -> None:
+            for name, link in before.items():
+                network.set_link(name, link)
+
+        return undo
+
+    def _select(self, index: int, selector: schema.Selector, *, alive: bool) -> list[str]:
+        peers = self.peers
+        names = peers.alive() if alive else list(peers.placements)
+        if selector.group is not None:
+            names = [n for n in names if peers.placements[n].group.group == selector.group]
+        if selector.role is not None:
+            names = [n for n in names if peers.placements[n].group.role == selector.role]
+        if selector.region is not None:
+            names = [n for n in names if str(peers.placements[n].region) == selector.region]
+        if selector.peers is not None:
+            wanted = set(selector.peers)
+            names = [n for n in names if n in wanted]
+        rng = self.sim.random(f"event/{index}")
+        if selector.fraction is not None:
+            names = sorted(rng.sample(names, round(selector.fraction * len(names))))
+        elif selector.count is not None:
+            names = sorted(rng.sample(names, min(selector.count, len(names))))
+        return names
+
+
+def _async(action: Callable[[], object]) -> Undo:
+    async def undo() -> None:
+        action()
+
+    return undo

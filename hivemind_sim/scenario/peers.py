@@ -1,0 +1,252 @@
+"""The peers of a scenario: DHT nodes placed by group, and what runs on them.
+
+Every peer is a DHT node of one :class:`DHTSwarm`, named ``<group>-<index>``, placed on its
+group's regions with an access link drawn from the group's distributions. Expert servers and
+trainers follow their node's life through the swarm's hooks: a crash or a leave stops the
+server (its experts' parameters survive, as a checkpoint would) and pauses the trainer; a
+rejoin starts them again on the new node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from hivemind_core.dht import DHTConfig, DHTNode
+from hivemind_core.moe.server import ExpertBackend, ExpertServer
+
+from ..swarms.baton import Baton
+from ..swarms.compute import DeviceModel, SimulatedDevice
+from ..swarms.dht_swarm import DHTSwarm
+from ..world.network import AccessLink
+from ..world.simulation import Simulation
+from ..world.topology import Topology
+from . import schema
+from .metrics import Recorder
+from .training import Dataset, Trainer
+
+JOIN_WAVE = 25
+"""Peers that join at once during the warmup (a flash crowd joins all at once)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    group: schema.PeerGroup
+    region: object
+    link: AccessLink
+    client_mode: bool
+    device_flops: float
+    trainer_flops: float
+
+
+def build_topology(spec: schema.Topology, *, seed: int) -> Topology:
+    """The backbone a scenario names, generated from its seed when it is random."""
+    params = {key: _param(key, value) for key, value in spec.params.items()}
+    if spec.kind == "world_regions":
+        return Topology.world_regions()
+    if spec.kind == "file":
+        assert spec.path is not None
+        unit = params.pop("latency_unit", 1.0)
+        return Topology.from_graphml(spec.path, scale=unit, **params)
+    assert spec.nodes is not None
+    build = {
+        "waxman": Topology.waxman,
+        "barabasi_albert": Topology.barabasi_albert,
+        "random_geometric": Topology.random_geometric,
+    }[spec.kind]
+    return build(spec.nodes, seed=seed, **params)
+
+
+def _param(key: str, value: object) -> object:
+    parser = next((parsers[key] for parsers in schema.TOPOLOGY_PARAMS.values() if key in parsers), None)
+    return value if parser is None else parser(value)
+
+
+class ScenarioPeers:
+    """All peers of a scenario and the expert servers and trainers running on them."""
+
+    def __init__(
+        self,
+        scenario: schema.Scenario,
+        sim: Simulation,
+        *,
+        recorder: Recorder,
+        baton: Baton,
+        dataset: Dataset | None,
+        clock: callable,  # type: ignore[valid-type]
+    ) -> None:
+        self.scenario = scenario
+        self.sim = sim
+        self.recorder = recorder
+        self.baton = baton
+        self.dataset = dataset
+        self.clock = clock
+        self.swarm = DHTSwarm(sim, config=DHTConfig(max_per_subnet=None))
+        self.swarm.hooks = self
+        self.placements = self._place()
+        self.groups = {group.group: group.peer_names() for group in scenario.peers}
+        self.servers: dict[str, ExpertServer] = {}
+        self.devices: dict[str, SimulatedDevice] = {}
+        self.trainers: dict[str, Trainer] = {}
+        self._backends: dict[str, list[ExpertBackend]] = {}
+        self._hosted = self._assign_experts()
+
+    # ---- who is where --------------------------------------------------------------------------------
+
+    def _place(self) -> dict[str, Placement]:
+        placements: dict[str, Placement] = {}
+        nodes = self.sim.network.topology.nodes
+        by_name = {str(node): node for node in nodes}
+        for group in self.scenario.peers:
+            rng = self.sim.random(f"placement/{group.group}")
+            regions = [by_name[str(r)] for r in group.regions] if group.regions else nodes
+            behind_nat = set(rng.sample(range(group.count), round(group.client_mode * group.count)))
+            link, hardware = group.link, group.hardware
+            for index, name in enumerate(group.peer_names()):
+                access = AccessLink(
+                    uplink_bps=_sample(link.uplink, rng),
+                    downlink_bps=_sample(link.downlink, rng),
+                    latency=link.latency.sample(rng),
+                    loss=link.loss,
+                )
+                device = hardware.device.sample(rng)
+                trainer = hardware.trainer_device.sample(rng) if hardware.trainer_device else device
+                placements[name] = Placement(
+                    group, regions[index % len(regions)], access, index in behind_nat, device, trainer
+                )
+        return placements
+
+    def _assign_experts(self) -> dict[str, list[str]]:
+        """Grid experts per hosting peer: consecutive shares of the grid, round-robin."""
+        training = self.scenario.workload.training
+        hosts = [name for name, p in self.placements.items() if p.group.hosts_experts]
+        if training is None or not hosts:
+            return {}
+        size = math.prod(training.grid)
+        hosted: dict[str, list[str]] = {}
+        cursor = 0
+        for name in hosts:
+            count = min(self.placements[name].group.experts, size)
+            hosted[name] = [_uid(training, (cursor + i) % size) for i in range(count)]
+            cursor += count
+        return hosted
+
+    def members(self, group: str) -> list[str]:
+        return self.groups[group]
+
+    def alive(self, names: list[str] | None = None) -> list[str]:
+        nodes = self.swarm.nodes
+        return [name for name in (names if names is not None else self.placements) if name in nodes]
+
+    # ---- joining ---------------------------------------------------------------------------------------
+
+    async def join_warmup_groups(self) -> None:
+        """Every peer of groups without ``join_at``: the first bootstraps, then waves join."""
+        names = [name for name, p in self.placements.items() if p.group.join_at is None]
+        reachable = [name for name in names if not self.placements[name].client_mode]
+        if not reachable:
+            raise ValueError("the peers present from the start are all in client mode: nobody can join")
+        first = reachable[0]
+        await self._add(first, initial=[])
+        rest = [name for name in names if name != first]
+        for start in range(0, len(rest), JOIN_WAVE):
+            await asyncio.gather(*(self._add(name) for name in rest[start : start + JOIN_WAVE]))
+
+    async def join_crowd(self, group: schema.PeerGroup) -> None:
+        """A flash crowd: the whole group joins at once through one initial peer."""
+        live = [name for name in self.alive() if not self.placements[name].client_mode]
+        initial = live[:1]
+        await asyncio.gather(*(self._add(name, initial=initial) for name in group.peer_names()))
+
+    async def _add(self, name: str, initial: list[str] | None = None) -> DHTNode:
+        placement = self.placements[name]
+        return await self.swarm.add_peer(
+            initial,
+            address=name,
+            region=placement.region,
+            link=placement.link,
+            client_mode=placement.client_mode,
+        )
+
+    # ---- SwarmHooks: what runs on a node follows its life ------------------------------------------
+
+    async def started(self, address: str, node: DHTNode) -> None:
+        placement = self.placements[address]
+        if address in self._hosted:
+            device = self.devices.setdefault(
+                address, SimulatedDevice(DeviceModel(flops=placement.device_flops))
+            )
+            server = ExpertServer(
+                self._backends_of(address),
+                rpc=node.rpc,
+                dht=node,
+                executor=device,
+                rng=self.sim.random(f"server/{address}/{self.sim.now!r}"),
+            )
+            await server.start()
+            self.servers[address] = server
+        if placement.group.trains and self.dataset is not None:
+            trainer = self.trainers.get(address)
+            if trainer is None:
+                trainer = self.trainers[address] = self._trainer(address, placement)
+            trainer.started(node)
+
+    async def stopping(self, address: str, *, crashed: bool) -> None:
+        trainer = self.trainers.get(address)
+        if trainer is not None:
+            trainer.stopped()
+        server = self.servers.pop(address, None)
+        if server is not None:
+            await server.shutdown()  # a dead machine runs nothing, its announcer included
+
+    def _backends_of(self, address: str) -> list[ExpertBackend]:
+        if address not in self._backends:
+            training = self.scenario.workload.training
+            assert training is not None
+            self._backends[address] = [
+                ExpertBackend.create(
+                    uid,
+                    training.model.expert,
+                    training.model.hidden_dim,
+                    lr=training.optimizer.lr,
+                    generator=torch.Generator().manual_seed(_stable_seed(self.scenario.seed, address, uid)),
+                )
+                for uid in self._hosted[address]
+            ]
+        return self._backends[address]
+
+    def _trainer(self, address: str, placement: Placement) -> Trainer:
+        training = self.scenario.workload.training
+        assert training is not None and self.dataset is not None
+        return Trainer(
+            address,
+            workload=training,
+            dataset=self.dataset,
+            seed=_stable_seed(self.scenario.seed, address, "trainer"),
+            device_flops=placement.trainer_flops,
+            baton=self.baton,
+            recorder=self.recorder,
+            clock=self.clock,
+        )
+
+
+def _sample(quantity: object, rng: random.Random) -> float:
+    return math.inf if quantity is None else quantity.sample(rng)  # type: ignore[attr-defined]
+
+
+def _uid(training: schema.TrainingWorkload, index: int) -> str:
+    coords = []
+    for size in reversed(training.grid):
+        index, coord = divmod(index, size)
+        coords.append(coord)
+    return ".".join([training.model.expert, *map(str, reversed(coords))])
+
+
+def _stable_seed(*parts: object) -> int:
+    """A seed from names, the same in every process (``hash`` of a str is not)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())

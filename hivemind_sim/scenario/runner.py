@@ -1,0 +1,305 @@
+"""Run a scenario: build its world, run it in virtual time, measure it, judge it, report it.
+
+Time: the simulation starts at 0 with the warmup (peers join; no faults, nothing measured);
+the measured window runs from ``warmup`` to ``warmup + duration``, and every time a user sees
+(events' ``at``, metrics, plots) counts from its start. Same scenario and seed, same trace
+digest and same ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hivemind_core.dht import DHTNode, StoreItem
+from hivemind_core.net import TransportError
+
+from ..swarms.baton import Baton
+from ..swarms.churn import ChurnModel, start_churn
+from ..world.simulation import Simulation
+from . import schema
+from .assertions import AssertionResult, evaluate
+from .events import Timeline
+from .loader import dump_resolved, read_churn_trace
+from .metrics import Recorder
+from .peers import ScenarioPeers, build_topology
+from .report import write_report
+from .training import make_dataset
+
+Progress = Callable[[float, float, dict[str, float]], None]
+"""Called every sample interval with (measured time, duration, live figures)."""
+
+COUNTERS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
+
+
+@dataclass
+class RunResult:
+    scenario: schema.Scenario
+    recorder: Recorder
+    results: list[AssertionResult]
+    digest: str
+    wall_s: float
+    report: Path | None
+
+    @property
+    def failed(self) -> bool:
+        return any(result.status == "fail" for result in self.results)
+
+
+def run_scenario(
+    scenario: schema.Scenario, *, out_dir: Path | None = None, progress: Progress | None = None
+) -> RunResult:
+    """Run ``scenario`` to the end; write its report to ``out_dir`` when given."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-reproducible training, whatever the machine's core count
+    started = time.perf_counter()
+    try:
+        recorder, digest = _simulate(scenario, progress)
+    finally:
+        torch.set_num_threads(threads)
+    wall = time.perf_counter() - started
+    results = evaluate(scenario.assertions, recorder)
+    report = None
+    if out_dir is not None:
+        report = write_report(
+            out_dir,
+            name=scenario.name,
+            seed=scenario.seed,
+            scenario_yaml=dump_resolved(scenario),
+            recorder=recorder,
+            results=results,
+            digest=digest,
+            wall_s=round(wall, 3),
+            description=scenario.description,
+        )
+    return RunResult(scenario, recorder, results, digest, wall, report)
+
+
+def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str]:
+    topology = build_topology(scenario.topology, seed=scenario.seed)
+    with Simulation(seed=scenario.seed, topology=topology, jitter=scenario.topology.jitter) as sim:
+        if scenario.topology.loss:
+            sim.network.loss = scenario.topology.loss
+        recorder = Recorder(scenario.sample_interval, duration=scenario.duration)
+        for name in COUNTERS:
+            recorder.count(name, 0.0, 0)  # zero, not unknown, when nothing happens
+        start, end = scenario.warmup, scenario.warmup + scenario.duration
+        training = scenario.workload.training
+        dataset = None
+        if training is not None:
+            dataset = make_dataset(training.dataset, training.model.hidden_dim, seed=scenario.seed)
+        peers = ScenarioPeers(
+            scenario,
+            sim,
+            recorder=recorder,
+            baton=Baton(),
+            dataset=dataset,
+            clock=lambda: sim.now - start,
+        )
+        run = _Run(scenario, sim, peers, recorder, start=start, end=end, progress=progress)
+        sim.run(run.main())
+        return recorder, sim.digest()
+
+
+class _Run:
+    """One run's tasks: joins, churn, events, workload and the sampler."""
+
+    def __init__(
+        self,
+        scenario: schema.Scenario,
+        sim: Simulation,
+        peers: ScenarioPeers,
+        recorder: Recorder,
+        *,
+        start: float,
+        end: float,
+        progress: Progress | None,
+    ) -> None:
+        self.scenario = scenario
+        self.sim = sim
+        self.peers = peers
+        self.recorder = recorder
+        self.start, self.end = start, end
+        self.progress = progress
+        self.timeline = Timeline(peers, recorder, start=start, end=end)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def main(self) -> None:
+        await self.peers.join_warmup_groups()
+        await asyncio.sleep(max(0.0, self.start - self.sim.now))
+        self._start_churn()
+        for group in self.scenario.peers:
+            if group.join_at is not None:
+                self._spawn(self._crowd(group))
+        self.timeline.schedule(self.scenario.events)
+        workload = self.scenario.workload
+        if workload.dht is not None:
+            self._spawn(self._dht_workload(workload.dht))
+        self._spawn(self._sample())
+        trainers = self._start_training()
+        await asyncio.sleep(self.end - self.sim.now)
+        await self.timeline.finish()
+        for trainer in self.peers.trainers.values():
+            trainer.finish()
+        await asyncio.gather(*trainers)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.peers.swarm.stop()
+
+    def _spawn(self, coroutine) -> None:
+        self._tasks.append(self.sim.loop.create_task(coroutine))
+
+    # ---- peers coming and going ------------------------------------------------------------------------
+
+    async def _crowd(self, group: schema.PeerGroup) -> None:
+        assert group.join_at is not None
+        await asyncio.sleep(group.join_at)
+        await self.peers.join_crowd(group)
+
+    def _start_churn(self) -> None:
+        swarm = self.peers.swarm
+        for group in self.scenario.peers:
+            churn = group.churn
+            if churn is None:
+                continue
+            names = group.peer_names()
+            if churn.trace is not None:
+                self._spawn(self._replay(group, names))
+                continue
+            assert churn.session is not None and churn.downtime is not None
+            model = ChurnModel(churn.session.to_churn(), churn.downtime.to_churn(), churn.graceful)
+
+            def leave(
+                address: str, graceful: bool, names: list[str] = names, churn: schema.Churn = churn
+            ) -> None:
+                if len(self.peers.alive(names)) > churn.min_alive:
+                    swarm.depart(address, graceful)
+
+            def join(address: str, names: list[str] = names, churn: schema.Churn = churn) -> None:
+                if churn.max_alive is None or len(self.peers.alive(names)) < churn.max_alive:
+                    swarm.come_back(address)
+
+            start_churn(
+                self.sim, names, model, leave=leave, join=join, until=self.end, stream=f"churn/{group.group}"
+            )
+
+    async def _replay(self, group: schema.PeerGroup, names: list[str]) -> None:
+        """A churn trace: peers are up exactly during their sessions."""
+        assert group.churn is not None
+        swarm, rng = self.peers.swarm, self.sim.random(f"churn/{group.group}")
+        sessions = read_churn_trace(group)
+        up_at_start = {s.peer for s in sessions if s.join <= 0 and (s.leave is None or s.leave > 0)}
+        for name in names:
+            if name not in up_at_start:
+                swarm.depart(name, False)
+        changes = sorted(
+            [(s.join, 1, s.peer) for s in sessions if s.join > 0]
+            + [(s.leave, 0, s.peer) for s in sessions if s.leave is not None and s.leave > 0]
+        )
+        for at, joining, peer in changes:
+            await asyncio.sleep(max(0.0, self.start + at - self.sim.now))
+            if joining:
+                swarm.come_back(peer)
+            elif peer in swarm.nodes:
+                swarm.depart(peer, rng.random() < group.churn.graceful)
+
+    # ---- workload --------------------------------------------------------------------------------------
+
+    def _requesters(self) -> list[str]:
+        roles = {"dht", "peer"}
+        names = [n for n, p in self.peers.placements.items() if p.group.role in roles]
+        return names or list(self.peers.placements)
+
+    async def _dht_workload(self, spec: schema.DHTWorkload) -> None:
+        """Poisson stores and gets over the whole network; gets ask for acknowledged keys, the
+        most popular first (rank = order of first acknowledgement)."""
+        rng = self.sim.random("workload/dht")
+        requesters = self._requesters()
+        rate = spec.stores_per_second + spec.gets_per_second
+        if rate <= 0:
+            return
+        acknowledged: list[int] = []
+        known: set[int] = set()
+        value = b"v" * int(spec.value_size)
+        popular = spec.popularity.sampler(spec.keys)
+        while True:
+            await asyncio.sleep(rng.expovariate(rate))
+            live = self.peers.alive(requesters)
+            if not live:
+                continue
+            node = self.peers.swarm.nodes[rng.choice(live)]
+            if rng.random() < spec.stores_per_second / rate:
+                key = popular(rng)
+                self._spawn(self._store(node, key, value, spec.ttl, acknowledged, known))
+            elif acknowledged:
+                rank = popular(rng) % len(acknowledged)
+                self._spawn(self._get(node, acknowledged[rank]))
+
+    async def _store(
+        self, node: DHTNode, key: int, value: bytes, ttl: float, acknowledged: list[int], known: set[int]
+    ) -> None:
+        began = self.sim.now
+        try:
+            ok = await node.store_many([StoreItem(f"key{key}", value, node.now() + ttl)])
+            ok = bool(ok and ok[0])
+        except TransportError:  # the requester itself went down mid-operation
+            ok = False
+        self.recorder.event("dht.store", self.sim.now - self.start, ok=ok, latency=self.sim.now - began)
+        if ok and key not in known:
+            known.add(key)
+            acknowledged.append(key)
+
+    async def _get(self, node: DHTNode, key: int) -> None:
+        began = self.sim.now
+        try:
+            found = await node.get(f"key{key}")
+        except TransportError:  # the requester itself went down mid-operation
+            found = None
+        self.recorder.event(
+            "dht.get", self.sim.now - self.start, ok=found is not None, latency=self.sim.now - began
+        )
+
+    def _start_training(self) -> list[asyncio.Future[None]]:
+        training = self.scenario.workload.training
+        if training is None:
+            return []
+        duration = self.end - self.start
+        runs = []
+        for name, trainer in self.peers.trainers.items():
+            batches = self.peers.placements[name].group.concurrent_batches
+            for _ in range(batches):
+                runs.append(
+                    self.sim.loop.create_task(
+                        self.peers.baton.call(lambda t=trainer: t.train_until(duration))
+                    )
+                )
+        return runs
+
+    # ---- measuring ------------------------------------------------------------------------------------
+
+    async def _sample(self) -> None:
+        stats = self.sim.network.stats
+        interval = self.scenario.sample_interval
+        delivered, delivered_bytes = stats.delivered, stats.bytes_delivered
+        duration = self.end - self.start
+        t = 0.0
+        while t <= duration + 1e-9:
+            await asyncio.sleep(max(0.0, self.start + t - self.sim.now))
+            alive = self.peers.alive()
+            for name in alive:
+                self.recorder.mark_peer(name)
+            self.recorder.gauge("peers.alive", t, len(alive))
+            for group, names in self.peers.groups.items():
+                self.recorder.gauge(f"peers.alive.{group}", t, len(self.peers.alive(names)))
+            self.recorder.count("rpc.messages", t, stats.delivered - delivered)
+            self.recorder.count("rpc.bytes", t, stats.bytes_delivered - delivered_bytes)
+            delivered, delivered_bytes = stats.delivered, stats.bytes_delivered
+            if self.progress is not None:
+                self.progress(t, duration, self.recorder.live(10 * interval))
+            t += interval
