@@ -324,3 +324,81 @@ def test_invalid_network_settings_are_rejected_clearly(sim) -> None:
         sim.add_peer("a", node="x")
     with pytest.raises(ValueError, match="more than one partition group"):
         sim.network.partition([["a"], ["a"]])
+
+
+def backbone(*edges: tuple[str, str, float, float | None]) -> Topology:
+    """A topology from (a, b, latency, bandwidth or None) edges."""
+    graph = nx.Graph()
+    for a, b, latency, bandwidth in edges:
+        graph.add_edge(a, b, latency=latency, **({} if bandwidth is None else {"bandwidth": bandwidth}))
+    return Topology(graph)
+
+
+def test_frames_queue_on_a_backbone_edge_one_direction_at_a_time() -> None:
+    topology = backbone(("x", "y", BACKBONE_LATENCY, 8e6))  # 1 MB/s between x and y
+    with Simulation(seed=0, topology=topology) as sim:
+        first, second, far_sink = (sim.add_peer(name, node="x") for name in ("s1", "s2", "far-sink"))
+        sink, back = (sim.add_peer(name, node="y") for name in ("sink", "back"))
+        arrivals: list[tuple[float, bytes]] = []
+        payload = bytes(100_000)
+        transmit = (HEADER_SIZE + len(payload)) / 1e6
+
+        async def main() -> None:
+            await record_arrivals(sink, arrivals)
+            await record_arrivals(far_sink, arrivals)
+            await asyncio.gather(
+                first.request("sink", payload, timeout=10),
+                second.request("sink", payload + b"2", timeout=10),  # behind the first on x->y
+                back.request("far-sink", payload + b"back", timeout=10),  # y->x: a queue of its own
+            )
+
+        sim.run(main())
+        arrived = {payload[len(payload) - 4 :]: t for t, payload in arrivals}
+        assert arrived[bytes(4)] == pytest.approx(transmit + BACKBONE_LATENCY, abs=1e-9)
+        assert arrived[b"back"] == pytest.approx(transmit + 4e-6 + BACKBONE_LATENCY, abs=1e-9)
+        assert arrived[bytes(3) + b"2"] == pytest.approx(2 * transmit + 1e-6 + BACKBONE_LATENCY, abs=1e-9)
+
+
+def test_a_path_queues_on_its_slowest_edge_in_arrival_order() -> None:
+    """A small frame sent first from far away waits behind a big one that reaches the
+    bottleneck first; the path's other edges cost only their latency."""
+    topology = backbone(
+        ("far", "hub", 0.100, None),
+        ("near", "hub", 0.001, 1e9),
+        ("hub", "sink", 0.010, 8e6),  # the bottleneck of both paths: 1 MB/s
+    )
+    with Simulation(seed=0, topology=topology) as sim:
+        far, near = sim.add_peer("far", node="far"), sim.add_peer("near", node="near")
+        sink = sim.add_peer("sink", node="sink")
+        arrivals: list[tuple[float, bytes]] = []
+        big, small = b"B" * 1_000_000, b"s" * 100
+
+        async def main() -> None:
+            await record_arrivals(sink, arrivals)
+            first = asyncio.ensure_future(far.request("sink", small, timeout=10))
+            await asyncio.sleep(0.050)
+            second = asyncio.ensure_future(near.request("sink", big, timeout=10))
+            await asyncio.gather(first, second)
+
+        sim.run(main())
+        (t_big, p_big), (t_small, p_small) = arrivals
+        assert p_small == small and p_big == big
+        big_done = 0.050 + 0.001 + (HEADER_SIZE + len(big)) / 1e6
+        assert t_big == pytest.approx(big_done + 0.010, abs=1e-9)
+        assert t_small == pytest.approx(big_done + (HEADER_SIZE + len(small)) / 1e6 + 0.010, abs=1e-9)
+
+
+def test_an_unlimited_backbone_adds_no_queue() -> None:
+    topology = backbone(("x", "y", BACKBONE_LATENCY, None))
+    assert not topology.limited and topology.bottleneck("x", "y") is None
+    with Simulation(seed=0, topology=topology) as sim:
+        senders = [sim.add_peer(f"s{i}", node="x") for i in range(3)]
+        sink = sim.add_peer("sink", node="y")
+        arrivals: list[tuple[float, bytes]] = []
+
+        async def main() -> None:
+            await record_arrivals(sink, arrivals)
+            await asyncio.gather(*(s.request("sink", bytes(100_000), timeout=10) for s in senders))
+
+        sim.run(main())
+        assert [t for t, _ in arrivals] == [BACKBONE_LATENCY] * 3

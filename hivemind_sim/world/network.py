@@ -3,13 +3,15 @@
 A message of S bytes from peer A to peer B:
 
 1. waits for A's uplink to be free (FIFO behind A's earlier messages) and takes ``8*S/uplink``;
-2. travels A's last mile, the backbone path between their nodes, and B's last mile;
+2. travels A's last mile, the backbone path between their nodes, and B's last mile; where the
+   path has a bandwidth, it queues on the path's slowest edge on the way (FIFO in arrival
+   order, see ``topology``) and takes ``8*S/bandwidth`` there;
 3. waits for B's downlink (FIFO in arrival order) and takes ``8*S/downlink``;
 4. is delivered, unless B crashed meanwhile.
 
-Each link keeps only its "free again at" time, so a message costs one simpy event (two when
-B's downlink has finite bandwidth): no per-packet simulation. Loss and partitions drop whole
-messages, which the requester sees as a timeout.
+Each link keeps only its "free again at" time, so a message costs one simpy event (one more
+for a finite downlink, one more for a finite backbone path): no per-packet simulation. Loss
+and partitions drop whole messages, which the requester sees as a timeout.
 
 Faults a scenario can inject: ``crash``, ``partition``/``heal``, ``set_link`` (degrade a peer's
 access link for a while) and ``freeze``/``thaw`` (a stopped process whose kernel still holds
@@ -28,7 +30,7 @@ from typing import Protocol
 
 import simpy
 
-from .topology import Node, Topology
+from .topology import Bottleneck, Node, Topology
 from .trace import TraceDigest
 
 
@@ -176,6 +178,8 @@ class SimNetwork:
         self.stats = NetworkStats()
         self._peers: dict[str, _Peer] = {}
         self._group_of: dict[str, int] | None = None
+        self._bottleneck = topology.bottleneck if topology.limited else None  # None: nothing to check
+        self._edge_free_at: dict[tuple[Node, Node], float] = {}
 
     # ---- membership -----------------------------------------------------------------------
 
@@ -342,8 +346,19 @@ class SimNetwork:
         if latency == math.inf:
             stats.dropped_unreachable += 1
             return
+        stretch = 1.0
         if self.jitter:
-            latency *= 1 + self.jitter * self.rng.random()
+            stretch = 1 + self.jitter * self.rng.random()
+            latency *= stretch
+        if self._bottleneck is not None:
+            bottleneck = self._bottleneck(sender.node, receiver.node)
+            if bottleneck is not None:
+                ahead = (sender.link.latency + bottleneck.offset) * stretch
+                at_edge = self.env.timeout(sent_at + ahead - now)
+                at_edge.callbacks.append(
+                    partial(self._cross_backbone, src, receiver, frame, bottleneck, latency - ahead)
+                )
+                return
         arrival = self.env.timeout(sent_at + latency - now)
         arrival.callbacks.append(partial(self._reach_downlink, src, receiver, frame))
 
@@ -374,6 +389,23 @@ class SimNetwork:
     def _lost(self, sender: _Peer, receiver: _Peer) -> bool:
         survive = (1 - self.loss) * (1 - sender.link.loss) * (1 - receiver.link.loss)
         return self.rng.random() >= survive
+
+    def _cross_backbone(
+        self,
+        src: str,
+        receiver: _Peer,
+        frame: bytes,
+        bottleneck: Bottleneck,
+        remaining: float,
+        _event: simpy.Event,
+    ) -> None:
+        """The frame reached its path's bottleneck edge: queue there, then travel on."""
+        now = self.env.now
+        free_at = self._edge_free_at.get(bottleneck.edge, now)
+        start = free_at if free_at > now else now
+        self._edge_free_at[bottleneck.edge] = done = start + len(frame) / bottleneck.bytes_per_s
+        arrival = self.env.timeout(done + remaining - now)
+        arrival.callbacks.append(partial(self._reach_downlink, src, receiver, frame))
 
     def _reach_downlink(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event) -> None:
         now = self.env.now

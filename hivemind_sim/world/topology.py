@@ -2,6 +2,13 @@
 
 Peers attach to a backbone node through their own access link (see ``network.AccessLink``);
 the latency between two backbone nodes is the shortest path over ``latency`` edge weights.
+
+Edges may also carry a ``bandwidth`` in bits per second (or take the topology's
+``backbone_bps``). Frames then queue on the slowest edge of their path, its *bottleneck*,
+FIFO per direction, as they do on access links; the other edges of the path cost nothing but
+their latency. That keeps one queue per frame, found by one cached lookup per node pair, so it
+stays cheap for 10,000 peers; the price is that traffic loads only the bottleneck of its own
+path, so a fast edge that many paths cross without it being their bottleneck never congests.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -49,21 +57,82 @@ WORLD_REGIONS_RTT_MS: dict[tuple[str, str], float] = {
 }
 
 
-class Topology:
-    """A backbone graph with cached shortest-path latencies between its nodes."""
+@dataclass(frozen=True, slots=True)
+class Bottleneck:
+    """The slowest edge on the path between two backbone nodes, where their frames queue."""
 
-    def __init__(self, graph: nx.Graph, *, name: str = "custom") -> None:
+    edge: tuple[Node, Node]
+    """The edge in the direction of travel: each direction has its own queue."""
+    bytes_per_s: float
+    offset: float
+    """Latency from the path's first node to the start of this edge, in seconds."""
+
+
+class Topology:
+    """A backbone graph with cached shortest-path latencies between its nodes.
+
+    ``backbone_bps`` is the bandwidth (bits/s) of every edge that has no ``bandwidth`` of its
+    own; None (and ``inf``) means unlimited, the default.
+    """
+
+    def __init__(self, graph: nx.Graph, *, name: str = "custom", backbone_bps: float | None = None) -> None:
         if graph.number_of_nodes() == 0:
             raise ValueError("a topology needs at least one node")
+        if backbone_bps is not None and not _is_bandwidth(backbone_bps):
+            raise ValueError(f"backbone bandwidth must be a number of bits/s > 0, got {backbone_bps!r}")
+        limited = False
         for a, b, data in graph.edges(data=True):
             latency = data.get("latency")
             if not isinstance(latency, int | float) or not 0 <= latency < math.inf:
                 raise ValueError(
                     f"edge {a!r}-{b!r} needs a finite 'latency' >= 0 in seconds, got {latency!r}"
                 )
+            bandwidth = data.get("bandwidth", backbone_bps)
+            if bandwidth is not None and not _is_bandwidth(bandwidth):
+                raise ValueError(f"edge {a!r}-{b!r}: 'bandwidth' must be bits/s > 0, got {bandwidth!r}")
+            limited = limited or (bandwidth is not None and bandwidth < math.inf)
         self.graph = graph
         self.name = name
+        self.backbone_bps = backbone_bps
+        self.limited = limited
+        """Whether any edge has a finite bandwidth (else ``bottleneck`` is always None)."""
         self._distances: dict[Node, dict[Node, float]] = {}
+        self._predecessors: dict[Node, dict[Node, list[Node]]] = {}
+        self._bottlenecks: dict[tuple[Node, Node], Bottleneck | None] = {}
+
+    def with_backbone_bandwidth(self, bps: float | None) -> Topology:
+        """The same backbone with ``bps`` on every edge that has no bandwidth of its own."""
+        return Topology(self.graph, name=self.name, backbone_bps=bps)
+
+    def bandwidth(self, a: Node, b: Node) -> float:
+        """Bandwidth of the edge between ``a`` and ``b`` in bits/s (``inf``: unlimited)."""
+        bandwidth = self.graph.edges[a, b].get("bandwidth", self.backbone_bps)
+        return math.inf if bandwidth is None else float(bandwidth)
+
+    def bottleneck(self, a: Node, b: Node) -> Bottleneck | None:
+        """The slowest edge on the shortest path from ``a`` to ``b`` (the first one from ``a``
+        among equals); None when the path has no finite bandwidth, or no path exists."""
+        key = (a, b)
+        try:
+            return self._bottlenecks[key]
+        except KeyError:
+            pass
+        found = None
+        if self.limited and a != b:
+            self.latency(a, b)  # fills the shortest-path tree from a
+            predecessors, distances = self._predecessors[a], self._distances[a]
+            path = [b]
+            while path[-1] != a and path[-1] in predecessors:
+                path.append(predecessors[path[-1]][0])
+            if path[-1] == a:
+                path.reverse()
+                slowest = min(range(len(path) - 1), key=lambda i: self.bandwidth(path[i], path[i + 1]))
+                u, v = path[slowest], path[slowest + 1]
+                bandwidth = self.bandwidth(u, v)
+                if bandwidth < math.inf:
+                    found = Bottleneck((u, v), bandwidth / 8, distances[u])
+        self._bottlenecks[key] = found
+        return found
 
     @property
     def nodes(self) -> list[Node]:
@@ -78,7 +147,13 @@ class Topology:
             return 0.0
         distances = self._distances.get(a)
         if distances is None:
-            distances = nx.single_source_dijkstra_path_length(self.graph, a, weight="latency")
+            if self.limited:  # bottlenecks need the paths too: one search gives both
+                predecessors, distances = nx.dijkstra_predecessor_and_distance(
+                    self.graph, a, weight="latency"
+                )
+                self._predecessors[a] = predecessors
+            else:
+                distances = nx.single_source_dijkstra_path_length(self.graph, a, weight="latency")
             self._distances[a] = distances
         return distances.get(b, math.inf)
 
@@ -135,15 +210,32 @@ class Topology:
 
     @classmethod
     def from_graphml(
-        cls, path: str | Path, *, latency_attribute: str = "latency", scale: float = 1.0
+        cls,
+        path: str | Path,
+        *,
+        latency_attribute: str = "latency",
+        scale: float = 1.0,
+        bandwidth_attribute: str = "bandwidth",
+        bandwidth_scale: float = 1.0,
+        backbone_bps: float | None = None,
     ) -> Topology:
-        """Load a GraphML file; ``scale`` converts its latency unit to seconds (ms: 0.001)."""
+        """Load a GraphML file; ``scale`` converts its latency unit to seconds (ms: 0.001).
+
+        Edges with a ``bandwidth_attribute`` get that bandwidth times ``bandwidth_scale``
+        (to bits/s: Mbit/s is 1e6); the others get ``backbone_bps`` (None: unlimited).
+        """
         graph = nx.Graph(nx.read_graphml(path))
         for a, b, data in graph.edges(data=True):
             if latency_attribute not in data:
                 raise ValueError(f"{path}: edge {a!r}-{b!r} has no {latency_attribute!r} attribute")
             data["latency"] = float(data[latency_attribute]) * scale
-        return cls(graph, name=Path(path).stem)
+            if bandwidth_attribute in data:
+                data["bandwidth"] = float(data[bandwidth_attribute]) * bandwidth_scale
+        return cls(graph, name=Path(path).stem, backbone_bps=backbone_bps)
+
+
+def _is_bandwidth(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _connected_by_distance(graph: nx.Graph, seconds_per_unit: float) -> nx.Graph:
