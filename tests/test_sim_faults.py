@@ -16,6 +16,7 @@ import pytest
 from hivemind_core.net import RequestTimeout
 from hivemind_core.net.frames import HEADER_SIZE
 from hivemind_sim import AccessLink, SimNetwork, Simulation, Topology
+from hivemind_sim.swarms.compute import DeviceModel, SimulatedDevice
 from hivemind_sim.world.network import PeerState
 
 BACKBONE_LATENCY = 0.040
@@ -281,3 +282,29 @@ def test_a_degraded_link_adds_latency_combines_loss_and_caps_bandwidth() -> None
     assert link.degraded() == link
     with pytest.raises(ValueError, match="loss must be a probability"):
         link.degraded(loss=2)
+
+
+# ---- slow compute ---------------------------------------------------------------------------
+
+
+def test_batches_started_while_slowed_take_factor_times_longer() -> None:
+    device = SimulatedDevice(DeviceModel(flops=1e9, overhead=0.0))
+    finished: dict[str, float] = {}
+
+    async def batch(name: str) -> None:
+        await device.run(lambda: name, flops=1e9)  # one second at full speed
+        finished[name] = asyncio.get_running_loop().time()
+
+    async def main() -> None:
+        running = asyncio.ensure_future(batch("before"))
+        await asyncio.sleep(0.5)
+        device.slow_down(10)
+        await batch("slowed")  # queued behind "before", which keeps its own duration
+        device.restore()
+        await asyncio.gather(running, batch("restored"))
+
+    with Simulation() as sim:
+        sim.run(main())
+    assert finished == {"before": 1.0, "slowed": 11.0, "restored": 12.0}
+    with pytest.raises(ValueError, match="a slow-down factor must be a finite number > 0, got 0"):
+        device.slow_down(0)

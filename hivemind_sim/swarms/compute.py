@@ -8,6 +8,7 @@ the device's earlier batches, exactly like a real device thread would serialize 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -37,9 +38,21 @@ class SimulatedDevice(ComputeExecutor):
     def __init__(self, model: DeviceModel | None = None) -> None:
         self.model = model or DeviceModel()
         self.slowdown = 1.0
-        """Multiplies every duration: set it above 1 to make this peer's compute slow."""
+        """Multiplies the duration of batches started from now on (see ``slow_down``)."""
         self.busy_until = 0.0
         self.busy_seconds = 0.0
+
+    def slow_down(self, factor: float) -> None:
+        """Batches started from now on take ``factor`` times their modelled time (a throttled
+        or shared GPU); batches already running keep theirs. Not cumulative: it sets the factor,
+        and ``restore`` sets it back to 1."""
+        if not (isinstance(factor, int | float) and 0 < factor < math.inf):
+            raise ValueError(f"a slow-down factor must be a finite number > 0, got {factor!r}")
+        self.slowdown = float(factor)
+
+    def restore(self) -> None:
+        """Full speed again for batches started from now on."""
+        self.slowdown = 1.0
 
     async def run(self, function: Callable[[], T], *, flops: float) -> T:
         now = asyncio.get_running_loop().time()
