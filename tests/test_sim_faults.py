@@ -12,11 +12,14 @@ import random
 
 import networkx as nx
 import pytest
+import torch
 
+from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.net import RequestTimeout
 from hivemind_core.net.frames import HEADER_SIZE
 from hivemind_sim import AccessLink, SimNetwork, Simulation, Topology
 from hivemind_sim.swarms.compute import DeviceModel, SimulatedDevice
+from hivemind_sim.swarms.faults import behave, misbehave, misbehaving
 from hivemind_sim.world.network import PeerState
 
 BACKBONE_LATENCY = 0.040
@@ -308,3 +311,75 @@ def test_batches_started_while_slowed_take_factor_times_longer() -> None:
     assert finished == {"before": 1.0, "slowed": 11.0, "restored": 12.0}
     with pytest.raises(ValueError, match="a slow-down factor must be a finite number > 0, got 0"):
         device.slow_down(0)
+
+
+# ---- misbehaving experts ----------------------------------------------------------------------
+
+HID = 8
+
+
+def expert(uid: str = "ffn.0") -> ExpertBackend:
+    return ExpertBackend.create(uid, "ffn", HID, seed=0)
+
+
+def test_a_misbehaving_expert_answers_nan_then_truly_again() -> None:
+    backend = expert()
+    x = torch.randn(4, HID, generator=torch.Generator().manual_seed(1))
+    (true,) = backend.forward([x])
+    assert misbehave(backend, output="nan") == 1 and misbehaving(backend)
+    (answer,) = backend.forward([x])
+    assert answer.shape == true.shape and answer.dtype == true.dtype
+    assert torch.isnan(answer).all()
+    assert behave(backend) == 1 and not misbehaving(backend)
+    assert torch.equal(backend.forward([x])[0], true)
+    assert behave(backend) == 0
+
+
+def test_garbage_has_the_right_shape_the_wrong_scale_and_repeats_per_seed() -> None:
+    x = torch.randn(64, HID, generator=torch.Generator().manual_seed(1))
+
+    def garbage(seed: int) -> torch.Tensor:
+        backend = expert()
+        misbehave(backend, output="garbage", seed=seed)
+        return backend.forward([x])[0]
+
+    answer = garbage(seed=3)
+    assert answer.shape == (64, HID) and answer.dtype == torch.float32
+    assert torch.isfinite(answer).all() and answer.std() > 1e5
+    assert torch.equal(answer, garbage(seed=3))
+    assert not torch.equal(answer, garbage(seed=4))
+
+
+def test_a_misbehaving_expert_still_returns_true_gradients_and_trains() -> None:
+    honest, liar = expert(), expert()
+    misbehave([liar], output="nan")
+    x = torch.randn(4, HID, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(4, HID, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(liar.backward([x], [grad]), honest.backward([x], [grad]))
+    for mine, theirs in zip(liar.module.parameters(), honest.module.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_misbehave_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="output must be one of nan, garbage, got 'zeros'"):
+        misbehave(expert(), output="zeros")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected an ExpertServer or ExpertBackends, got str"):
+        behave(["ffn.0"])  # type: ignore[list-item]
+
+
+@pytest.mark.asyncio
+async def test_a_misbehaving_server_answers_wrong_values_over_the_network(world) -> None:
+    hosted = [expert("ffn.0"), expert("ffn.1")]
+    server = await world.expert_server(hosted)
+    client = await world.moe_client([server.endpoint])
+    x = torch.randn(3, HID, generator=torch.Generator().manual_seed(1))
+    (true,) = await client.forward("ffn.1", server.endpoint, [x], timeout=10)
+    assert misbehave(server, output="nan") == 2
+    (answer,) = await client.forward("ffn.1", server.endpoint, [x], timeout=10)
+    assert answer.shape == true.shape and torch.isnan(answer).all()
+    misbehave(server, output="garbage", seed=7)
+    (answer,) = await client.forward("ffn.0", server.endpoint, [x], timeout=10)
+    assert answer.abs().mean() > 1e4
+    assert behave(server) == 2
+    (answer,) = await client.forward("ffn.1", server.endpoint, [x], timeout=10)
+    torch.testing.assert_close(answer, true)
