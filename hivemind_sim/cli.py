@@ -1,29 +1,27 @@
-"""``hivemind-sim``: run simulated swarms from the command line."""
+"""``hivemind-sim``: run scenarios from YAML files and read their reports.
+
+``run`` simulates one scenario and writes its report; ``validate`` checks a file without
+running it; ``sweep`` runs a scenario over parameter values and seeds; ``compare`` puts two
+reports side by side. Exit status: 0 when every assertion holds, 1 when one fails, 2 for an
+invalid file or command line.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from hivemind_core import __version__
 
-SIM_EXTRA = {
-    "simpy",
-    "networkx",
-    "rich",
-    "matplotlib",
-    "pydantic",
-    "yaml",
-}  # what `pip install 'hivemind-sim[sim]'` adds
+SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib", "pydantic", "yaml"}  # what [sim] adds
 
 try:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .swarms.demo import SwarmConfig, run_swarm
-    from .swarms.moe_swarm import MoESwarmConfig, run_moe_swarm
+    import rich  # noqa: F401  # the simulator's lightest dependency: is the extra installed?
+    import yaml  # noqa: F401
 except ModuleNotFoundError as error:  # a real peer's install: the core without the simulator
     MISSING_EXTRA: str | None = (error.name or "").partition(".")[0]
     if MISSING_EXTRA not in SIM_EXTRA:
@@ -31,98 +29,161 @@ except ModuleNotFoundError as error:  # a real peer's install: the core without 
 else:
     MISSING_EXTRA = None
 
-
-def _print_summary(title: str, rows: list[tuple[str, str]], digest: str) -> None:
-    table = Table(title=title, show_header=False)
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
-    for name, value in rows:
-        table.add_row(name, value)
-    console = Console()
-    console.print(table)
-    console.print(f"trace digest: [bold]{digest}[/bold]")
+RUNS = Path("runs")
+"""Where runs write their reports unless ``--out`` says otherwise (git-ignored)."""
 
 
-def _demo(args: argparse.Namespace) -> int:
-    config = SwarmConfig(
-        peers=args.peers, rpcs_per_peer=args.rpcs, seed=args.seed, crash_fraction=args.crash, loss=args.loss
-    )
-    report = run_swarm(config)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-        return 0
-    share = report.succeeded / report.calls if report.calls else 0.0
-    _print_summary(
-        f"Simulated swarm of {report.peers} peers",
-        [
-            ("calls", f"{report.calls}"),
-            ("succeeded", f"{report.succeeded} ({share:.1%})"),
-            *[(f"failed: {reason}", f"{count}") for reason, count in report.failures.items()],
-            ("latency p50 / p99", f"{report.latency_p50_ms:.1f} / {report.latency_p99_ms:.1f} ms"),
-            ("peers crashed mid-run", f"{report.crashed}"),
-            ("messages delivered", f"{report.messages} ({report.megabytes:.1f} MB)"),
-            ("simulated time", f"{report.virtual_s:.1f} s"),
-            ("wall time", f"{report.wall_s:.2f} s"),
-        ],
-        report.digest,
+def _load(args: argparse.Namespace) -> Any:
+    from .scenario.loader import load_scenario
+
+    overrides = [*args.set]
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_scenario(args.file, overrides)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    scenario = _load(args)
+    peers = sum(group.count for group in scenario.peers)
+    print(
+        f"{args.file}: valid: {peers} peers in {len(scenario.peers)} groups, {len(scenario.events)} events, "
+        f"{len(scenario.assertions)} assertions"
     )
     return 0
 
 
-def _moe(args: argparse.Namespace) -> int:
-    config = MoESwarmConfig(
-        servers=args.servers,
-        trainers=args.trainers,
-        steps=args.steps,
-        crash_servers=args.crash_servers,
-        seed=args.seed,
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .scenario.runner import run_scenario
+
+    scenario = _load(args)
+    out = Path(args.out) if args.out else RUNS / scenario.name / str(scenario.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    console.print(
+        f"[bold]{scenario.name}[/bold] (seed {scenario.seed}): "
+        f"{sum(g.count for g in scenario.peers)} peers, {scenario.warmup:g} s warmup + "
+        f"{scenario.duration:g} s measured"
     )
-    report = run_moe_swarm(config)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-        return 0
-    _print_summary(
-        f"Simulated DMoE training: {args.servers} expert servers, {args.trainers} trainers",
-        [
-            ("training steps per trainer", str(args.steps)),
-            ("servers crashed mid-run", str(args.crash_servers)),
-            ("mean loss, first / last step", f"{report.first_loss:.3f} / {report.last_loss:.3f}"),
-            ("messages delivered", str(report.messages)),
-            ("simulated time", f"{report.virtual_s:.1f} s"),
-            ("wall time", f"{report.wall_s:.2f} s"),
-        ],
-        report.digest,
-    )
-    return 0
+    with _core_log(out / "run.log"), _progress(console, args.quiet) as progress:
+        result = run_scenario(scenario, out_dir=out, progress=progress)
+    _print_results(console, result)
+    return 1 if result.failed else 0
+
+
+def _core_log(path: Path) -> Any:
+    """The core's own warnings (lost gradients, bans, timeouts) go to the report's ``run.log``,
+    not over the progress bar."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def attached() -> Any:
+        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        loggers = [logging.getLogger(name) for name in ("hivemind_core", "hivemind_sim")]
+        saved = [(logger.propagate, logger.level) for logger in loggers]
+        for logger in loggers:
+            logger.addHandler(handler)
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            for logger, (propagate, level) in zip(loggers, saved, strict=True):
+                logger.removeHandler(handler)
+                logger.propagate, logger.level = propagate, level
+            handler.close()
+
+    return attached()
+
+
+def _progress(console: Any, quiet: bool) -> Any:
+    """A progress bar in simulated time with the live figures; yields the runner's callback."""
+    import contextlib
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar() -> Any:
+        if quiet:
+            yield None
+            return
+        columns = (
+            TextColumn("[bold]{task.fields[clock]}"),
+            BarColumn(),
+            TextColumn("{task.fields[figures]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("run", total=1.0, clock="warmup", figures="peers joining")
+
+            def update(t: float, duration: float, live: dict[str, float]) -> None:
+                progress.update(
+                    task, completed=t / duration, clock=f"{t:.0f}/{duration:.0f} s", figures=_figures(live)
+                )
+
+            yield update
+
+    return bar()
+
+
+def _figures(live: dict[str, float]) -> str:
+    shown = []
+    if "peers.alive" in live:
+        shown.append(f"alive {live['peers.alive']:.0f}")
+    for key, label in (("dht.get.success_rate", "get"), ("moe.step.success_rate", "step")):
+        if key in live:
+            shown.append(f"{label} {live[key]:.0%}")
+    if "train.loss.mean" in live:
+        shown.append(f"loss {live['train.loss.mean']:.3f}")
+    return "  ".join(shown)
+
+
+def _print_results(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="assertions", show_header=True)
+    table.add_column("status")
+    table.add_column("assertion")
+    colours = {"pass": "green", "fail": "red", "unknown": "yellow"}
+    for outcome in result.results:
+        table.add_row(f"[{colours[outcome.status]}]{outcome.status}[/]", outcome.line)
+    if result.results:
+        console.print(table)
+    console.print(f"trace digest: {result.digest}")
+    console.print(f"wall time: {result.wall_s:.1f} s")
+    console.print(f"report: [bold]{result.report / 'report.md'}[/bold]")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hivemind-sim", description="Simulate swarms of peers.")
+    parser = argparse.ArgumentParser(
+        prog="hivemind-sim",
+        description="Run swarm scenarios from YAML files in simulated time and read their reports.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a short simulated swarm on embedded defaults")
-    demo.add_argument("--peers", type=int, default=SwarmConfig.peers, help="number of peers")
-    demo.add_argument("--rpcs", type=int, default=SwarmConfig.rpcs_per_peer, help="calls per peer")
-    demo.add_argument("--seed", type=int, default=SwarmConfig.seed, help="random seed")
-    demo.add_argument(
-        "--crash", type=float, default=SwarmConfig.crash_fraction, help="fraction of peers that crash mid-run"
-    )
-    demo.add_argument(
-        "--loss", type=float, default=SwarmConfig.loss, help="message loss on the lossy fifth of links"
-    )
-    demo.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
-    demo.set_defaults(run=_demo)
 
-    moe = commands.add_parser("moe", help="train a DMoE model with simulated expert servers and trainers")
-    moe.add_argument("--servers", type=int, default=MoESwarmConfig.servers, help="expert servers")
-    moe.add_argument("--trainers", type=int, default=MoESwarmConfig.trainers, help="trainers")
-    moe.add_argument("--steps", type=int, default=MoESwarmConfig.steps, help="training steps per trainer")
-    moe.add_argument(
-        "--crash-servers", type=int, default=MoESwarmConfig.crash_servers, help="servers that crash mid-run"
-    )
-    moe.add_argument("--seed", type=int, default=0, help="random seed")
-    moe.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
-    moe.set_defaults(run=_moe)
+    def scenario_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command.add_argument("file", help="the scenario (YAML)")
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a value of the file (repeatable), e.g. peers.0.count=8 or duration=2m",
+        )
+        return command
+
+    run = scenario_command("run", "run a scenario and write its report")
+    run.add_argument("--seed", type=int, default=None, help="root seed (default: the file's)")
+    run.add_argument("--out", default=None, help="report folder (default: runs/<name>/<seed>/)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+    validate = scenario_command("validate", "check a scenario without running it")
+    validate.set_defaults(handler=_validate)
     return parser
 
 
@@ -135,10 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     args = build_parser().parse_args(argv)
+    from .scenario.loader import ScenarioError
+
     try:
-        return args.run(args)
-    except ValueError as error:
-        print(f"hivemind-sim: error: {error}", file=sys.stderr)
+        return args.handler(args)
+    except ScenarioError as error:
+        print(f"hivemind-sim: invalid scenario:\n{error}", file=sys.stderr)
         return 2
 
 

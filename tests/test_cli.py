@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 
 import pytest
-
-from hivemind_sim.cli import main as sim_main
-
-
-def test_sim_demo_prints_a_report_and_digest(capsys) -> None:
-    assert sim_main(["demo", "--peers", "30", "--rpcs", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "Simulated swarm of 30 peers" in out
-    assert "trace digest:" in out
-
-
-def test_sim_demo_json_and_bad_arguments(capsys) -> None:
-    assert sim_main(["demo", "--peers", "20", "--rpcs", "3", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["peers"] == 20 and len(report["digest"]) == 64
-    assert sim_main(["demo", "--peers", "1"]) == 2
-    assert "a swarm needs at least 2 peers" in capsys.readouterr().err
 
 
 def test_core_serve_and_ping_as_real_processes() -> None:

@@ -21,7 +21,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
     commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2
     main_job, tests = commands
-    assert main_job.endswith("hivemind-sim demo")
+    assert main_job.endswith("hivemind-sim run scenarios/quickstart.yaml")
     assert tests.endswith("python -m pytest")
     ci_commands = [
         line

@@ -12,6 +12,7 @@ import pytest
 from hivemind_sim.swarms.moe_swarm import MoESwarmConfig, run_moe_swarm
 
 
+@pytest.mark.slow  # the scenario tests cover training runs and their digests across processes
 def test_thirty_two_servers_and_eight_trainers_train_reproducibly_through_crashes() -> None:
     config = MoESwarmConfig(servers=32, trainers=8, steps=6, crash_servers=4, seed=3)
     first, second = run_moe_swarm(config), run_moe_swarm(config)
@@ -23,6 +24,7 @@ def test_thirty_two_servers_and_eight_trainers_train_reproducibly_through_crashe
     assert other.digest != first.digest
 
 
+@pytest.mark.slow  # the scenario tests cover training runs and their digests across processes
 def test_the_same_run_in_other_processes_gives_the_same_digest() -> None:
     def digest(hash_seed: str) -> str:
         command = [

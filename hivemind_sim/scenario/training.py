@@ -97,13 +97,12 @@ class Trainer:
         hidden = workload.model.hidden_dim
         self.first = nn.Linear(dataset.in_features, hidden)
         self.last = nn.Linear(hidden, dataset.classes)
-        with torch.no_grad():
-            for layer in (self.first, self.last):
-                layer.weight.copy_(
-                    torch.randn(layer.weight.shape, generator=torch_seed) / math.sqrt(layer.in_features)
-                )
-                layer.bias.zero_()
         self.gate = nn.Linear(hidden, sum(workload.grid))  # the mixture's gating, kept across sessions
+        with torch.no_grad():  # from the trainer's seed: torch's global generator is not ours
+            for layer in (self.first, self.last, self.gate):
+                scale = math.sqrt(layer.in_features)
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch_seed) / scale)
+                layer.bias.zero_()
         self.batches = torch.Generator().manual_seed(seed + 1)
         self.mixture: RemoteMixtureOfExperts | None = None
         self.session = asyncio.Event()  # set while the trainer's peer is up

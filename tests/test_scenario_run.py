@@ -1,0 +1,150 @@
+"""`hivemind-sim run` end to end: a YAML file in, a report with plots out, judged by assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hivemind_sim.cli import main
+from hivemind_sim.scenario.report import deterministic_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT_FILES = {
+    "scenario.yaml",
+    "metrics.json",
+    "timeseries.csv",
+    "events.csv",
+    "report.md",
+    "run.log",
+    "alive_peers.png",
+    "lookup_latency_cdf.png",
+    "success_rates.png",
+    "training_loss.png",
+    "expert_failures.png",
+}
+
+TINY = """\
+schema_version: 1
+name: tiny
+seed: 3
+warmup: 10s
+duration: 40s
+sample_interval: 5s
+peers:
+  - group: workers
+    role: peer
+    count: 4
+    experts: 2
+    link: {uplink: 50Mbit/s, downlink: 100Mbit/s, latency: 10ms}
+  - group: dht
+    role: dht
+    count: 6
+    churn:
+      session: {distribution: exponential, mean: 20s}
+      downtime: {distribution: exponential, mean: 5s}
+      graceful: 50%
+events:
+  - name: wave
+    at: 15s
+    duration: 10s
+    action: crash
+    select: {group: workers, count: 1}
+workload:
+  dht: {stores_per_second: 2, gets_per_second: 4, keys: 50}
+  training:
+    model: {hidden_dim: 8}
+    grid: [4, 2]
+    k_best: 2
+    batch_size: 8
+    forward_timeout: 2s
+    backward_timeout: 2s
+assertions:
+  - dht.get.success_rate >= 0.7
+  - moe.step.count >= 1
+  - peers.alive.min >= 4
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", *args, "--quiet"])
+
+
+def test_a_run_writes_every_report_file_and_passes_its_assertions(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert run_cli(str(tiny), "--out", str(out)) == 0
+    assert {path.name for path in out.iterdir()} >= REPORT_FILES
+    for plot in out.glob("*.png"):
+        assert plot.stat().st_size > 10_000, f"{plot.name} looks empty"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 3 and metrics["assertion_counts"] == {"pass": 3, "fail": 0, "unknown": 0}
+    summary = metrics["summary"]
+    assert summary["dht.get.count"] > 50 and summary["moe.step.count"] > 10
+    assert summary["peers.alive.min"] < 10, "the crash wave and churn took peers down"
+    assert [w["name"] for w in metrics["windows"]] == ["wave"]
+    report = (out / "report.md").read_text()
+    assert metrics["digest"] in report and "dht.get.success_rate" in report
+
+
+def test_a_failing_assertion_exits_1_and_an_invalid_file_exits_2(tiny: Path, tmp_path: Path, capsys) -> None:
+    failing = ["--set", "assertions.2=peers.alive.min >= 11", "--set", "duration=20s"]
+    assert run_cli(str(tiny), "--out", str(tmp_path / "failing"), *failing) == 1
+    metrics = json.loads((tmp_path / "failing" / "metrics.json").read_text())
+    assert metrics["assertion_counts"]["fail"] == 1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(TINY.replace("    count: 6", "    cuont: 6"))
+    capsys.readouterr()
+    assert run_cli(str(broken)) == 2
+    assert (
+        "broken.yaml:15: peers.1.cuont: unknown key `cuont` (did you mean `count`?)"
+        in capsys.readouterr().err
+    )
+
+
+def test_set_overrides_reach_the_run(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "more"
+    assert run_cli(str(tiny), "--out", str(out), "--set", "peers.1.count=9", "--set", "duration=20s") == 0
+    assert "count: 9" in (out / "scenario.yaml").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["peers_ever_alive"] == 13
+    assert metrics["duration_s"] == 20
+
+
+def run_in_a_process(scenario: Path, out: Path, *, hash_seed: str, seed: int) -> dict:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    command = [sys.executable, "-m", "hivemind_sim.cli", "run", str(scenario), "--quiet"]
+    command += ["--out", str(out), "--seed", str(seed), "--set", "duration=20s"]
+    subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
+    return deterministic_metrics(out / "metrics.json")
+
+
+def test_one_seed_gives_one_digest_and_the_same_metrics_in_any_process(tiny: Path, tmp_path: Path) -> None:
+    first = run_in_a_process(tiny, tmp_path / "a", hash_seed="0", seed=5)
+    again = run_in_a_process(tiny, tmp_path / "b", hash_seed="4242", seed=5)
+    assert first == again
+    assert run_cli(str(tiny), "--out", str(tmp_path / "c"), "--seed", "6", "--set", "duration=20s") == 0
+    assert deterministic_metrics(tmp_path / "c" / "metrics.json")["digest"] != first["digest"]
+
+
+def test_the_resolved_scenario_reruns_to_the_same_digest(tiny: Path, tmp_path: Path) -> None:
+    assert run_cli(str(tiny), "--out", str(tmp_path / "first"), "--set", "duration=20s", "--seed", "5") == 0
+    resolved = tmp_path / "first" / "scenario.yaml"
+    assert run_cli(str(resolved), "--out", str(tmp_path / "again")) == 0
+    first = deterministic_metrics(tmp_path / "first" / "metrics.json")
+    assert deterministic_metrics(tmp_path / "again" / "metrics.json") == first
+
+
+def test_validate_checks_without_running(tiny: Path, capsys) -> None:
+    assert main(["validate", str(tiny)]) == 0
+    assert "valid: 10 peers in 2 groups, 1 events, 3 assertions" in capsys.readouterr().out
