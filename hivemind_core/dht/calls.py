@@ -33,7 +33,7 @@ from .storage import DHTRecord, StoredEntry
 
 logger = logging.getLogger(__name__)
 
-CONTACT_CACHE_SIZE = 4096  # decoded contacts kept per node (~1 MB)
+CONTACT_CACHE_SIZE = 1024  # decoded contacts kept per node (a table holds ~k·log2(n) ≈ 200)
 
 
 @dataclass(frozen=True, slots=True)
