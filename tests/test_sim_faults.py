@@ -161,12 +161,13 @@ def test_a_frozen_peer_holds_a_bounded_buffer(sim) -> None:
         sim.network.freeze("b", buffer_bytes=3 * (HEADER_SIZE + len(payload)))
         calls = [asyncio.ensure_future(a.request("b", payload, timeout=1.0)) for _ in range(5)]
         await asyncio.gather(*calls, return_exceptions=True)
+        await sleep_until(sim, 2.0)  # the cancels sent at the timeouts have reached b too
         sim.network.thaw("b")
         await asyncio.sleep(0)
 
     sim.run(main())
     assert len(arrivals) == 3
-    assert sim.network.stats.dropped_frozen >= 2  # two requests, then the cancels beyond the buffer
+    assert sim.network.stats.dropped_frozen == 2 + 5  # two requests, then all five cancels
 
 
 def frozen_run(seed: int) -> str:
