@@ -366,7 +366,7 @@ def test_bad_quantity_inside_a_distribution() -> None:
         (
             "events:\n  - {at: 1m, action: crash, select: {}}\n",
             "s.yaml:14: events.0.select: select needs at least one of"
-            " group, role, region, peers, fraction, count",
+            " group, role, region(s), peers, fraction, count",
         ),
         (
             "events:\n  - {at: 1m, action: misbehave, output: nan, select: {group: trainers}}\n",

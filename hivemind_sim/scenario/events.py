@@ -140,7 +140,10 @@ class Timeline:
         if selector.role is not None:
             names = [n for n in names if peers.placements[n].group.role == selector.role]
         if selector.region is not None:
-            names = [n for n in names if str(peers.placements[n].region) == selector.region]
+            names = [n for n in names if str(peers.placements[n].region) == str(selector.region)]
+        if selector.regions is not None:
+            wanted_regions = {str(region) for region in selector.regions}
+            names = [n for n in names if str(peers.placements[n].region) in wanted_regions]
         if selector.peers is not None:
             wanted = set(selector.peers)
             names = [n for n in names if n in wanted]

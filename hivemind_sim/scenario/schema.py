@@ -320,6 +320,8 @@ class Selector(FrozenModel):
     """Peers of groups with this role."""
     region: str | int | None = None
     """Peers placed on this topology node (a world region's name, a generated router's number)."""
+    regions: tuple[str | int, ...] | None = Field(default=None, min_length=1)
+    """Peers placed on any of these topology nodes (`[us-east, us-west, sa-east]`: the Americas)."""
     peers: tuple[str, ...] | None = None
     """These peers, by name (`servers-3`)."""
     fraction: Fraction | None = None
@@ -332,7 +334,7 @@ class Selector(FrozenModel):
         if self.fraction is not None and self.count is not None:
             raise ScenarioProblems([(("count",), "give `fraction` or `count`, not both")])
         if all(value is None for value in self.__dict__.values()):
-            raise ValueError("select needs at least one of group, role, region, peers, fraction, count")
+            raise ValueError("select needs at least one of group, role, region(s), peers, fraction, count")
         return self
 
 
@@ -718,9 +720,11 @@ class Scenario(FrozenModel):
             if isinstance(event, _SelectingEvent):
                 selectors.append(("select", None, event.select))
             for key, j, selector in selectors:
+                where = ("events", i, key, j) if j is not None else ("events", i, key)
                 if selector.region is not None:
-                    where = ("events", i, key, j) if j is not None else ("events", i, key)
                     used.append(((*where, "region"), selector.region))
+                for r, region in enumerate(selector.regions or ()):
+                    used.append(((*where, "regions", r), region))
         for loc, region in used:
             if isinstance(region, str) and region.isdigit() and int(region) in known:
                 yield loc, f"routers are numbers: write {region} without quotes"
