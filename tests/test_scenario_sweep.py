@@ -1,0 +1,331 @@
+"""Sweeps (planning, local workers, resuming, Dask in local mode) and comparing two reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hivemind_sim.scenario.compare import CompareError, compare_reports, write_comparison
+from hivemind_sim.scenario.loader import ScenarioError, load_scenario
+from hivemind_sim.scenario.plots import PLOTS
+from hivemind_sim.scenario.report import deterministic_metrics
+from hivemind_sim.scenario.sweep import (
+    REQUIRED_FILES,
+    ClusterError,
+    SweepRun,
+    derive_seed,
+    execute,
+    plan_sweep,
+    point_slugs,
+    run_sweep,
+    split_values,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+TINY = """\
+schema_version: 1
+name: tiny
+seed: 5
+warmup: 5s
+duration: 10s
+sample_interval: 5s
+topology: {kind: world_regions}
+peers:
+  - group: dht
+    role: dht
+    count: 4
+    link: {uplink: 20Mbit/s, downlink: 100Mbit/s, latency: 10ms}
+events:
+  - name: blip
+    at: 2s
+    duration: 4s
+    action: crash
+    select: {group: dht, fraction: 25%}
+workload:
+  dht: {stores_per_second: 2, gets_per_second: 5, keys: 20}
+assertions:
+  - dht.get.success_rate >= 0.5
+  - peers.alive.min >= 1
+  - dht.get.p99 <= 1h during blip
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def without_wall(metrics: dict | None) -> dict:
+    """A metrics.json's content but its wall time: equal for two runs of one seed."""
+    assert metrics is not None
+    return {key: value for key, value in metrics.items() if key != "wall_s"}
+
+
+# ---- planning ------------------------------------------------------------------------------------------
+
+
+def test_plan_axes_fixed_overrides_seeds_and_slugs(tiny: Path) -> None:
+    sets = ["peers.0.count=3,4", "workload.dht.keys=10,20", "duration=12s"]
+    runs = plan_sweep(tiny, sets, seeds=3)
+    assert len(runs) == 2 * 2 * 3
+    points = list(dict.fromkeys(run.point for run in runs))
+    assert points == [
+        (("peers.0.count", "3"), ("workload.dht.keys", "10")),
+        (("peers.0.count", "3"), ("workload.dht.keys", "20")),
+        (("peers.0.count", "4"), ("workload.dht.keys", "10")),
+        (("peers.0.count", "4"), ("workload.dht.keys", "20")),
+    ]
+    first = runs[0]
+    assert first.slug == "peers.0.count=3_workload.dht.keys=10"
+    assert first.rel_dir == Path(first.slug) / f"seed-{first.seed}"
+    for run in runs:  # every run's scenario carries its point, the fixed override and its own seed
+        assert run.scenario.duration == 12.0
+        assert run.scenario.peers[0].count == int(run.point[0][1])
+        assert run.scenario.workload.dht is not None
+        assert run.scenario.workload.dht.keys == int(run.point[1][1])
+        assert run.scenario.seed == run.seed
+        assert run.overrides[-1] == f"seed={run.seed}"
+    seeds = [run.seed for run in runs]
+    assert len(set(seeds)) == len(seeds), "every run has its own seed"
+    assert seeds == [run.seed for run in plan_sweep(tiny, sets, seeds=3)], "planning is deterministic"
+    assert all(run.seed == derive_seed(5, run.point, run.replicate) for run in runs)
+
+    # another root seed moves every seed; another value on an axis keeps the other points' seeds
+    moved = plan_sweep(tiny, [*sets[:2], "seed=6"], seeds=3)
+    assert not {run.seed for run in moved} & set(seeds)
+    wider = plan_sweep(tiny, ["peers.0.count=3,4,5", *sets[1:]], seeds=3)
+    assert {(r.point, r.replicate, r.seed) for r in runs} <= {(r.point, r.replicate, r.seed) for r in wider}
+
+
+def test_nothing_swept_is_one_point_of_replicates(tiny: Path) -> None:
+    runs = plan_sweep(tiny, [], seeds=2)
+    assert [(run.point, run.slug, run.replicate) for run in runs] == [((), "base", 0), ((), "base", 1)]
+
+
+def test_seeds_are_the_same_in_every_process(tiny: Path) -> None:
+    point = (("peers.0.count", "3"), ("churn.session.median", "10m"))
+    code = f"from hivemind_sim.scenario.sweep import derive_seed; print(derive_seed(5, {point!r}, 1))"
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == derive_seed(5, point, 1)
+
+
+def test_values_split_on_top_level_commas_only() -> None:
+    assert split_values("10m,30m,2h") == ["10m", "30m", "2h"]
+    assert split_values("[8,8],[4, 4]") == ["[8,8]", "[4, 4]"]
+    assert split_values("{a: 1, b: 2},'x,y'") == ["{a: 1, b: 2}", "'x,y'"]
+    assert split_values("8") == ["8"]
+
+
+def test_slugs_are_safe_and_distinct() -> None:
+    points = [
+        (("peers.0.link.uplink", "10Mbit/s"),),
+        (("peers.0.client_mode", "30%"),),
+        (("a", "x y"),),
+        (("a", "x/y"),),
+        (("a", "v" * 300),),
+    ]
+    slugs = point_slugs(points)
+    assert slugs[0] == "peers.0.link.uplink=10Mbit_s"
+    assert slugs[1] == "peers.0.client_mode=30pct"
+    assert slugs[2] != slugs[3] and slugs[2].startswith("a=x_y-")  # both sanitise to `a=x_y`
+    assert len(slugs[4]) <= 120
+    assert all("/" not in slug and " " not in slug for slug in slugs)
+
+
+@pytest.mark.parametrize(
+    ("sets", "seeds", "where", "words"),
+    [
+        (["peers.0.count"], 2, "--set peers.0.count:", "expected `key.path=value`"),
+        (["=3,4"], 2, "--set =3,4:", "expected `key.path=value`"),
+        (["peers.0.count=3,,4"], 2, "--set peers.0.count=3,,4:", "empty value"),
+        (["seed=1,2"], 2, "--set seed=1,2:", "--seeds N"),
+        (["peers.0.count=3,4", "peers.0.count=5,6"], 2, "--set peers.0.count=5,6:", "already set"),
+        (["peers.0.count=3,3"], 2, "--set peers.0.count=3,3:", "repeated"),
+        (["peers.0.count=0,3"], 2, "--set peers.0.count=0,3:", "must be >= 1"),
+        (["peers.0.cout=3,4"], 2, "--set peers.0.cout=3,4", "did you mean `count`?"),
+        (["peers.0.count=3,4"], 0, "--seeds:", "at least 1"),
+    ],
+)
+def test_bad_sweep_flags_are_named(tiny: Path, sets: list[str], seeds: int, where: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as error:
+        plan_sweep(tiny, sets, seeds=seeds)
+    message = str(error.value)
+    assert where in message and words in message, message
+
+
+# ---- running -------------------------------------------------------------------------------------------
+
+
+def test_tiny_sweep_on_two_workers_writes_everything_and_resumes(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    sets = ["peers.0.count=4,6"]
+    statuses: list[str] = []
+    summary = run_sweep(
+        tiny,
+        sets,
+        seeds=2,
+        out=out,
+        workers=2,
+        progress=lambda done, total, run, status: statuses.append(status),
+    )
+    assert summary.errors == [] and summary.ran == 4 and summary.skipped == 0
+    assert statuses == ["done"] * 4
+    assert not summary.failed
+    for record in summary.records:
+        folder = out / record.run.rel_dir
+        for name in (*REQUIRED_FILES, "timeseries.csv", "events.csv", "run.log"):
+            assert (folder / name).is_file(), folder / name
+        assert all(is_png(folder / png) for png in PLOTS)
+        assert record.metrics is not None and record.metrics["seed"] == record.run.seed
+    assert {f.name for f in summary.files} >= {"sweep.md", "sweep.csv", "sweep_dht.get.success_rate.png"}
+    assert all(is_png(f) for f in summary.files if f.suffix == ".png")
+    assert "sweep_dht.get.p99_during_blip.png" in {f.name for f in summary.files}
+
+    with (out / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["peers.0.count"] for row in rows] == ["4", "6"]
+    point = summary.points[0]
+    counts = [r.metrics["summary"]["dht.get.count"] for r in summary.records[:2] if r.metrics]
+    assert float(rows[0]["dht.get.count.mean"]) == pytest.approx(sum(counts) / 2)
+    assert float(rows[0]["dht.get.count.min"]) == min(counts)
+    assert int(rows[0]["pass"]) + int(rows[0]["fail"]) + int(rows[0]["unknown"]) == 2 * 3
+    assert point.assertions["dht.get.success_rate >= 50%"].total() == 2
+    markdown = (out / "sweep.md").read_text()
+    assert "`peers.0.count` = `4`, `6`" in markdown
+    for record in summary.records:
+        assert f"{record.run.rel_dir.as_posix()}/report.md" in markdown
+    for png in summary.files[2:]:
+        assert f"]({png.name})" in markdown
+
+    # a worker's run is the run: the same digest when its resolved scenario.yaml runs here
+    from hivemind_sim.scenario.runner import run_scenario
+
+    first = summary.records[0]
+    again = run_scenario(load_scenario(out / first.run.rel_dir / "scenario.yaml"))
+    assert first.metrics is not None and again.digest == first.metrics["digest"]
+
+    # resuming: nothing reruns, the files stay as they were
+    stamps = {r.run: (out / r.run.rel_dir / "metrics.json").stat().st_mtime_ns for r in summary.records}
+    statuses.clear()
+    resumed = run_sweep(
+        tiny,
+        sets,
+        seeds=2,
+        out=out,
+        workers=2,
+        progress=lambda done, total, run, status: statuses.append(status),
+    )
+    assert statuses == ["skipped"] * 4 and resumed.ran == 0 and resumed.skipped == 4
+    assert {
+        r.run: (out / r.run.rel_dir / "metrics.json").stat().st_mtime_ns for r in resumed.records
+    } == stamps
+    assert [r.metrics for r in resumed.records] == [r.metrics for r in summary.records]
+
+    # a run folder left incomplete (an interrupted copy) reruns; the others are read back
+    broken = summary.records[1].run
+    (out / broken.rel_dir / "report.md").unlink()
+    (out / broken.rel_dir.with_name(broken.rel_dir.name + ".partial")).mkdir()  # debris of a crash
+    ran: list[tuple[SweepRun, str]] = []
+    repaired = run_sweep(
+        tiny,
+        sets,
+        seeds=2,
+        out=out,
+        workers=2,
+        progress=lambda done, total, run, status: ran.append((run, status)),
+    )
+    assert [run for run, status in ran if status == "done"] == [broken]
+    assert repaired.skipped == 3 and repaired.ran == 1
+    assert (out / broken.rel_dir / "report.md").is_file()
+    assert not list(out.glob("*/*.partial"))
+    assert [without_wall(r.metrics) for r in repaired.records] == [
+        without_wall(r.metrics) for r in summary.records
+    ]
+
+
+def test_a_failing_run_is_reported_not_raised(tiny: Path) -> None:
+    source = plan_sweep(tiny, [], seeds=1)[0].source
+    files, error = execute(source, ["peers.0.count=-1"])
+    assert files is None and error is not None and "must be >= 1" in error
+
+
+def test_cluster_needs_dask(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if not installed
+    with pytest.raises(ClusterError, match=r"hivemind-sim\[cluster\]"):
+        run_sweep(tiny, [], seeds=1, out=tmp_path / "out", cluster="tcp://127.0.0.1:1")
+
+
+@pytest.mark.timeout(90)
+def test_sweep_on_a_local_dask_cluster(tiny: Path, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed", reason="Dask is the optional `cluster` extra")
+    out = tmp_path / "sweep"
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        summary = run_sweep(tiny, [], seeds=2, out=out, cluster=cluster.scheduler_address)
+    assert summary.errors == [] and summary.ran == 2
+    local = run_sweep(tiny, [], seeds=2, out=tmp_path / "local", workers=1)
+    assert [r.run for r in local.records] == [r.run for r in summary.records]
+    for record in summary.records:  # the same runs, to the byte
+        path = record.run.rel_dir / "metrics.json"
+        assert deterministic_metrics(out / path) == deterministic_metrics(tmp_path / "local" / path)
+    assert all(is_png(out / r.run.rel_dir / "alive_peers.png") for r in summary.records)
+
+
+# ---- comparing ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_reports(tiny: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A real report, and a copy edited as a worse run would be (compare reads files only)."""
+    from hivemind_sim.scenario.runner import run_scenario
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_scenario(load_scenario(tiny), out_dir=a)
+    shutil.copytree(a, b)
+    metrics = json.loads((b / "metrics.json").read_text())
+    metrics["digest"] = "0" * 64
+    metrics["summary"]["dht.get.success_rate"] = 0.25
+    metrics["assertions"][0].update(status="fail", observed=0.25)
+    (b / "metrics.json").write_text(json.dumps(metrics))
+    return a, b
+
+
+def test_compare_names_changes(two_reports: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = two_reports
+    before = json.loads((a / "metrics.json").read_text())["summary"]["dht.get.success_rate"]
+    text = compare_reports(a, b)
+    assert "Trace digests **differ**" in text
+    assert "| `dht.get.success_rate >= 50%` | pass (" in text and "| **pass -> fail** |" in text
+    assert "| `peers.alive.min >= 1` |" in text and "| same |" in text
+    assert f"-{(before - 0.25) * 100:.3g} pp" in text
+    assert "1 of " in text  # only the edited metric differs
+
+    same = compare_reports(a, a / "metrics.json")
+    assert "Trace digests are **equal**" in same and "0 of " in same and "**pass" not in same
+
+    paths = write_comparison(a, b, tmp_path / "cmp")
+    assert [p.name for p in paths] == ["compare.md", "compare.png", "compare_metrics.png"]
+    assert paths[0].read_text() == text
+    assert all(is_png(p) for p in paths[1:])
+
+
+def test_compare_refuses_a_folder_without_a_report(tmp_path: Path) -> None:
+    with pytest.raises(CompareError, match=r"no metrics\.json"):
+        compare_reports(tmp_path, tmp_path)
