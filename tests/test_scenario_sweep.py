@@ -157,7 +157,7 @@ def test_slugs_are_safe_and_distinct() -> None:
         (["seed=1,2"], 2, "--set seed=1,2:", "--seeds N"),
         (["peers.0.count=3,4", "peers.0.count=5,6"], 2, "--set peers.0.count=5,6:", "already set"),
         (["peers.0.count=3,3"], 2, "--set peers.0.count=3,3:", "repeated"),
-        (["peers.0.count=0,3"], 2, "--set peers.0.count=0,3:", "must be >= 1"),
+        (["peers.0.count=0,3"], 2, "--set peers.0.count=0,3:", "must be >= 1, got `0` (at peers.0.count=0)"),
         (["peers.0.cout=3,4"], 2, "--set peers.0.cout=3,4", "did you mean `count`?"),
         (["peers.0.count=3,4"], 0, "--seeds:", "at least 1"),
     ],

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .assertions import format_duration, format_value
-from .loader import Problem, ScenarioError, dump_resolved, load_scenario, parse_scenario
+from .loader import Problem, ScenarioError, dump_resolved, parse_scenario
 from .metrics import KNOWN_EVENTS, LATENCY_STATS
 from .report import METRICS_FORMAT
 from .schema import Scenario
@@ -82,6 +82,7 @@ class SweepRun:
     point: Point
     replicate: int
     seed: int
+    root_seed: int
     slug: str
     """The point's folder name (`peers.0.count=8_workload.dht.keys=100`; `base` when nothing is swept)."""
     overrides: tuple[str, ...]
@@ -207,28 +208,45 @@ def plan_sweep(
     axes, fixed_overrides = parse_sets(sets, fixed=fixed)
     if seeds < 1:
         raise ScenarioError([Problem("--seeds", "", f"must be at least 1, got {seeds}")])
-    root = load_scenario(path, fixed_overrides).seed  # also reports an unreadable file
-    source = Source(Path(path).read_text(encoding="utf-8"), str(path), str(Path(path).resolve().parent))
-    runs: list[SweepRun] = []
-    problems: list[Problem] = []
-    taken: set[int] = set()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError([Problem(str(path), "", f"cannot read the scenario: {error}")]) from None
+    source = Source(text, str(path), str(Path(path).resolve().parent))
     points = [tuple(zip([key for key, _ in axes], values, strict=True)) for values in _product(axes)]
-    for point, slug in zip(points, point_slugs(points), strict=True):
-        overrides = (*fixed_overrides, *(f"{key}={value}" for key, value in point))
+    overrides = {point: (*fixed_overrides, *(f"{k}={v}" for k, v in point)) for point in points}
+    scenarios: dict[Point, Scenario] = {}
+    problems: dict[tuple[str, str, str], list[Point]] = {}  # each problem, with the points it hits
+    for point in points:
         try:
-            source.load(overrides)
+            scenarios[point] = source.load(overrides[point])
         except ScenarioError as error:
-            problems += [_name_flag(problem, point, sets) for problem in error.problems]
-            continue
+            for problem in error.problems:
+                named = _name_flag(problem, point, sets)
+                problems.setdefault((named.where, named.path, named.message), []).append(point)
+    if problems:
+        raise ScenarioError(
+            [
+                Problem(where, key, message if len(hit) == len(points) else f"{message} (at {_labels(hit)})")
+                for (where, key, message), hit in problems.items()
+            ]
+        )
+    root = scenarios[points[0]].seed  # not swept, so the same at every point
+    runs: list[SweepRun] = []
+    taken: set[int] = set()
+    for point, slug in zip(points, point_slugs(points), strict=True):
         for replicate in range(seeds):
             seed = derive_seed(root, point, replicate, taken=taken)
             taken.add(seed)
-            with_seed = (*overrides, f"seed={seed}")
-            runs.append(SweepRun(point, replicate, seed, slug, with_seed, source.load(with_seed), source))
-    if problems:
-        unique = list(dict.fromkeys(problems))
-        raise ScenarioError(unique)
+            with_seed = (*overrides[point], f"seed={seed}")
+            runs.append(
+                SweepRun(point, replicate, seed, root, slug, with_seed, source.load(with_seed), source)
+            )
     return runs
+
+
+def _labels(points: Sequence[Point]) -> str:
+    return "; ".join(point_label(point) for point in points)
 
 
 def parse_sets(
@@ -336,7 +354,7 @@ def _name_flag(problem: Problem, point: Point, sets: Sequence[str]) -> Problem:
     for key, value in point:
         if problem.where == f"--set {key}={value}":
             flag = next((s for s in sets if s.partition("=")[0].strip() == key), f"{key}={value}")
-            return Problem(f"--set {flag}", problem.path, f"{problem.message} (value `{value}`)")
+            return Problem(f"--set {flag}", problem.path, problem.message)
     return problem
 
 
@@ -360,6 +378,7 @@ def run_sweep(
     started = time.perf_counter()
     runs = plan_sweep(path, sets, seeds=seeds, fixed=fixed)
     axes, fixed_overrides = parse_sets(sets, fixed=fixed)
+    base = runs[0].scenario
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records: dict[SweepRun, RunRecord] = {}
@@ -384,11 +403,10 @@ def run_sweep(
         if progress is not None:
             progress(len(records), len(runs), run, "error" if error else "done")
     ordered = [records[run] for run in runs]
-    root = load_scenario(path, fixed_overrides)
     summary = SweepSummary(
         scenario=str(path),
-        name=root.name,
-        root_seed=root.seed,
+        name=base.name,
+        root_seed=runs[0].root_seed,
         seeds=seeds,
         axes=axes,
         fixed=fixed_overrides,
