@@ -378,7 +378,6 @@ def run_sweep(
     started = time.perf_counter()
     runs = plan_sweep(path, sets, seeds=seeds, fixed=fixed)
     axes, fixed_overrides = parse_sets(sets, fixed=fixed)
-    base = runs[0].scenario
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records: dict[SweepRun, RunRecord] = {}
@@ -405,7 +404,7 @@ def run_sweep(
     ordered = [records[run] for run in runs]
     summary = SweepSummary(
         scenario=str(path),
-        name=base.name,
+        name=runs[0].scenario.name,
         root_seed=runs[0].root_seed,
         seeds=seeds,
         axes=axes,
@@ -503,8 +502,8 @@ def _on_processes(runs: Sequence[SweepRun], workers: int | None) -> Iterator[Out
     if not runs:
         return
     count = max(1, min(workers or os.cpu_count() or 1, len(runs)))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures = {pool.submit(execute, run.source, run.overrides): run for run in runs}
         for future in as_completed(futures):
             try:
@@ -512,6 +511,8 @@ def _on_processes(runs: Sequence[SweepRun], workers: int | None) -> Iterator[Out
             except Exception as crash:  # a worker killed (out of memory...) takes its run down with it
                 files, error = None, f"the worker process failed: {crash!r}"
             yield futures[future], files, error
+    finally:  # on Ctrl-C too: the runs not started yet are dropped, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _on_cluster(runs: Sequence[SweepRun], address: str) -> Iterator[Outcome]:
