@@ -148,3 +148,61 @@ def test_the_resolved_scenario_reruns_to_the_same_digest(tiny: Path, tmp_path: P
 def test_validate_checks_without_running(tiny: Path, capsys) -> None:
     assert main(["validate", str(tiny)]) == 0
     assert "valid: 10 peers in 2 groups, 1 events, 3 assertions" in capsys.readouterr().out
+
+
+EVERY_EVENT = """\
+events:
+  - {name: freeze, at: 2s, duration: 4s, action: freeze, select: {group: workers, count: 1}}
+  - {name: degrade, at: 3s, duration: 5s, action: degrade, select: {group: dht},
+     latency: 100ms, loss: 5%, bandwidth: 1Mbit/s}
+  - {name: slow, at: 4s, duration: 5s, action: slow_compute, select: {group: workers}, factor: 20}
+  - {name: nan, at: 5s, duration: 5s, action: misbehave, select: {group: workers, count: 1}, output: nan}
+  - {name: garbage, at: 6s, duration: 4s, action: misbehave, select: {group: workers, count: 1},
+     output: garbage}
+  - {name: split, at: 8s, duration: 4s, action: partition, sides: [{group: workers}]}
+  - {name: leave, at: 13s, duration: 3s, action: leave, select: {group: dht, count: 2}}
+  - {name: restart, at: 14s, action: restart, select: {group: workers, count: 1}}
+  - {name: cut, at: 16s, action: partition, sides: [{regions: [us-east, us-west, sa-east]}]}
+  - {name: heal, at: 18s, action: heal}
+"""
+
+
+def test_every_kind_of_event_runs_and_is_undone(tiny: Path, tmp_path: Path) -> None:
+    text = TINY.replace(TINY[TINY.index("events:") : TINY.index("workload:")], EVERY_EVENT)
+    text = text.replace("  - peers.alive.min >= 4\n", "  - moe.step.success_rate >= 0.5 during nan\n")
+    scenario = tmp_path / "every.yaml"
+    scenario.write_text(text)
+    out = tmp_path / "every"
+    assert run_cli(str(scenario), "--out", str(out), "--set", "duration=20s") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    windows = {w["name"]: (w["start_s"], w["end_s"]) for w in metrics["windows"]}
+    assert windows["freeze"] == (2, 6) and windows["restart"] == (14, 14) and windows["heal"] == (18, 18)
+    assert set(windows) == {
+        "freeze",
+        "degrade",
+        "slow",
+        "nan",
+        "garbage",
+        "split",
+        "leave",
+        "restart",
+        "cut",
+        "heal",
+    }
+    assert metrics["summary"]["peers.alive.workers.final"] == 4, "every fault was undone by the end"
+
+
+def test_a_gml_topology_file_and_backbone_bandwidth(tmp_path: Path) -> None:
+    (tmp_path / "net.gml").write_text(
+        'graph [\n  node [ id 0 label "a" ]\n  node [ id 1 label "b" ]\n'
+        "  edge [ source 0 target 1 latency 40 ]\n]\n"
+    )
+    text = TINY.replace(
+        "peers:\n",
+        "topology:\n  kind: file\n  path: net.gml\n  params: {latency_unit: 1ms}\n"
+        "  backbone_bandwidth: 1Gbit/s\npeers:\n",
+        1,
+    )
+    scenario = tmp_path / "gml.yaml"
+    scenario.write_text(text)
+    assert run_cli(str(scenario), "--out", str(tmp_path / "gml"), "--set", "duration=20s") == 0

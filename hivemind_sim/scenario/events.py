@@ -8,7 +8,7 @@ the peers alive at that moment; network faults (partition, degrade) among all pe
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import math
 from collections.abc import Awaitable, Callable
 
 from . import schema
@@ -77,11 +77,10 @@ class Timeline:
             for name in chosen:
                 peers.swarm.depart(name, graceful)
             return self._bring_back(chosen)
-        if isinstance(event, schema.RestartEvent):
+        if isinstance(event, schema.RestartEvent):  # the process dies and starts again at once
+            await asyncio.gather(*(peers.swarm.crash(name) for name in chosen))
             for name in chosen:
-                peers.swarm.depart(name, False)
-            await peers.swarm.settle()
-            await self._bring_back(chosen)()
+                peers.swarm.come_back(name)
             return None
         if isinstance(event, schema.FreezeEvent):
             for name in chosen:
@@ -92,8 +91,8 @@ class Timeline:
         if isinstance(event, schema.SlowComputeEvent):
             devices = [peers.devices[name] for name in chosen if name in peers.devices]
             for device in devices:
-                device.slowdown = event.factor
-            return _async(lambda: [setattr(device, "slowdown", 1.0) for device in devices])
+                device.slow_down(event.factor)
+            return _async(lambda: [device.restore() for device in devices])
         if isinstance(event, schema.MisbehaveEvent):
             from ..swarms import faults
 
@@ -115,16 +114,10 @@ class Timeline:
         network = self.sim.network
         before = {name: network.link(name) for name in names}
         for name, link in before.items():
-            network.set_link(
-                name,
-                dataclasses.replace(
-                    link,
-                    latency=link.latency + event.latency,
-                    loss=1 - (1 - link.loss) * (1 - event.loss),
-                    uplink_bps=min(link.uplink_bps, event.bandwidth or link.uplink_bps),
-                    downlink_bps=min(link.downlink_bps, event.bandwidth or link.downlink_bps),
-                ),
+            worse = link.degraded(
+                extra_latency=event.latency, loss=event.loss, bandwidth_bps=event.bandwidth or math.inf
             )
+            network.set_link(name, worse)
 
         async def undo() -> None:
             for name, link in before.items():

@@ -45,21 +45,26 @@ class Placement:
 
 
 def build_topology(spec: schema.Topology, *, seed: int) -> Topology:
-    """The backbone a scenario names, generated from its seed when it is random."""
+    """The backbone a scenario names (generated from its seed when random), with its edges'
+    bandwidth when the scenario gives one."""
     params = {key: _param(key, value) for key, value in spec.params.items()}
     if spec.kind == "world_regions":
-        return Topology.world_regions()
-    if spec.kind == "file":
+        topology = Topology.world_regions()
+    elif spec.kind == "file":
         assert spec.path is not None
         unit = params.pop("latency_unit", 1.0)
-        return Topology.from_graphml(spec.path, scale=unit, **params)
-    assert spec.nodes is not None
-    build = {
-        "waxman": Topology.waxman,
-        "barabasi_albert": Topology.barabasi_albert,
-        "random_geometric": Topology.random_geometric,
-    }[spec.kind]
-    return build(spec.nodes, seed=seed, **params)
+        topology = Topology.from_graphml(spec.path, scale=unit, **params)
+    else:
+        assert spec.nodes is not None
+        build = {
+            "waxman": Topology.waxman,
+            "barabasi_albert": Topology.barabasi_albert,
+            "random_geometric": Topology.random_geometric,
+        }[spec.kind]
+        topology = build(spec.nodes, seed=seed, **params)
+    if spec.backbone_bandwidth is not None:
+        topology = topology.with_backbone_bandwidth(spec.backbone_bandwidth)
+    return topology
 
 
 def _param(key: str, value: object) -> object:

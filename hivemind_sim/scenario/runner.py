@@ -9,6 +9,7 @@ digest and same ``metrics.json``.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,8 +84,7 @@ def run_scenario(
 def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str]:
     topology = build_topology(scenario.topology, seed=scenario.seed)
     with Simulation(seed=scenario.seed, topology=topology, jitter=scenario.topology.jitter) as sim:
-        if scenario.topology.loss:
-            sim.network.loss = scenario.topology.loss
+        sim.network.set_loss(scenario.topology.loss)
         recorder = Recorder(scenario.sample_interval, duration=scenario.duration)
         for name in COUNTERS:
             recorder.count(name, 0.0, 0)  # zero, not unknown, when nothing happens
@@ -128,6 +128,7 @@ class _Run:
         self.progress = progress
         self.timeline = Timeline(peers, recorder, start=start, end=end)
         self._tasks: list[asyncio.Task[None]] = []
+        self._delivered = (0, 0)  # messages and bytes delivered when last sampled
 
     async def main(self) -> None:
         await self.peers.join_warmup_groups()
@@ -140,9 +141,12 @@ class _Run:
         workload = self.scenario.workload
         if workload.dht is not None:
             self._spawn(self._dht_workload(workload.dht))
+        stats = self.sim.network.stats
+        self._delivered = (stats.delivered, stats.bytes_delivered)  # the warmup is not measured
         self._spawn(self._sample())
         trainers = self._start_training()
         await asyncio.sleep(self.end - self.sim.now)
+        self._sample_at(self.end - self.start)
         await self.timeline.finish()
         for trainer in self.peers.trainers.values():
             trainer.finish()
@@ -284,22 +288,26 @@ class _Run:
     # ---- measuring ------------------------------------------------------------------------------------
 
     async def _sample(self) -> None:
-        stats = self.sim.network.stats
+        """Sample every interval; ``main`` takes the last sample at the window's end itself."""
         interval = self.scenario.sample_interval
-        delivered, delivered_bytes = stats.delivered, stats.bytes_delivered
         duration = self.end - self.start
-        t = 0.0
-        while t <= duration + 1e-9:
-            await asyncio.sleep(max(0.0, self.start + t - self.sim.now))
-            alive = self.peers.alive()
-            for name in alive:
-                self.recorder.mark_peer(name)
-            self.recorder.gauge("peers.alive", t, len(alive))
-            for group, names in self.peers.groups.items():
-                self.recorder.gauge(f"peers.alive.{group}", t, len(self.peers.alive(names)))
-            self.recorder.count("rpc.messages", t, stats.delivered - delivered)
-            self.recorder.count("rpc.bytes", t, stats.bytes_delivered - delivered_bytes)
-            delivered, delivered_bytes = stats.delivered, stats.bytes_delivered
-            if self.progress is not None:
-                self.progress(t, duration, self.recorder.live(10 * interval))
-            t += interval
+        steps = math.ceil(duration / interval - 1e-9)
+        for step in range(steps):
+            await asyncio.sleep(max(0.0, self.start + step * interval - self.sim.now))
+            self._sample_at(step * interval)
+
+    def _sample_at(self, t: float) -> None:
+        stats = self.sim.network.stats
+        alive = self.peers.alive()
+        for name in alive:
+            self.recorder.mark_peer(name)
+        self.recorder.gauge("peers.alive", t, len(alive))
+        for group, names in self.peers.groups.items():
+            self.recorder.gauge(f"peers.alive.{group}", t, len(self.peers.alive(names)))
+        delivered, delivered_bytes = self._delivered
+        self.recorder.count("rpc.messages", t, stats.delivered - delivered)
+        self.recorder.count("rpc.bytes", t, stats.bytes_delivered - delivered_bytes)
+        self._delivered = (stats.delivered, stats.bytes_delivered)
+        if self.progress is not None:
+            duration = self.end - self.start
+            self.progress(t, duration, self.recorder.live(10 * self.scenario.sample_interval))

@@ -245,12 +245,14 @@ class Topology:
         bandwidth_scale: float = 1.0,
         backbone_bps: float | None = None,
     ) -> Topology:
-        """Load a GraphML file; ``scale`` converts its latency unit to seconds (ms: 0.001).
+        """Load a GraphML file (GML when its suffix is ``.gml``); ``scale`` converts its latency
+        unit to seconds (ms: 0.001).
 
         Edges with a ``bandwidth_attribute`` get that bandwidth times ``bandwidth_scale``
         (to bits/s: Mbit/s is 1e6); the others get ``backbone_bps`` (None: unlimited).
         """
-        graph = nx.Graph(nx.read_graphml(path))
+        read = nx.read_gml if Path(path).suffix.lower() == ".gml" else nx.read_graphml
+        graph = nx.Graph(read(path))
         for a, b, data in graph.edges(data=True):
             if latency_attribute not in data:
                 raise ValueError(f"{path}: edge {a!r}-{b!r} has no {latency_attribute!r} attribute")

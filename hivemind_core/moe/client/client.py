@@ -143,6 +143,9 @@ class MoEClient:
             ) from None
         if any(t.dim() == 0 or t.shape[0] != batch for t in tensors):
             raise MalformedResponse(f"{method} from {endpoint} returned tensors for the wrong batch size")
+        if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+            # one NaN answer would poison the mixture's output and every gradient after it
+            raise MalformedResponse(f"{method} from {endpoint} returned NaN or infinite values")
         return tensors
 
 
