@@ -51,7 +51,6 @@ from .report import METRICS_FORMAT
 from .schema import Scenario
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 Point = tuple[tuple[str, str], ...]
@@ -764,6 +763,8 @@ def sweep_figure(summary: SweepSummary, metric: str) -> Figure:
         series.setdefault(p.point[1:], []).append(p)
     width = 0.3 / len(series)
     singles = _seed_values(summary, metric)
+    observed = [v for values in singles.values() for v in values if math.isfinite(v)]
+    scale, y_unit = _y_scale(metric, observed)
     for index, (rest, group) in enumerate(series.items()):
         color = f"C{index % 10}"
         offset = (index - (len(series) - 1) / 2) * width
@@ -773,25 +774,36 @@ def sweep_figure(summary: SweepSummary, metric: str) -> Figure:
             if s is None:
                 continue
             x = (x_values.index(p.point[0][1]) if p.point else 0) + offset
-            dots = singles.get(p.slug, [])
+            dots = [v / scale for v in singles.get(p.slug, [])]
             ax.scatter([x + width / 4] * len(dots), dots, s=14, color=color, alpha=0.45, linewidths=0)
             xs.append(x)
-            means.append(s.mean)
-            lows.append(s.mean - s.min)
-            highs.append(s.max - s.mean)
+            means.append(s.mean / scale)
+            lows.append((s.mean - s.min) / scale)
+            highs.append((s.max - s.mean) / scale)
         if xs:
             label = f"{point_label(rest)}: mean" if rest else "mean over seeds"
             ax.errorbar(xs, means, yerr=[lows, highs], color=color, marker="o", capsize=4, label=label)
     ax.errorbar([], [], yerr=[], color="gray", capsize=4, linestyle="none", label="min to max over seeds")
     ax.scatter([], [], s=14, color="gray", alpha=0.6, linewidths=0, label="one seed")
-    unit = metric_unit(metric)
+    low, high = min(observed, default=0.0), max(observed, default=1.0)
+    margin = max(high - low, abs(high) * 0.5, 1e-9)
     for threshold, op in _thresholds(summary, metric):
-        label = f"assertion: {op} {format_value(threshold, unit)}"
-        ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=label)
+        label = f"assertion: {op} {format_value(threshold, metric_unit(metric))}"
+        if low - 2 * margin <= threshold <= high + 2 * margin:
+            ax.axhline(threshold / scale, color="red", linestyle="--", linewidth=1, label=label)
+        else:  # drawing it would squash the data into a line
+            ax.plot([], [], color="red", linestyle="--", linewidth=1, label=f"{label} (off the chart)")
     ax.set_xticks(range(len(x_values)), x_values, rotation=30 if max(map(len, x_values)) > 8 else 0)
     ax.set_xlim(-0.5, len(x_values) - 0.5)
     ax.set_xlabel(f"{x_key} (swept value)" if x_key else "nothing swept")
-    _format_y(ax, metric)
+    name = metric.partition(" during ")[0]
+    if metric_unit(metric) == "fraction":
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    elif y_unit and low >= 0:
+        ax.set_ylim(bottom=0)  # latencies: from zero, where a reader expects them
+    ax.set_ylabel(f"{name} ({y_unit})" if y_unit else name)
     handles, labels = ax.get_legend_handles_labels()
     rank = {"min to max over seeds": 1, "one seed": 2}
     order = sorted(
@@ -875,13 +887,11 @@ def _thresholds(summary: SweepSummary, metric: str) -> list[tuple[float, str]]:
     return list(found)
 
 
-def _format_y(ax: Axes, metric: str) -> None:
-    from matplotlib.ticker import FuncFormatter, PercentFormatter
-
-    unit, suffix = metric_unit(metric), ""
-    if unit == "fraction":
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    elif unit == "s":
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: format_duration(y) if y > 0 else "0"))
-        suffix = " (latency)"
-    ax.set_ylabel(f"{metric.partition(' during ')[0]}{suffix}")
+def _y_scale(metric: str, values: Sequence[float]) -> tuple[float, str]:
+    """(divisor, unit) for the y axis: latencies in ms, s or min by their size, others as they are."""
+    if metric_unit(metric) != "s":
+        return 1.0, ""
+    top = max((abs(v) for v in values), default=0.0)
+    if top < 1.0:
+        return 1e-3, "ms"
+    return (1.0, "s") if top < 180.0 else (60.0, "min")
