@@ -156,6 +156,46 @@ def _print_results(console: Any, result: Any) -> None:
     console.print(f"report: [bold]{result.report / 'report.md'}[/bold]")
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .scenario.sweep import plan_sweep, run_sweep
+
+    console = Console(stderr=True)
+    name = plan_sweep(args.file, args.set, seeds=1)[0].scenario.name
+    out = Path(args.out) if args.out else RUNS / "sweeps" / name
+
+    def progress(done: int, total: int, run: object, status: str) -> None:
+        if not args.quiet:
+            console.print(f"[{done}/{total}] {status}: {run.slug}, seed {run.seed}")  # type: ignore[attr-defined]
+
+    summary = run_sweep(
+        args.file,
+        args.set,
+        seeds=args.seeds,
+        out=out,
+        workers=args.workers,
+        cluster=args.cluster,
+        progress=progress,
+    )
+    console.print(
+        f"{summary.ran} runs done, {summary.skipped} already there, {len(summary.errors)} failed to run "
+        f"({summary.wall_s:.1f} s)"
+    )
+    console.print(f"sweep report: [bold]{summary.out / 'sweep.md'}[/bold]")
+    return 1 if summary.failed else 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .scenario.compare import compare_reports, write_comparison
+
+    print(compare_reports(args.a, args.b))
+    if args.out:
+        for path in write_comparison(args.a, args.b, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hivemind-sim",
@@ -184,7 +224,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     validate = scenario_command("validate", "check a scenario without running it")
     validate.set_defaults(handler=_validate)
+    sweep = scenario_command(
+        "sweep", "run a scenario for every combination of --set values (v1,v2,...) and several seeds"
+    )
+    sweep.add_argument("--seeds", type=_positive, default=1, help="runs per point, each with its own seed")
+    sweep.add_argument("--out", default=None, help="sweep folder (default: runs/sweeps/<name>/)")
+    sweep.add_argument(
+        "--workers", type=_positive, default=None, help="local worker processes (default: CPUs)"
+    )
+    sweep.add_argument(
+        "--cluster", default=None, metavar="ADDRESS", help="a Dask scheduler to run on instead"
+    )
+    sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
+    sweep.set_defaults(handler=_sweep)
+    compare = commands.add_parser(
+        "compare", help="two reports side by side", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    compare.add_argument("a", help="a report folder (the reference)")
+    compare.add_argument("b", help="another report folder")
+    compare.add_argument("--out", default=None, help="also write compare.md and plots here")
+    compare.set_defaults(handler=_compare)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,12 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     args = build_parser().parse_args(argv)
+    from .scenario.compare import CompareError
     from .scenario.loader import ScenarioError
+    from .scenario.sweep import ClusterError
 
     try:
         return args.handler(args)
     except ScenarioError as error:
         print(f"hivemind-sim: invalid scenario:\n{error}", file=sys.stderr)
+        return 2
+    except (ClusterError, CompareError) as error:
+        print(f"hivemind-sim: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -206,3 +206,16 @@ def test_a_gml_topology_file_and_backbone_bandwidth(tmp_path: Path) -> None:
     scenario = tmp_path / "gml.yaml"
     scenario.write_text(text)
     assert run_cli(str(scenario), "--out", str(tmp_path / "gml"), "--set", "duration=20s") == 0
+
+
+def test_sweep_and_compare_from_the_command_line(tiny: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    sweep = ["sweep", str(tiny), "--set", "duration=20s", "--set", "peers.dht.count=3,4", "--workers", "1"]
+    assert main([*sweep, "--out", str(out), "--quiet"]) == 0
+    assert (out / "sweep.md").is_file() and (out / "sweep.csv").is_file()
+    first, second = sorted(path.parent for path in out.glob("*/seed-*/metrics.json"))
+    assert main(["compare", str(first), str(second)]) == 0
+    assert "# Comparison" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(tiny), "--seeds", "0"])
+    assert exit_.value.code == 2 and "argument --seeds: must be at least 1, got 0" in capsys.readouterr().err
