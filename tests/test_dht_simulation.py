@@ -103,7 +103,12 @@ def test_values_survive_thirty_percent_of_peers_crashing() -> None:
 
 
 @pytest.mark.parametrize(
-    "peers", [pytest.param(300, id="300-peers"), pytest.param(1000, id="1000-peers", marks=pytest.mark.slow)]
+    "peers",
+    [
+        pytest.param(120, id="120-peers"),
+        pytest.param(300, id="300-peers", marks=pytest.mark.slow),
+        pytest.param(1000, id="1000-peers", marks=pytest.mark.slow),
+    ],
 )
 def test_values_stay_retrievable_and_lookups_accurate_under_weibull_churn(peers: int) -> None:
     config = DHTConfig(max_per_subnet=None, republish_interval=300, refresh_interval=600)

@@ -83,7 +83,7 @@ def run_cli(*args: str) -> int:
 
 def test_a_run_writes_every_report_file_and_passes_its_assertions(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    assert run_cli(str(tiny), "--out", str(out)) == 0
+    assert run_cli(str(tiny), "--out", str(out), "--set", "duration=25s") == 0
     assert {path.name for path in out.iterdir()} >= REPORT_FILES
     for plot in out.glob("*.png"):
         assert plot.stat().st_size > 10_000, f"{plot.name} looks empty"
@@ -124,7 +124,7 @@ def test_set_overrides_reach_the_run(tiny: Path, tmp_path: Path) -> None:
 def run_in_a_process(scenario: Path, out: Path, *, hash_seed: str, seed: int) -> dict:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     command = [sys.executable, "-m", "hivemind_sim.cli", "run", str(scenario), "--quiet"]
-    command += ["--out", str(out), "--seed", str(seed), "--set", "duration=20s"]
+    command += ["--out", str(out), "--seed", str(seed), "--set", "duration=10s", "--set", "events.0.at=5s"]
     subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
     return deterministic_metrics(out / "metrics.json")
 
@@ -133,12 +133,14 @@ def test_one_seed_gives_one_digest_and_the_same_metrics_in_any_process(tiny: Pat
     first = run_in_a_process(tiny, tmp_path / "a", hash_seed="0", seed=5)
     again = run_in_a_process(tiny, tmp_path / "b", hash_seed="4242", seed=5)
     assert first == again
-    assert run_cli(str(tiny), "--out", str(tmp_path / "c"), "--seed", "6", "--set", "duration=20s") == 0
+    short = ["--set", "duration=10s", "--set", "events.0.at=5s"]
+    assert run_cli(str(tiny), "--out", str(tmp_path / "c"), "--seed", "6", *short) == 0
     assert deterministic_metrics(tmp_path / "c" / "metrics.json")["digest"] != first["digest"]
 
 
 def test_the_resolved_scenario_reruns_to_the_same_digest(tiny: Path, tmp_path: Path) -> None:
-    assert run_cli(str(tiny), "--out", str(tmp_path / "first"), "--set", "duration=20s", "--seed", "5") == 0
+    short = ["--set", "duration=10s", "--set", "events.0.at=5s"]
+    assert run_cli(str(tiny), "--out", str(tmp_path / "first"), *short, "--seed", "5") == 0
     resolved = tmp_path / "first" / "scenario.yaml"
     assert run_cli(str(resolved), "--out", str(tmp_path / "again")) == 0
     first = deterministic_metrics(tmp_path / "first" / "metrics.json")
@@ -210,7 +212,18 @@ def test_a_gml_topology_file_and_backbone_bandwidth(tmp_path: Path) -> None:
 
 def test_sweep_and_compare_from_the_command_line(tiny: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sweep"
-    sweep = ["sweep", str(tiny), "--set", "duration=20s", "--set", "peers.dht.count=3,4", "--workers", "1"]
+    sweep = [
+        "sweep",
+        str(tiny),
+        "--set",
+        "duration=10s",
+        "--set",
+        "events.0.at=5s",
+        "--seeds",
+        "2",
+        "--workers",
+        "1",
+    ]
     assert main([*sweep, "--out", str(out), "--quiet"]) == 0
     assert (out / "sweep.md").is_file() and (out / "sweep.csv").is_file()
     first, second = sorted(path.parent for path in out.glob("*/seed-*/metrics.json"))
