@@ -42,12 +42,12 @@ class DroppingRecorder(Recorder):
         pass
 
 
-def timed_run(path: Path, overrides: list[str], *, record: bool) -> tuple[float, str]:
+def timed_run(path: Path, overrides: list[str], *, record: bool) -> tuple[float, runner.RunResult]:
     scenario = load_scenario(path, overrides)
     runner.Recorder = Recorder if record else DroppingRecorder  # type: ignore[misc]
     started = time.perf_counter()
     result = runner.run_scenario(scenario)
-    return time.perf_counter() - started, result.digest
+    return time.perf_counter() - started, result
 
 
 def main() -> None:

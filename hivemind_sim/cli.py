@@ -9,7 +9,6 @@ invalid file or command line.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +54,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from .scenario.runlog import logs_to
     from .scenario.runner import run_scenario
 
     scenario = _load(args)
@@ -66,36 +66,10 @@ def _run(args: argparse.Namespace) -> int:
         f"{sum(g.count for g in scenario.peers)} peers, {scenario.warmup:g} s warmup + "
         f"{scenario.duration:g} s measured"
     )
-    with _core_log(out / "run.log"), _progress(console, args.quiet) as progress:
+    with logs_to(out / "run.log"), _progress(console, args.quiet) as progress:
         result = run_scenario(scenario, out_dir=out, progress=progress)
     _print_results(console, result)
     return 1 if result.failed else 0
-
-
-def _core_log(path: Path) -> Any:
-    """The core's own warnings (lost gradients, bans, timeouts) go to the report's ``run.log``,
-    not over the progress bar."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def attached() -> Any:
-        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        loggers = [logging.getLogger(name) for name in ("hivemind_core", "hivemind_sim")]
-        saved = [(logger.propagate, logger.level) for logger in loggers]
-        for logger in loggers:
-            logger.addHandler(handler)
-            logger.propagate = False
-            logger.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            for logger, (propagate, level) in zip(loggers, saved, strict=True):
-                logger.removeHandler(handler)
-                logger.propagate, logger.level = propagate, level
-            handler.close()
-
-    return attached()
 
 
 def _progress(console: Any, quiet: bool) -> Any:

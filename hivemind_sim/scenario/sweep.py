@@ -22,19 +22,16 @@ gives, per point, every summary metric's mean and spread across seeds and the as
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import itertools
 import json
-import logging
 import math
 import multiprocessing
 import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
@@ -460,38 +457,17 @@ def execute(source: Source, overrides: Sequence[str]) -> tuple[dict[str, bytes] 
 
     The core's log (lost gradients, bans, timeouts) goes to the report's `run.log`, as with
     `hivemind-sim run`, instead of flooding the sweep's console from every worker."""
+    from .runlog import logs_to
     from .runner import run_scenario  # heavy (torch): imported in the worker, not by the planner
 
     try:
         scenario = source.load(overrides)
         with tempfile.TemporaryDirectory(prefix="hivemind-sweep-") as tmp:
-            with _log_to(Path(tmp) / "run.log"):
+            with logs_to(Path(tmp) / "run.log"):
                 run_scenario(scenario, out_dir=Path(tmp))
             return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}, None
     except Exception:  # reported with the run; the other runs go on
         return None, traceback.format_exc()
-
-
-@contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
-    """This thread's records of the project's loggers go to ``path`` only, for the block."""
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    thread = threading.get_ident()
-    handler.addFilter(lambda record: record.thread == thread)
-    loggers = [logging.getLogger(name) for name in ("hivemind_core", "hivemind_sim")]
-    saved = [(logger.propagate, logger.level) for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for logger, (propagate, level) in zip(loggers, saved, strict=True):
-            logger.removeHandler(handler)
-            logger.propagate, logger.level = propagate, level
-        handler.close()
 
 
 Outcome = tuple[SweepRun, dict[str, bytes] | None, str | None]
