@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .scenario.runlog import logs_to
-    from .scenario.runner import run_scenario
+    from .scenario.runner import WarmupTooShort, run_scenario
 
     scenario = _load(args)
     out = Path(args.out) if args.out else RUNS / scenario.name / str(scenario.seed)
@@ -66,8 +66,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{sum(g.count for g in scenario.peers)} peers, {scenario.warmup:g} s warmup + "
         f"{scenario.duration:g} s measured"
     )
-    with logs_to(out / "run.log"), _progress(console, args.quiet) as progress:
-        result = run_scenario(scenario, out_dir=out, progress=progress)
+    try:
+        with logs_to(out / "run.log"), _progress(console, args.quiet) as progress:
+            result = run_scenario(scenario, out_dir=out, progress=progress)
+    except WarmupTooShort as error:
+        print(f"hivemind-sim: error: {error}", file=sys.stderr)
+        return 2
     _print_results(console, result)
     return 1 if result.failed else 0
 

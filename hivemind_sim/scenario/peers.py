@@ -31,7 +31,9 @@ from .metrics import Recorder
 from .training import Dataset, Trainer
 
 JOIN_WAVE = 25
-"""Peers that join at once during the warmup (a flash crowd joins all at once)."""
+"""Peers that join at once during the warmup, at least (a flash crowd joins all at once)."""
+JOIN_WAVES = 40
+"""Big swarms join in at most this many waves, so that 10,000 peers fit in a few minutes."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,9 @@ class ScenarioPeers:
         first = reachable[0]
         await self._add(first, initial=[])
         rest = [name for name in names if name != first]
-        for start in range(0, len(rest), JOIN_WAVE):
-            await asyncio.gather(*(self._add(name) for name in rest[start : start + JOIN_WAVE]))
+        wave = max(JOIN_WAVE, math.ceil(len(rest) / JOIN_WAVES))
+        for start in range(0, len(rest), wave):
+            await asyncio.gather(*(self._add(name) for name in rest[start : start + wave]))
 
     async def join_crowd(self, group: schema.PeerGroup) -> None:
         """A flash crowd: the whole group joins at once through one initial peer."""

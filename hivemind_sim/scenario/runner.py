@@ -38,6 +38,10 @@ Progress = Callable[[float, float, dict[str, float]], None]
 COUNTERS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
 
 
+class WarmupTooShort(RuntimeError):
+    """The peers present from the start were still joining when the measured window began."""
+
+
 @dataclass
 class RunResult:
     scenario: schema.Scenario
@@ -132,7 +136,12 @@ class _Run:
 
     async def main(self) -> None:
         await self.peers.join_warmup_groups()
-        await asyncio.sleep(max(0.0, self.start - self.sim.now))
+        if self.sim.now > self.start:
+            raise WarmupTooShort(
+                f"the peers took {self.sim.now:.0f} s of simulated time to join, longer than the "
+                f"{self.start:g} s warmup: raise `warmup` (nothing would be measured as planned)"
+            )
+        await asyncio.sleep(self.start - self.sim.now)
         self._start_churn()
         for group in self.scenario.peers:
             if group.join_at is not None:
