@@ -2,8 +2,8 @@
 
 ``run`` simulates one scenario and writes its report; ``validate`` checks a file without
 running it; ``sweep`` runs a scenario over parameter values and seeds; ``compare`` puts two
-reports side by side. Exit status: 0 when every assertion holds, 1 when one fails, 2 for an
-invalid file or command line.
+reports side by side. Exit status: 0 when every assertion holds, 1 when one fails or could not
+be judged (its metric was never observed), 2 for an invalid file or command line.
 """
 
 from __future__ import annotations

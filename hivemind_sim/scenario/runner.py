@@ -53,7 +53,8 @@ class RunResult:
 
     @property
     def failed(self) -> bool:
-        return any(result.status == "fail" for result in self.results)
+        """An assertion failed or could not be judged (unknown is not a pass)."""
+        return any(result.status != "pass" for result in self.results)
 
 
 def run_scenario(
