@@ -97,9 +97,8 @@ def _progress(console: Any, quiet: bool) -> Any:
             task = progress.add_task("run", total=1.0, clock="warmup", figures="peers joining")
 
             def update(t: float, duration: float, live: dict[str, float]) -> None:
-                progress.update(
-                    task, completed=t / duration, clock=f"{t:.0f}/{duration:.0f} s", figures=_figures(live)
-                )
+                clock = f"warmup {t:.0f} s" if t < 0 else f"{t:.0f}/{duration:.0f} s"
+                progress.update(task, completed=max(0.0, t) / duration, clock=clock, figures=_figures(live))
 
             yield update
 

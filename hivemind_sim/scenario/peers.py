@@ -13,6 +13,7 @@ import asyncio
 import math
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -152,8 +153,9 @@ class ScenarioPeers:
 
     # ---- joining ---------------------------------------------------------------------------------------
 
-    async def join_warmup_groups(self) -> None:
-        """Every peer of groups without ``join_at``: the first bootstraps, then waves join."""
+    async def join_warmup_groups(self, on_wave: Callable[[], None] = lambda: None) -> None:
+        """Every peer of groups without ``join_at``: the first bootstraps, then waves join
+        (``on_wave`` after each, for progress)."""
         names = [name for name, p in self.placements.items() if p.group.join_at is None]
         reachable = [name for name in names if not self.placements[name].client_mode]
         if not reachable:
@@ -164,6 +166,7 @@ class ScenarioPeers:
         wave = max(JOIN_WAVE, math.ceil(len(rest) / JOIN_WAVES))
         for start in range(0, len(rest), wave):
             await asyncio.gather(*(self._add(name) for name in rest[start : start + wave]))
+            on_wave()
 
     async def join_crowd(self, group: schema.PeerGroup) -> None:
         """A flash crowd: the whole group joins at once through one initial peer."""

@@ -33,7 +33,8 @@ from .report import write_report
 from .training import make_dataset
 
 Progress = Callable[[float, float, dict[str, float]], None]
-"""Called every sample interval with (measured time, duration, live figures)."""
+"""Called with (measured time, duration, live figures) every sample interval, and after each
+wave of joins during the warmup (negative times)."""
 
 COUNTERS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
 
@@ -136,7 +137,7 @@ class _Run:
         self._delivered = (0, 0)  # messages and bytes delivered when last sampled
 
     async def main(self) -> None:
-        await self.peers.join_warmup_groups()
+        await self.peers.join_warmup_groups(on_wave=self._joining)
         if self.sim.now > self.start:
             raise WarmupTooShort(
                 f"the peers took {self.sim.now:.0f} s of simulated time to join, longer than the "
@@ -165,6 +166,12 @@ class _Run:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.peers.swarm.stop()
+
+    def _joining(self) -> None:
+        """Progress while the warmup's peers join (a 10,000-peer swarm takes a while)."""
+        if self.progress is not None:
+            alive = {"peers.alive": float(len(self.peers.swarm.nodes))}
+            self.progress(self.sim.now - self.start, self.end - self.start, alive)
 
     def _spawn(self, coroutine) -> None:
         self._tasks.append(self.sim.loop.create_task(coroutine))
