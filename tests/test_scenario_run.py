@@ -102,7 +102,8 @@ def test_a_failing_assertion_exits_1_and_an_invalid_file_exits_2(tiny: Path, tmp
     assert run_cli(str(tiny), "--out", str(tmp_path / "failing"), *failing) == 1
     metrics = json.loads((tmp_path / "failing" / "metrics.json").read_text())
     assert metrics["assertion_counts"]["fail"] == 1
-    unjudged = ["--set", "assertions.2=dht.get.hops.mean <= 5", "--set", "duration=20s"]  # never observed
+    unjudged = ["--set", "assertions.2=dht.lookup.hops.mean <= 5", "--set", "duration=20s"]
+    unjudged += ["--set", "workload.dht.lookups_per_second=0"]  # so never observed
     assert run_cli(str(tiny), "--out", str(tmp_path / "unknown"), *unjudged) == 1
     broken = tmp_path / "broken.yaml"
     broken.write_text(TINY.replace("    count: 6", "    cuont: 6"))

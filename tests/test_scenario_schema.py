@@ -646,8 +646,8 @@ events:
   - {at: 1m, action: leave, select: {group: dht, fraction: 0.1}}
   - {at: 1m, action: restart, select: {group: dht, count: 1}}
 workload:
-  dht: {stores_per_second: 2, gets_per_second: 10, keys: 100, popularity: {distribution: zipf, exponent: 1.1},
-        ttl: 1h, value_size: 64KiB}
+  dht: {stores_per_second: 2, gets_per_second: 10, lookups_per_second: 2, keys: 100,
+        popularity: {distribution: zipf, exponent: 1.1}, ttl: 1h, value_size: 64KiB}
   training:
     model: {hidden_dim: 16, expert: transformer}
     grid: [4, 4]

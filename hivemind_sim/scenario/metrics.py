@@ -390,7 +390,7 @@ class Recorder:
         return mask
 
 
-KNOWN_EVENTS = frozenset({"dht.get", "dht.store", "moe.step", "moe.expert_call"})
+KNOWN_EVENTS = frozenset({"dht.get", "dht.store", "dht.lookup", "moe.step", "moe.expert_call"})
 
 
 def _per_slot_median(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

@@ -242,7 +242,7 @@ class _Run:
         most popular first (rank = order of first acknowledgement)."""
         rng = self.sim.random("workload/dht")
         requesters = self._requesters()
-        rate = spec.stores_per_second + spec.gets_per_second
+        rate = spec.stores_per_second + spec.gets_per_second + spec.lookups_per_second
         if rate <= 0:
             return
         acknowledged: list[int] = []
@@ -255,12 +255,16 @@ class _Run:
             if not live:
                 continue
             node = self.peers.swarm.nodes[rng.choice(live)]
-            if rng.random() < spec.stores_per_second / rate:
+            kind = rng.random() * rate
+            if kind < spec.stores_per_second:
                 key = popular(rng)
                 self._spawn(self._store(node, key, value, spec.ttl, acknowledged, known))
-            elif acknowledged:
-                rank = popular(rng) % len(acknowledged)
-                self._spawn(self._get(node, acknowledged[rank]))
+            elif kind < spec.stores_per_second + spec.gets_per_second:
+                if acknowledged:
+                    rank = popular(rng) % len(acknowledged)
+                    self._spawn(self._get(node, acknowledged[rank]))
+            else:
+                self._spawn(self._lookup(node, rng.getrandbits(160)))
 
     async def _store(
         self, node: DHTNode, key: int, value: bytes, ttl: float, acknowledged: list[int], known: set[int]
@@ -284,6 +288,30 @@ class _Run:
             found = None
         self.recorder.event(
             "dht.get", self.sim.now - self.start, ok=found is not None, latency=self.sim.now - began
+        )
+
+    async def _lookup(self, node: DHTNode, target: int) -> None:
+        """A lookup judged against the oracle: the live peers truly nearest to ``target``."""
+        began = self.sim.now
+        try:
+            result = (await node.lookup([target]))[target]
+        except TransportError:  # the requester itself went down mid-operation
+            result = None
+        now = self.sim.now
+        if result is None:
+            self.recorder.event("dht.lookup", now - self.start, ok=False, latency=now - began)
+            return
+        k = node.config.k
+        truth = self.peers.swarm.nearest_live(target, k, exclude=node.node_id)
+        found = [contact.node_id for contact in result.nearest]
+        self.recorder.event(
+            "dht.lookup",
+            now - self.start,
+            ok=result.converged,
+            latency=now - began,
+            hops=float(result.rounds),
+            top1=float(bool(found) and bool(truth) and found[0] == truth[0]),
+            overlap=len(set(found) & set(truth)) / max(1, len(truth)),
         )
 
     def _start_training(self) -> list[asyncio.Future[None]]:

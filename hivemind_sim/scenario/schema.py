@@ -468,12 +468,17 @@ EVENT_TYPES = (
 
 
 class DHTWorkload(FrozenModel):
-    """DHT stores and gets, issued by live peers with role dht or peer (all peers if there are none)."""
+    """DHT stores, gets and lookups, issued by live peers with role dht or peer (all peers if
+    there are none)."""
 
     stores_per_second: float = Field(default=1.0, ge=0)
     """Stores per second over the whole network (Poisson arrivals)."""
     gets_per_second: float = Field(default=10.0, ge=0)
     """Gets per second over the whole network (Poisson arrivals)."""
+    lookups_per_second: float = Field(default=1.0, ge=0)
+    """Lookups of random ids per second, judged against the live-peer oracle: their hops,
+    whether the nearest node found is the nearest live one (`top1`) and the share of the `k`
+    nearest live nodes found (`overlap`)."""
     keys: int = Field(default=1000, ge=1)
     """Number of distinct keys."""
     popularity: Popularity = UniformPopularity(distribution="uniform")
@@ -559,7 +564,7 @@ _ASSERTION = re.compile(
     r"\s*(?P<metric>[\w.\-]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<threshold>\S+)\s*(?:during\s+(?P<during>\S+)\s*)?"
 )
 
-EVENT_METRICS = ("dht.get", "dht.store", "moe.step", "moe.expert_call")
+EVENT_METRICS = ("dht.get", "dht.store", "dht.lookup", "moe.step", "moe.expert_call")
 EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
 COUNTER_METRICS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
 
@@ -567,7 +572,8 @@ COUNTER_METRICS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes
 def metric_names(groups: Iterable[str] = ()) -> frozenset[str]:
     """Every summary key an assertion may name (see docs/scenarios.md, "Metrics")."""
     names = {f"{event}.{stat}" for event in EVENT_METRICS for stat in EVENT_STATS}
-    names |= {"dht.get.hops.mean", "train.loss.first", "train.loss.final", "train.loss.min"}
+    names |= {f"dht.lookup.{field}.mean" for field in ("hops", "top1", "overlap")}
+    names |= {"train.loss.first", "train.loss.final", "train.loss.min"}
     names |= {f"{counter}.{stat}" for counter in COUNTER_METRICS for stat in ("total", "per_peer")}
     for gauge in ["peers.alive", *(f"peers.alive.{group}" for group in groups)]:
         names |= {f"{gauge}.{stat}" for stat in ("min", "mean", "final")}
