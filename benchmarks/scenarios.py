@@ -60,16 +60,18 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the peers' own warnings belong in a run's log, not here
     path = Path(args.scenario)
-    wall, digest = timed_run(path, args.set, record=True)
+    wall, run = timed_run(path, args.set, record=True)
+    statuses = [outcome.status for outcome in run.results]
     result: dict[str, object] = {
         "scenario": path.stem,
         "overrides": args.set,
         "wall_s": round(wall, 1),
-        "digest": digest,
+        "assertions": {status: statuses.count(status) for status in ("pass", "fail", "unknown")},
+        "digest": run.digest,
     }
     if args.without_metrics:
-        bare, bare_digest = timed_run(path, args.set, record=False)
-        assert bare_digest == digest, "metrics must not change the simulation"
+        bare, bare_run = timed_run(path, args.set, record=False)
+        assert bare_run.digest == run.digest, "metrics must not change the simulation"
         result |= {"wall_without_metrics_s": round(bare, 1), "metrics_overhead": round(wall / bare - 1, 3)}
     print(json.dumps(result))
 
