@@ -236,6 +236,7 @@ class ScenarioPeers:
         assert training is not None and self.dataset is not None
         return Trainer(
             address,
+            group=placement.group.group,
             workload=training,
             dataset=self.dataset,
             seed=_stable_seed(self.scenario.seed, address, "trainer"),

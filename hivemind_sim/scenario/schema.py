@@ -575,6 +575,8 @@ def metric_names(groups: Iterable[str] = ()) -> frozenset[str]:
     names |= {f"dht.lookup.{field}.mean" for field in ("hops", "top1", "overlap")}
     names |= {"train.loss.first", "train.loss.final", "train.loss.min"}
     names |= {f"{counter}.{stat}" for counter in COUNTER_METRICS for stat in ("total", "per_peer")}
+    for group in groups:  # a trainer group's own training steps (unknown for other roles)
+        names |= {f"moe.step.{group}.{stat}" for stat in EVENT_STATS}
     for gauge in ["peers.alive", *(f"peers.alive.{group}" for group in groups)]:
         names |= {f"{gauge}.{stat}" for stat in ("min", "mean", "final")}
     return frozenset(names)

@@ -537,7 +537,8 @@ def metric_unit(metric: str) -> str:
     base, _, stat = metric.partition(" during ")[0].rpartition(".")
     if stat == "success_rate":
         return "fraction"
-    return "s" if stat in LATENCY_STATS and base in KNOWN_EVENTS else ""
+    per_group_step = base.startswith("moe.step.")
+    return "s" if stat in LATENCY_STATS and (base in KNOWN_EVENTS or per_group_step) else ""
 
 
 def summarize_points(records: Sequence[RunRecord]) -> list[PointSummary]:

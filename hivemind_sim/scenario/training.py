@@ -78,6 +78,7 @@ class Trainer:
         self,
         name: str,
         *,
+        group: str,
         workload: TrainingWorkload,
         dataset: Dataset,
         seed: int,
@@ -87,6 +88,7 @@ class Trainer:
         clock: Callable[[], float],
     ) -> None:
         self.name = name
+        self.group = group
         self.workload = workload
         self.dataset = dataset
         self.device_flops = device_flops
@@ -180,6 +182,7 @@ class Trainer:
     def _record(self, mixture: RemoteMixtureOfExperts, started: float, loss: float | None) -> None:
         now = self.clock()
         self.recorder.event("moe.step", now, ok=loss is not None, latency=now - started)
+        self.recorder.event(f"moe.step.{self.group}", now, ok=loss is not None, latency=now - started)
         if loss is not None:
             self.recorder.value("train.loss", now, loss)
         stats = mixture.stats
