@@ -78,10 +78,15 @@ def alive_peers(recorder: Recorder) -> Figure:
     groups = [n for n in names if n.startswith(total + ".")]
     if total not in names and not groups:
         return _not_observed(fig, ax)
-    for name in [total, *groups] if total in names else groups:
+    dashes = ("-", "--", "-.", ":")  # groups of equal size draw on top of each other: tell them apart
+    for index, name in enumerate([total, *groups] if total in names else groups):
         t, v = recorder.gauge_columns(name)  # type: ignore[misc]
         label = "all peers" if name == total else f"group {name[len(total) + 1 :]}"
-        style = {"color": "black", "linewidth": 2.2} if name == total else {"linewidth": 1.4}
+        style = (
+            {"color": "black", "linewidth": 2.2}
+            if name == total
+            else {"linewidth": 1.6, "linestyle": dashes[index % len(dashes)]}
+        )
         ax.step(t / scale, v, where="post", label=label, **style)
     ax.set_ylim(bottom=0)
     ax.set_xlim(0, recorder.end_time() / scale)
