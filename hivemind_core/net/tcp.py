@@ -743,9 +743,10 @@ class TcpTransport(FramedTransport):
                 try:
                     connection = await self._dial(peer, host, port)
                 except BaseException:
-                    self._dialing.discard(peer)
                     self._wake_slot_waiter()  # the slot this dial held is free again
                     raise
+                finally:
+                    self._dialing.discard(peer)  # the connection, if any, holds the slot now
         except TimeoutError:
             raise PeerUnavailable(
                 f"connecting to {peer} timed out after {self.connect_timeout:g} s "
@@ -753,7 +754,6 @@ class TcpTransport(FramedTransport):
             ) from None
         except OSError as error:
             raise PeerUnavailable(f"cannot connect to {peer}: {error.strerror or error}") from None
-        self._dialing.discard(peer)
         if self._closing:
             connection.transport.close()
             raise TransportClosed("transport closed while connecting")
@@ -799,7 +799,7 @@ class TcpTransport(FramedTransport):
         busy, wait until one becomes idle or closes (the caller bounds the wait).
         """
         while True:
-            others = len(self._outgoing) + len(self._dialing - {peer})
+            others = len(self._outgoing) + len(self._dialing) - (peer in self._dialing)
             if others < self.max_outgoing:
                 return
             idle = [c for c in self._outgoing.values() if c.idle and c.peer not in self._dial_waiters]

@@ -86,7 +86,7 @@ class ScenarioPeers:
         recorder: Recorder,
         baton: Baton,
         dataset: Dataset | None,
-        clock: callable,  # type: ignore[valid-type]
+        clock: Callable[[], float],
     ) -> None:
         self.scenario = scenario
         self.sim = sim
@@ -143,9 +143,6 @@ class ScenarioPeers:
             hosted[name] = [_uid(training, (cursor + i) % size) for i in range(count)]
             cursor += count
         return hosted
-
-    def members(self, group: str) -> list[str]:
-        return self.groups[group]
 
     def alive(self, names: list[str] | None = None) -> list[str]:
         nodes = self.swarm.nodes
@@ -235,7 +232,6 @@ class ScenarioPeers:
         training = self.scenario.workload.training
         assert training is not None and self.dataset is not None
         return Trainer(
-            address,
             group=placement.group.group,
             workload=training,
             dataset=self.dataset,

@@ -76,7 +76,6 @@ class Trainer:
 
     def __init__(
         self,
-        name: str,
         *,
         group: str,
         workload: TrainingWorkload,
@@ -87,7 +86,6 @@ class Trainer:
         recorder: Recorder,
         clock: Callable[[], float],
     ) -> None:
-        self.name = name
         self.group = group
         self.workload = workload
         self.dataset = dataset

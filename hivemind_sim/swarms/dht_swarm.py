@@ -98,10 +98,6 @@ class DHTSwarm:
         transport = self.sim.add_peer(address, node=node_name, link=link)
         return await self._start(address, transport, initial)
 
-    def region_of(self, address: str) -> object:
-        """The topology node a peer was placed on."""
-        return self._placement[address][0]
-
     async def crash(self, address: str) -> None:
         """The peer's machine dies: no goodbye; its tasks stop. A graceful leave in progress is cut
         short (its hand-off dies with the machine)."""
