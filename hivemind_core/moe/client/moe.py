@@ -9,7 +9,10 @@ For a batch ``x``:
    sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more (a server
    that misses the deadline is banned by the client for ``ban_time``, like one that failed);
 4. samples left with fewer than ``k_min`` answers get a fresh search that skips the experts
-   that just failed (up to ``max_searches`` searches), then a clear error if still short;
+   that just failed (up to ``max_searches`` searches), then a clear error if still short.
+   Each retry calls twice as many experts per missing answer as the round before, so a
+   swarm where most announced experts are dead costs a few rounds, not one per dead server
+   (answers beyond ``k_best`` per sample are dropped);
 5. the output is the softmax-weighted average of the experts that answered; failed ones are
    masked out of the average and out of backward.
 
@@ -163,16 +166,20 @@ class RemoteMixtureOfExperts(nn.Module):
             # a sample's own answered experts are skipped per sample (in _group), so ask for as
             # many more as the fullest sample already holds
             held = max(len(answered[s]) for s in needy)
+            widen = 2**attempt  # the DHT may still announce many dead experts: try more at once
             self.stats.searches += 1
             picks = await self.searcher.search(
                 [lg[needy] for lg in logits],
-                self.k_best + held,
-                beam_size=self.beam_size and self.beam_size + held,
+                self.k_best * widen + held,
+                beam_size=self.beam_size and self.beam_size * widen + held,
                 exclude=failed,
                 fresh=attempt > 0,
             )
-            round_ = self._group(needy, picks, answered, self.k_best)
+            round_ = self._group(needy, picks, answered, self.k_best, widen)
             await self._call_forward(x, round_, answered, sample_shape)
+            for sample, choices in zip(needy, picks, strict=True):  # best-scored answers first
+                rank = {choice.uid: i for i, choice in enumerate(choices)}
+                answered[sample].sort(key=lambda a: rank.get(a.choice.uid, -1))
             failed = set()
             for assignment in round_:
                 if assignment.output is None:
@@ -196,14 +203,19 @@ class RemoteMixtureOfExperts(nn.Module):
 
     @staticmethod
     def _group(
-        samples: list[int], picks: list[list[Choice]], answered: list[list[_Assignment]], k_best: int
+        samples: list[int],
+        picks: list[list[Choice]],
+        answered: list[list[_Assignment]],
+        k_best: int,
+        widen: int,
     ) -> list[_Assignment]:
-        """One call per chosen expert, carrying every sample that chose it and still needs it."""
+        """One call per chosen expert, carrying every sample that chose it and still needs it
+        (``widen`` candidates for each answer a sample still misses)."""
         by_uid: dict[str, _Assignment] = {}
         for sample, choices in zip(samples, picks, strict=True):
             held = {a.choice.uid for a in answered[sample]}
             fresh = [choice for choice in choices if choice.uid not in held]
-            for choice in fresh[: k_best - len(held)]:
+            for choice in fresh[: (k_best - len(held)) * widen]:
                 by_uid.setdefault(choice.uid, _Assignment(choice, [])).samples.append(sample)
         return list(by_uid.values())
 
