@@ -293,7 +293,7 @@ def _expert_pattern(text: str) -> str:
     return text
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: ...)" after every option that has a meaningful default."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -337,13 +337,13 @@ def _listening_transport(args: argparse.Namespace) -> TcpTransport:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hivemind-core", description="Run or probe a real peer.", formatter_class=_HelpFormatter
+        prog="hivemind-core", description="Run or probe a real peer.", formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        return commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
     serve = command("serve", "start a peer that answers ping and echo")
     _add_listen_options(serve)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hivemind_core import __version__
+from hivemind_core.cli import HelpFormatter
 
 SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib", "pydantic", "yaml"}  # what [sim] adds
 
@@ -177,13 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hivemind-sim",
         description="Run swarm scenarios from YAML files in simulated time and read their reports.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def scenario_command(name: str, help: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = commands.add_parser(name, help=help, formatter_class=HelpFormatter)
         command.add_argument("file", help="the scenario (YAML)")
         command.add_argument(
             "--set",
@@ -214,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
     sweep.set_defaults(handler=_sweep)
-    compare = commands.add_parser(
-        "compare", help="two reports side by side", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    compare = commands.add_parser("compare", help="two reports side by side", formatter_class=HelpFormatter)
     compare.add_argument("a", help="a report folder (the reference)")
     compare.add_argument("b", help="another report folder")
     compare.add_argument("--out", default=None, help="also write compare.md and plots here")

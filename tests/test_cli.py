@@ -151,6 +151,26 @@ def test_core_errors_found_at_start_name_the_flag(capsys, tmp_path) -> None:
             assert message in capsys.readouterr().err, argv
 
 
+def test_sim_help_pages_show_each_default_once(capsys) -> None:
+    from hivemind_sim.cli import build_parser
+
+    expected = {
+        "run": ["root seed (default: the file's)", "(default: runs/<name>/<seed>/)"],
+        "sweep": ["each with its own seed (default: 1)", "(default: CPUs)"],
+        "validate": ["e.g. peers.0.count=8 or duration=2m"],
+        "compare": ["also write compare.md and plots here"],
+    }
+    for command, snippets in expected.items():
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        page = " ".join(capsys.readouterr().out.split())
+        for snippet in snippets:
+            assert snippet in page, (command, snippet)
+        for unset in ("(default: None)", "(default: False)", "(default: [])"):
+            assert unset not in page, (command, unset)
+        assert ") (default:" not in page, f"{command}: a default said twice"
+
+
 def test_core_help_pages_show_defaults(capsys) -> None:
     from hivemind_core.cli import EXPERT_TYPES, build_parser
 
