@@ -7,7 +7,9 @@ import math
 import random
 
 import pytest
+from matplotlib import pyplot as plt
 
+from hivemind_sim.scenario import plots
 from hivemind_sim.scenario.assertions import Assertion, evaluate, format_duration
 from hivemind_sim.scenario.metrics import Recorder
 from hivemind_sim.scenario.plots import NOT_OBSERVED, PLOTS
@@ -266,7 +268,32 @@ def test_empty_recorder_reports_not_observed(tmp_path) -> None:
         assert (out / png).read_bytes().startswith(PNG_MAGIC)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["train.loss.final"] == "nan"
-    assert NOT_OBSERVED  # the plots' placeholder text; looked at by eye
+
+
+def _placeholders(fig) -> list[str]:  # type: ignore[no-untyped-def]
+    texts = [text.get_text() for ax in fig.axes for text in ax.texts]
+    plt.close(fig)
+    return [text for text in texts if text in (NOT_OBSERVED, "none in this run")]
+
+
+def test_plots_say_what_a_run_did_not_observe() -> None:
+    dht_only = Recorder(10.0, duration=60.0)
+    for name in ("moe.expert_failures", "moe.bans"):
+        dht_only.count(name, 0.0, 0)  # the runner zeroes every counter
+    dht_only.event("dht.get", 5.0, ok=True, latency=0.1)
+    dht_only.gauge("peers.alive", 0.0, 3)
+    rows = dht_only.timeseries()
+    assert _placeholders(plots.training_loss(dht_only, rows)) == [NOT_OBSERVED]
+    assert _placeholders(plots.expert_failures(dht_only, rows)) == [NOT_OBSERVED], "no training here"
+    assert _placeholders(plots.lookup_latency_cdf(dht_only)) == []
+    assert _placeholders(plots.alive_peers(dht_only)) == []
+    trained = Recorder(10.0, duration=60.0)
+    for name in ("moe.expert_failures", "moe.bans"):
+        trained.count(name, 0.0, 0)
+    trained.event("moe.step", 5.0, ok=True, latency=0.3)
+    rows = trained.timeseries()
+    assert _placeholders(plots.expert_failures(trained, rows)) == ["none in this run"]
+    assert _placeholders(plots.lookup_latency_cdf(trained)) == [NOT_OBSERVED]
 
 
 def test_live_figures_cover_the_recent_span() -> None:

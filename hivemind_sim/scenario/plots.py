@@ -71,21 +71,25 @@ def write_plots(out_dir: Path, recorder: Recorder, *, rows: Rows | None = None, 
 
 
 def alive_peers(recorder: Recorder) -> Figure:
-    fig, ax = _figure("Alive peers over time")
+    # sampled: a crash shows at the first sample after it, up to one interval late
+    fig, ax = _figure(f"Alive peers over time (counted every {format_duration(recorder.sample_interval)})")
     scale, unit = _time_unit(recorder.end_time())
     names = recorder.names()["gauges"]
     total = "peers.alive"
     groups = [n for n in names if n.startswith(total + ".")]
     if total not in names and not groups:
         return _not_observed(fig, ax)
-    dashes = ("-", "--", "-.", ":")  # groups of equal size draw on top of each other: tell them apart
+    # groups of equal size draw on top of each other: no group line is solid and each is
+    # thinner than the one before, so every one shows around and through the later ones
+    dashes = ("--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))
     for index, name in enumerate([total, *groups] if total in names else groups):
         t, v = recorder.gauge_columns(name)  # type: ignore[misc]
         label = "all peers" if name == total else f"group {name[len(total) + 1 :]}"
+        width = 1.2 + 2.4 * (len(groups) - index) / len(groups) if groups else 1.6
         style = (
             {"color": "black", "linewidth": 2.2}
             if name == total
-            else {"linewidth": 1.6, "linestyle": dashes[index % len(dashes)]}
+            else {"linewidth": width, "linestyle": dashes[index % len(dashes)]}
         )
         ax.step(t / scale, v, where="post", label=label, **style)
     ax.set_ylim(bottom=0)
@@ -200,11 +204,12 @@ def expert_failures(recorder: Recorder, rows: Rows) -> Figure:
     dt = recorder.sample_interval
     fig, ax = _figure(f"Expert failures and bans per {format_duration(dt)} interval")
     counters = [n for n in FAILURE_COUNTERS if n in recorder.names()["counters"]]
-    if not counters:
-        return _not_observed(fig, ax)
+    summary = recorder.summary()
+    trained = "moe.step" in recorder.names()["events"]
+    if not counters or (not trained and all(summary[n + ".total"] == 0 for n in counters)):
+        return _not_observed(fig, ax)  # no DMoE training here: zero failures would say nothing
     scale, unit = _time_unit(recorder.end_time())
     time = np.array([r["time"] for r in rows], dtype=float)
-    summary = recorder.summary()
     edges = np.append(time, time[-1] + dt) / scale
     for name in counters:
         counts = np.array([r[name] for r in rows], dtype=float)
