@@ -41,6 +41,26 @@ async def record_arrivals(transport, arrivals: list[tuple[float, bytes]]) -> Non
     await transport.listen(handler)
 
 
+def small_from_far_then_big_from_near(sim, far, near, sink) -> tuple[tuple[float, float], float, int]:  # type: ignore[no-untyped-def]
+    """``far`` sends 100 bytes to ``sink``; 50 ms later ``near`` (1 ms away) sends 1 MB. Returns
+    (big's arrival, small's arrival), when big would be done at 1 MB/s with nothing ahead of
+    it, and small's size on the wire: a FIFO bottleneck serves whichever arrived at it first."""
+    arrivals: list[tuple[float, bytes]] = []
+    big, small = b"B" * 1_000_000, b"s" * 100
+
+    async def main() -> None:
+        await record_arrivals(sink, arrivals)
+        first = asyncio.ensure_future(far.request("sink", small, timeout=10))
+        await asyncio.sleep(0.050)
+        second = asyncio.ensure_future(near.request("sink", big, timeout=10))
+        await asyncio.gather(first, second)
+
+    sim.run(main())
+    (t_big, p_big), (t_small, p_small) = arrivals
+    assert p_small == small and p_big == big
+    return (t_big, t_small), 0.050 + 0.001 + (HEADER_SIZE + len(big)) / 1e6, HEADER_SIZE + len(small)
+
+
 def test_arrival_time_matches_the_model(sim) -> None:
     sender_link = AccessLink(uplink_bps=8e6, downlink_bps=1e9, latency=0.002)
     receiver_link = AccessLink(uplink_bps=1e9, downlink_bps=4e6, latency=0.003)
@@ -87,22 +107,9 @@ def test_downlink_queues_in_arrival_order_not_send_order() -> None:
         far = sim.add_peer("far", node="far")
         near = sim.add_peer("near", node="near")
         sink = sim.add_peer("sink", node="hub", link=AccessLink(downlink_bps=8e6))  # 1 MB/s
-        arrivals: list[tuple[float, bytes]] = []
-        big, small = b"B" * 1_000_000, b"s" * 100
-
-        async def main() -> None:
-            await record_arrivals(sink, arrivals)
-            first = asyncio.ensure_future(far.request("sink", small, timeout=10))
-            await asyncio.sleep(0.050)
-            second = asyncio.ensure_future(near.request("sink", big, timeout=10))
-            await asyncio.gather(first, second)
-
-        sim.run(main())
-        (t_big, p_big), (t_small, p_small) = arrivals
-        assert p_small == small and p_big == big
-        big_done = 0.050 + 0.001 + (HEADER_SIZE + len(big)) / 1e6
+        (t_big, t_small), big_done, small_size = small_from_far_then_big_from_near(sim, far, near, sink)
         assert t_big == pytest.approx(big_done, abs=1e-9)
-        assert t_small == pytest.approx(big_done + (HEADER_SIZE + len(small)) / 1e6, abs=1e-9)
+        assert t_small == pytest.approx(big_done + small_size / 1e6, abs=1e-9)
 
 
 def test_total_loss_gives_a_timeout(sim) -> None:
@@ -370,22 +377,9 @@ def test_a_path_queues_on_its_slowest_edge_in_arrival_order() -> None:
     with Simulation(seed=0, topology=topology) as sim:
         far, near = sim.add_peer("far", node="far"), sim.add_peer("near", node="near")
         sink = sim.add_peer("sink", node="sink")
-        arrivals: list[tuple[float, bytes]] = []
-        big, small = b"B" * 1_000_000, b"s" * 100
-
-        async def main() -> None:
-            await record_arrivals(sink, arrivals)
-            first = asyncio.ensure_future(far.request("sink", small, timeout=10))
-            await asyncio.sleep(0.050)
-            second = asyncio.ensure_future(near.request("sink", big, timeout=10))
-            await asyncio.gather(first, second)
-
-        sim.run(main())
-        (t_big, p_big), (t_small, p_small) = arrivals
-        assert p_small == small and p_big == big
-        big_done = 0.050 + 0.001 + (HEADER_SIZE + len(big)) / 1e6
+        (t_big, t_small), big_done, small_size = small_from_far_then_big_from_near(sim, far, near, sink)
         assert t_big == pytest.approx(big_done + 0.010, abs=1e-9)
-        assert t_small == pytest.approx(big_done + (HEADER_SIZE + len(small)) / 1e6 + 0.010, abs=1e-9)
+        assert t_small == pytest.approx(big_done + small_size / 1e6 + 0.010, abs=1e-9)
 
 
 def test_an_unlimited_backbone_adds_no_queue() -> None:
