@@ -37,6 +37,35 @@ def test_readme_simulation_example_runs(capsys) -> None:
     assert capsys.readouterr().out.startswith("b'hello' at t=0.240s virtual")
 
 
+def test_readme_scenario_commands_name_valid_overrides(capsys) -> None:
+    """Each `hivemind-sim run` or `sweep` line of the README's Scenarios section validates with
+    its `--set` values (every value of a sweep's list): a full run of each is too long here."""
+    from hivemind_sim.cli import main
+
+    section = README.split("\n## Scenarios\n", 1)[1].split("\n## ", 1)[0]
+    lines = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+        for line in block.splitlines()
+    ]
+    checked = 0
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if len(words) < 3 or words[0] != ".venv/bin/hivemind-sim" or words[1] not in ("run", "sweep"):
+            continue
+        overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+        choices: list[list[str]] = [[""]]
+        for override in overrides:
+            key, values = override.split("=", 1)
+            options = values.split(",") if words[1] == "sweep" else [values]
+            choices = [[*done, f"{key}={value}"] for done in choices for value in options]
+        for chosen in choices:
+            sets = [part for override in chosen if override for part in ("--set", override)]
+            assert main(["validate", str(ROOT / words[2]), *sets]) == 0, (line, capsys.readouterr().err)
+            checked += 1
+    assert checked >= 3
+
+
 def using_it_blocks() -> list[tuple[str, str]]:
     """The (language, code) blocks of the README's "Using it" section, in order."""
     section = README.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
