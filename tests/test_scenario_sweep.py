@@ -329,3 +329,17 @@ def test_compare_names_changes(two_reports: tuple[Path, Path], tmp_path: Path) -
 def test_compare_refuses_a_folder_without_a_report(tmp_path: Path) -> None:
     with pytest.raises(CompareError, match=r"no metrics\.json"):
         compare_reports(tmp_path, tmp_path)
+
+
+def test_every_kind_of_summary_metric_gets_words() -> None:
+    from hivemind_sim.scenario.sweep import describe_metric
+
+    assert describe_metric("dht.get.p99 during cut") == "DHT get latency p99 during cut"
+    assert describe_metric("dht.lookup.hops.mean") == "DHT lookup hops, mean"
+    top1 = "DHT lookup found the nearest live peer (share of lookups)"
+    assert describe_metric("dht.lookup.top1.mean") == top1
+    assert describe_metric("moe.step.laptops.p50") == "training step (laptops) latency p50"
+    assert describe_metric("rpc.bytes.per_peer") == "RPC bytes, per peer"
+    assert describe_metric("peers.alive.servers.min") == "alive peers (servers), min"
+    assert describe_metric("train.loss.final") == "training loss, final"
+    assert describe_metric("something.new") == "something.new"  # unknown keys stay as they are

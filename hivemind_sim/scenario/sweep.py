@@ -800,8 +800,14 @@ def sweep_figure(summary: SweepSummary, metric: str) -> Figure:
 EVENT_NAMES = {
     "dht.get": "DHT get",
     "dht.store": "DHT store",
+    "dht.lookup": "DHT lookup",
     "moe.step": "training step",
     "moe.expert_call": "expert call",
+}
+FIELD_NAMES = {  # the mean of a number an event carries besides its latency (`dht.lookup.hops.mean`)
+    "hops": "hops, mean",
+    "top1": "found the nearest live peer (share of lookups)",
+    "overlap": "share of the k nearest live peers found, mean",
 }
 COUNTER_NAMES = {
     "moe.bans": "bans",
@@ -829,9 +835,15 @@ def describe_metric(metric: str) -> str:
     """Words for a summary key: `DHT get latency p99 during crash-wave`; the key itself otherwise."""
     name, _, during = metric.partition(" during ")
     base, _, stat = name.rpartition(".")
+    event, _, part = base.rpartition(".")
     if base in EVENT_NAMES and stat in STAT_NAMES:
         words = STAT_NAMES[stat] if stat != "mean" else "mean latency"
         text = f"{EVENT_NAMES[base]} {words}"
+    elif event in EVENT_NAMES and part in FIELD_NAMES and stat == "mean":
+        text = f"{EVENT_NAMES[event]} {FIELD_NAMES[part]}"
+    elif event == "moe.step" and stat in STAT_NAMES:  # one trainer group's steps
+        words = STAT_NAMES[stat] if stat != "mean" else "mean latency"
+        text = f"training step ({part}) {words}"
     elif base in COUNTER_NAMES:
         text = f"{COUNTER_NAMES[base]}, {STAT_NAMES.get(stat, stat)}"
     elif base == "train.loss":
