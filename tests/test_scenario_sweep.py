@@ -276,7 +276,7 @@ def test_sweep_on_a_local_dask_cluster(tiny: Path, tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed", reason="Dask is the optional `cluster` extra")
     out = tmp_path / "sweep"
     with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
     ) as cluster:
         summary = run_sweep(tiny, [], seeds=2, out=out, cluster=cluster.scheduler_address)
     assert summary.errors == [] and summary.ran == 2
