@@ -84,8 +84,8 @@ class DHTHandlers:
             isinstance(count, int) and not isinstance(count, bool) and 0 < count <= self.config.k,
             f"find count must be in 1..{self.config.k}",
         )
-        if not all(isinstance(raw, bytes) and len(raw) == ID_BYTES for raw in raw_ids):
-            bad = next(i for i, r in enumerate(raw_ids) if not (isinstance(r, bytes) and len(r) == ID_BYTES))
+        bad = next((i for i, raw in enumerate(raw_ids) if not _is_id(raw)), None)
+        if bad is not None:
             raise ValueError(f"ids[{bad}] must be {ID_BYTES} bytes")  # formatted only on failure
         ids = [id_from_bytes(raw) for raw in raw_ids]
         sender_id = self.membership.observe_requester(peer, sender)
@@ -104,3 +104,7 @@ class DHTHandlers:
             entry = self.storage.get(target, now) or self.cache.get(target, now)
             results.append([encode_entry(entry) if entry is not None else None, indices])
         return [self.me(), contacts, results]
+
+
+def _is_id(raw: Any) -> bool:
+    return isinstance(raw, bytes) and len(raw) == ID_BYTES
