@@ -515,10 +515,11 @@ def read_churn_trace(group: PeerGroup) -> list[TraceSession]:
         )
     problems: list[Problem] = []
     parsed: list[tuple[int, TraceSession]] = []
+    names = frozenset(group.peer_names())
     for number, row in enumerate(rows[1:], start=2):
         if any(cell.strip() for cell in row):
             try:
-                parsed.append((number, _trace_row(row, group)))
+                parsed.append((number, _trace_row(row, group, names)))
             except ValueError as error:
                 problems.append(Problem(f"{path}:{number}", "", str(error), number))
     parsed.sort(key=lambda item: (item[1].peer, item[1].join))
@@ -531,11 +532,11 @@ def read_churn_trace(group: PeerGroup) -> list[TraceSession]:
     return sorted((session for _, session in parsed), key=lambda session: (session.join, session.peer))
 
 
-def _trace_row(row: list[str], group: PeerGroup) -> TraceSession:
+def _trace_row(row: list[str], group: PeerGroup, names: frozenset[str]) -> TraceSession:
     if len(row) != 3:
         raise ValueError(f"expected 3 columns `peer,join,leave`, got {len(row)}")
     peer, join_text, leave_text = (cell.strip() for cell in row)
-    if not peer.startswith(f"{group.group}-") or peer not in group.peer_names():
+    if peer not in names:
         raise ValueError(f"no peer `{peer}` in group `{group.group}` ({group.group}-0 to -{group.count - 1})")
     join = parse_duration(join_text)
     leave = parse_duration(leave_text) if leave_text else None
