@@ -332,7 +332,7 @@ def test_compare_refuses_a_folder_without_a_report(tmp_path: Path) -> None:
 
 
 def test_every_kind_of_summary_metric_gets_words() -> None:
-    from hivemind_sim.scenario.sweep import describe_metric
+    from hivemind_sim.scenario.names import describe_metric
 
     assert describe_metric("dht.get.p99 during cut") == "DHT get latency p99 during cut"
     assert describe_metric("dht.lookup.hops.mean") == "DHT lookup hops, mean"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 from .metrics import Recorder
+from .names import metric_unit
 
 Status = Literal["pass", "fail", "unknown"]
 
@@ -87,7 +88,7 @@ def evaluate(assertions: Iterable[AssertionLike], recorder: Recorder) -> list[As
         if a.during not in summaries:
             summaries[a.during] = recorder.summary(during=a.during)
         observed = summaries[a.during].get(a.metric)
-        unit = recorder.metric_unit(a.metric)
+        unit = metric_unit(a.metric)
         subject = a.metric if a.during is None else f"{a.metric} during {a.during}"
         wanted = f"{a.op} {format_value(a.threshold, unit)}"
         if observed is None:

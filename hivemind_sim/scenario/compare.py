@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .assertions import format_duration
-from .sweep import assertion_text, describe_metric, metric_unit, run_metrics, show
+from .names import describe_metric, metric_unit
+from .sweep import assertion_text, run_metrics, show
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

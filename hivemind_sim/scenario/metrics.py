@@ -30,12 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
-LATENCY_STATS = ("p50", "p90", "p99", "mean", "max")
-FIELD_STATS = ("mean",)
-VALUE_STATS = ("first", "final", "min")
-COUNTER_STATS = ("total", "per_peer")
-GAUGE_STATS = ("min", "mean", "final")
 FINAL_FRACTION = 0.1  # `<value>.final` is the mean of the last 10% of samples
 
 _NAN = math.nan
@@ -190,15 +184,6 @@ class Recorder:
             "counters": sorted(self._counters),
             "gauges": sorted(self._gauges),
         }
-
-    def metric_unit(self, metric: str) -> str:
-        """ "s" for an event's latency statistics, "fraction" for success rates, "" otherwise."""
-        base, _, stat = metric.rpartition(".")
-        if stat == "success_rate":
-            return "fraction"
-        if stat in LATENCY_STATS and (base in self._events or base in KNOWN_EVENTS):
-            return "s"
-        return ""
 
     def end_time(self) -> float:
         """The measured window's end: `duration` if given, else the last recorded time (0 if none)."""
@@ -388,9 +373,6 @@ class Recorder:
         mask = self._mask(t, [w for w in self._windows if w.name == during])
         assert mask is not None
         return mask
-
-
-KNOWN_EVENTS = frozenset({"dht.get", "dht.store", "dht.lookup", "moe.step", "moe.expert_call"})
 
 
 def _per_slot_median(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

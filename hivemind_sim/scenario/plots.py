@@ -16,6 +16,7 @@ import numpy as np
 
 from .assertions import format_duration
 from .metrics import Recorder, Window
+from .names import COUNTERS, EVENTS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -30,14 +31,8 @@ PLOTS = (
 )
 LOOKUP_EVENTS = ("dht.get", "dht.store", "dht.lookup")
 SUCCESS_EVENTS = ("dht.get", "dht.store", "moe.step", "moe.expert_call")
-EVENT_LABELS = {
-    "dht.get": "DHT get",
-    "dht.store": "DHT store",
-    "dht.lookup": "DHT lookup (random id, to convergence)",
-    "moe.step": "training step",
-    "moe.expert_call": "expert call",
-}
-FAILURE_COUNTERS = {"moe.expert_failures": "expert failures", "moe.bans": "bans"}
+EVENT_LABELS = {**EVENTS, "dht.lookup": "DHT lookup (random id, to convergence)"}
+FAILURE_COUNTERS = {name: COUNTERS[name] for name in ("moe.expert_failures", "moe.bans")}
 # fault windows: colours unlike the data lines (tab10's first four and black)
 WINDOW_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
 MAX_SCATTER = 5000  # loss points drawn; more only blur into a band

@@ -18,6 +18,7 @@ from typing import Any
 
 from .assertions import AssertionResult, format_value
 from .metrics import Recorder
+from .names import metric_unit
 from .plots import PLOTS, write_plots
 
 METRICS_FORMAT = 1  # bump when the layout of metrics.json changes
@@ -143,7 +144,7 @@ def _markdown(
     if results:
         lines += ["| status | assertion | observed |", "|---|---|---|"]
         for r in results:
-            unit = recorder.metric_unit(r.metric)
+            unit = metric_unit(r.metric)
             observed = "not observed" if r.observed is None else format_value(r.observed, unit)
             wanted = f"{r.subject} {r.op} {format_value(r.threshold, unit)}"
             lines.append(f"| {r.status.upper()} | `{wanted}` | {observed} |")
@@ -163,7 +164,7 @@ def _markdown(
     header = ["metric", "whole run", *(f"during {w}" for w in during)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, value in metrics["summary"].items():
-        unit = recorder.metric_unit(key)
+        unit = metric_unit(key)
         cells = [format_value(value, unit)]
         cells += [format_value(during[w][key], unit) if key in during[w] else "-" for w in during]
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")

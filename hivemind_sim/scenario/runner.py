@@ -28,6 +28,7 @@ from .assertions import AssertionResult, evaluate
 from .events import Timeline
 from .loader import dump_resolved, read_churn_trace
 from .metrics import Recorder
+from .names import COUNTERS
 from .peers import ScenarioPeers, build_topology
 from .report import write_report
 from .training import make_dataset
@@ -35,8 +36,6 @@ from .training import make_dataset
 Progress = Callable[[float, float, dict[str, float]], None]
 """Called with (measured time, duration, live figures) every sample interval, and after each
 wave of joins during the warmup (negative times)."""
-
-COUNTERS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
 
 
 class WarmupTooShort(RuntimeError):

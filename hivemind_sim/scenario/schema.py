@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .names import COUNTER_STATS, COUNTERS, EVENT_FIELDS, EVENT_STATS, EVENTS, GAUGE_STATS, VALUE_STATS
 from .units import (
     Bandwidth,
     ChurnTime,
@@ -564,21 +565,17 @@ _ASSERTION = re.compile(
     r"\s*(?P<metric>[\w.\-]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<threshold>\S+)\s*(?:during\s+(?P<during>\S+)\s*)?"
 )
 
-EVENT_METRICS = ("dht.get", "dht.store", "dht.lookup", "moe.step", "moe.expert_call")
-EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
-COUNTER_METRICS = ("moe.bans", "moe.expert_failures", "rpc.messages", "rpc.bytes")
-
 
 def metric_names(groups: Iterable[str] = ()) -> frozenset[str]:
     """Every summary key an assertion may name (see docs/scenarios.md, "Metrics")."""
-    names = {f"{event}.{stat}" for event in EVENT_METRICS for stat in EVENT_STATS}
-    names |= {f"dht.lookup.{field}.mean" for field in ("hops", "top1", "overlap")}
-    names |= {"train.loss.first", "train.loss.final", "train.loss.min"}
-    names |= {f"{counter}.{stat}" for counter in COUNTER_METRICS for stat in ("total", "per_peer")}
+    names = {f"{event}.{stat}" for event in EVENTS for stat in EVENT_STATS}
+    names |= {f"dht.lookup.{field}.mean" for field in EVENT_FIELDS}
+    names |= {f"train.loss.{stat}" for stat in VALUE_STATS}
+    names |= {f"{counter}.{stat}" for counter in COUNTERS for stat in COUNTER_STATS}
     for group in groups:  # a trainer group's own training steps (unknown for other roles)
         names |= {f"moe.step.{group}.{stat}" for stat in EVENT_STATS}
     for gauge in ["peers.alive", *(f"peers.alive.{group}" for group in groups)]:
-        names |= {f"{gauge}.{stat}" for stat in ("min", "mean", "final")}
+        names |= {f"{gauge}.{stat}" for stat in GAUGE_STATS}
     return frozenset(names)
 
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .assertions import format_duration, format_value
 from .loader import Problem, ScenarioError, dump_resolved, parse_scenario
-from .metrics import KNOWN_EVENTS, LATENCY_STATS
+from .names import describe_metric, metric_unit
 from .report import METRICS_FORMAT
 from .schema import Scenario
 
@@ -532,15 +532,6 @@ def assertion_text(assertion: dict[str, Any]) -> str:
     return f"{text} during {assertion['during']}" if assertion.get("during") else text
 
 
-def metric_unit(metric: str) -> str:
-    """ "fraction", "s" or "" for a summary key (`during` suffix allowed), as metrics.json has no units."""
-    base, _, stat = metric.partition(" during ")[0].rpartition(".")
-    if stat == "success_rate":
-        return "fraction"
-    per_group_step = base.startswith("moe.step.")
-    return "s" if stat in LATENCY_STATS and (base in KNOWN_EVENTS or per_group_step) else ""
-
-
 def summarize_points(records: Sequence[RunRecord]) -> list[PointSummary]:
     by_point: dict[Point, list[RunRecord]] = {}
     for record in records:
@@ -795,65 +786,6 @@ def sweep_figure(summary: SweepSummary, metric: str) -> Figure:
         frameon=False,
     )
     return fig
-
-
-EVENT_NAMES = {
-    "dht.get": "DHT get",
-    "dht.store": "DHT store",
-    "dht.lookup": "DHT lookup",
-    "moe.step": "training step",
-    "moe.expert_call": "expert call",
-}
-FIELD_NAMES = {  # the mean of a number an event carries besides its latency (`dht.lookup.hops.mean`)
-    "hops": "hops, mean",
-    "top1": "found the nearest live peer (share of lookups)",
-    "overlap": "share of the k nearest live peers found, mean",
-}
-COUNTER_NAMES = {
-    "moe.bans": "bans",
-    "moe.expert_failures": "expert failures",
-    "rpc.messages": "RPC messages",
-    "rpc.bytes": "RPC bytes",
-}
-STAT_NAMES = {
-    "success_rate": "success rate",
-    "count": "count",
-    "p50": "latency p50",
-    "p90": "latency p90",
-    "p99": "latency p99",
-    "mean": "mean",
-    "max": "max",
-    "first": "first",
-    "final": "final",
-    "min": "min",
-    "total": "total",
-    "per_peer": "per peer",
-}
-
-
-def describe_metric(metric: str) -> str:
-    """Words for a summary key: `DHT get latency p99 during crash-wave`; the key itself otherwise."""
-    name, _, during = metric.partition(" during ")
-    base, _, stat = name.rpartition(".")
-    event, _, part = base.rpartition(".")
-    if base in EVENT_NAMES and stat in STAT_NAMES:
-        words = STAT_NAMES[stat] if stat != "mean" else "mean latency"
-        text = f"{EVENT_NAMES[base]} {words}"
-    elif event in EVENT_NAMES and part in FIELD_NAMES and stat == "mean":
-        text = f"{EVENT_NAMES[event]} {FIELD_NAMES[part]}"
-    elif event == "moe.step" and stat in STAT_NAMES:  # one trainer group's steps
-        words = STAT_NAMES[stat] if stat != "mean" else "mean latency"
-        text = f"training step ({part}) {words}"
-    elif base in COUNTER_NAMES:
-        text = f"{COUNTER_NAMES[base]}, {STAT_NAMES.get(stat, stat)}"
-    elif base == "train.loss":
-        text = f"training loss, {STAT_NAMES.get(stat, stat)}"
-    elif base.startswith("peers.alive"):
-        group = base.removeprefix("peers.alive").lstrip(".")
-        text = f"alive peers{f' ({group})' if group else ''}, {STAT_NAMES.get(stat, stat)}"
-    else:
-        text = name
-    return f"{text} during {during}" if during else text
 
 
 def _seed_values(summary: SweepSummary, metric: str) -> dict[str, list[float]]:
