@@ -22,10 +22,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .schema import PeerGroup, Scenario, ScenarioProblems
+from .schema import Loc, PeerGroup, Scenario, ScenarioProblems, suggest
 from .units import parse_duration
 
-Loc = tuple[str | int, ...]
 _DISCRIMINATORS = ("distribution", "action")
 
 
@@ -307,11 +306,6 @@ def _misspelt(missing: Loc, unknown: Sequence[Loc]) -> bool:
     return bool(difflib.get_close_matches(str(missing[-1]), beside, n=1, cutoff=0.6))
 
 
-def _suggest(word: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
 def _quoted(text: str) -> list[str]:
     return re.findall(r"'([^']*)'", text)
 
@@ -353,7 +347,7 @@ class _Locator:
         if kind == "extra_forbidden":
             parent = _clean(loc[:-1], self.data)[1]
             return self.problem(
-                clean, f"unknown key `{clean[-1]}`{_suggest(clean[-1], _fields(parent))}", key=True
+                clean, f"unknown key `{clean[-1]}`{suggest(clean[-1], _fields(parent))}", key=True
             )
         if kind == "missing":
             return self.problem(clean, f"missing required key `{clean[-1]}`")
@@ -366,13 +360,11 @@ class _Locator:
                 plain = " (or a plain quantity for a constant)" if "constant" in tags else ""
                 return self.problem(clean, f"missing `{key}`: one of {choices}{plain}")
             tag = ctx["tag"]
-            return self.problem(
-                (*clean, key), f"unknown {key} `{tag}`{_suggest(tag, tags)}; one of {choices}"
-            )
+            return self.problem((*clean, key), f"unknown {key} `{tag}`{suggest(tag, tags)}; one of {choices}")
         if kind == "literal_error":
             options = _quoted(ctx.get("expected", ""))
             choices = ", ".join(f"`{o}`" for o in options)
-            return self.problem(clean, f"expected one of {choices}, got {_show(raw)}{_suggest(raw, options)}")
+            return self.problem(clean, f"expected one of {choices}, got {_show(raw)}{suggest(raw, options)}")
         if kind == "value_error":
             return self.problem(clean, str(ctx["error"]))
         bounds = {
@@ -449,7 +441,7 @@ def _apply_override(data: dict[str, Any], override: str) -> Loc:
             keys = _fields(picked) if (_is_model(picked) or isinstance(picked, list)) else None
             if keys is not None and part not in keys:
                 raise _OverrideError(
-                    ".".join(parts[: depth + 1]), f"unknown key `{part}`{_suggest(part, keys)}"
+                    ".".join(parts[: depth + 1]), f"unknown key `{part}`{suggest(part, keys)}"
                 )
             loc.append(part)
             tp = _descend(picked, part)
@@ -478,7 +470,7 @@ def _list_index(items: list[Any], part: str, here: str) -> int:
         return names.index(part)
     known = [str(name) for name in names if name is not None]
     raise _OverrideError(
-        f"{here}.{part}", f"no item `{part}` in `{here}` (an index from 0, or a name){_suggest(part, known)}"
+        f"{here}.{part}", f"no item `{part}` in `{here}` (an index from 0, or a name){suggest(part, known)}"
     )
 
 

@@ -50,7 +50,7 @@ class Placement:
 def build_topology(spec: schema.Topology, *, seed: int) -> Topology:
     """The backbone a scenario names (generated from its seed when random), with its edges'
     bandwidth when the scenario gives one."""
-    params = {key: _param(key, value) for key, value in spec.params.items()}
+    params = {key: spec.param(key) for key in spec.params}
     if spec.kind == "world_regions":
         topology = Topology.world_regions()
     elif spec.kind == "file":
@@ -68,11 +68,6 @@ def build_topology(spec: schema.Topology, *, seed: int) -> Topology:
     if spec.backbone_bandwidth is not None:
         topology = topology.with_backbone_bandwidth(spec.backbone_bandwidth)
     return topology
-
-
-def _param(key: str, value: object) -> object:
-    parser = next((parsers[key] for parsers in schema.TOPOLOGY_PARAMS.values() if key in parsers), None)
-    return value if parser is None else parser(value)
 
 
 class ScenarioPeers:

@@ -68,8 +68,9 @@ def _check_name(kind: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+def suggest(word: object, choices: Iterable[str]) -> str:
+    """` (did you mean `x`?)` for the choice closest to a misspelt word, or nothing."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 
@@ -141,7 +142,7 @@ class Topology(FrozenModel):
                 problems.append(
                     (
                         ("params", key),
-                        f"unknown parameter `{key}` for {self.kind}{_suggest(key, allowed)}{known}",
+                        f"unknown parameter `{key}` for {self.kind}{suggest(key, allowed)}{known}",
                     )
                 )
                 continue
@@ -452,17 +453,8 @@ Event = Annotated[
     Field(discriminator="action"),
 ]
 """One timeline entry, told apart by `action`."""
-EVENT_TYPES = (
-    CrashEvent,
-    LeaveEvent,
-    FreezeEvent,
-    RestartEvent,
-    PartitionEvent,
-    HealEvent,
-    DegradeEvent,
-    SlowComputeEvent,
-    MisbehaveEvent,
-)
+EVENT_TYPES: tuple[type[FrozenModel], ...] = get_args(get_args(Event)[0])
+"""The models of `Event`, in its order."""
 
 
 # ---- workload ------------------------------------------------------------------------------------
@@ -665,10 +657,6 @@ class Scenario(FrozenModel):
                 return group
         raise KeyError(f"no group {name!r}")
 
-    @property
-    def total_peers(self) -> int:
-        return sum(group.count for group in self.peers)
-
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
         problems = [
@@ -735,10 +723,7 @@ class Scenario(FrozenModel):
                 yield loc, f"routers are numbers: write {region} without quotes"
             elif region not in known:
                 names = [str(node) for node in known]
-                hint = (
-                    _suggest(str(region), names)
-                    or f" (nodes: {', '.join(names[:8])}{'...' * (len(names) > 8)})"
-                )
+                hint = suggest(region, names) or f" (nodes: {', '.join(names[:8])}{'...' * (len(names) > 8)})"
                 yield loc, f"no topology node `{region}` in {self.topology.kind}{hint}"
 
     def _check_events(self) -> Iterator[tuple[Loc, str]]:
@@ -773,7 +758,7 @@ class Scenario(FrozenModel):
     def _check_selector(self, loc: Loc, selector: Selector, event: _Event) -> Iterator[tuple[Loc, str]]:
         groups = {group.group: group for group in self.peers}
         if selector.group is not None and selector.group not in groups:
-            yield (*loc, "group"), f"no group `{selector.group}`{_suggest(selector.group, groups)}"
+            yield (*loc, "group"), f"no group `{selector.group}`{suggest(selector.group, groups)}"
         if selector.role is not None and not any(g.role == selector.role for g in self.peers):
             yield (*loc, "role"), f"no group has role `{selector.role}`"
         names = {name for group in self.peers for name in group.peer_names()}
@@ -792,12 +777,10 @@ class Scenario(FrozenModel):
             if assertion.metric not in known:
                 yield (
                     ("assertions", index),
-                    f"unknown metric `{assertion.metric}`{_suggest(assertion.metric, known)}",
+                    f"unknown metric `{assertion.metric}`{suggest(assertion.metric, known)}",
                 )
             if assertion.during is not None and assertion.during not in events:
-                hint = _suggest(assertion.during, events) or (
-                    " (no event has a `name`)" if not events else ""
-                )
+                hint = suggest(assertion.during, events) or (" (no event has a `name`)" if not events else "")
                 yield ("assertions", index), f"`during {assertion.during}`: no event named so{hint}"
 
 

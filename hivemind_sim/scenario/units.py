@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import importlib
 import itertools
 import math
 import random
@@ -401,13 +400,22 @@ Varying = _VaryingFactory()
 
 
 def _churn_module() -> Any:
-    try:
-        return importlib.import_module("hivemind_sim.swarms.churn")
-    except ModuleNotFoundError:
-        return importlib.import_module("hivemind_sim.swarms.churn")
+    from ..swarms import churn  # lazy: the format is read without loading the simulator
+
+    return churn
 
 
-class ExponentialTime(FrozenModel):
+class _ChurnTime(FrozenModel):
+    """A session or downtime distribution: draws come from the churn model it stands for."""
+
+    def sample(self, rng: random.Random) -> float:
+        return self.to_churn().sample(rng)
+
+    def to_churn(self) -> Any:
+        raise NotImplementedError
+
+
+class ExponentialTime(_ChurnTime):
     """Memoryless: a peer is as likely to leave now as after an hour."""
 
     distribution: Literal["exponential"]
@@ -415,14 +423,11 @@ class ExponentialTime(FrozenModel):
     mean: PositiveDuration
     """Mean length."""
 
-    def sample(self, rng: random.Random) -> float:
-        return rng.expovariate(1 / self.mean)
-
     def to_churn(self) -> Any:
         return _churn_module().Exponential(mean=self.mean)
 
 
-class WeibullTime(FrozenModel):
+class WeibullTime(_ChurnTime):
     """Weibull; shape < 1 gives many short sessions and a few very long ones, as measured in P2P networks."""
 
     distribution: Literal["weibull"]
@@ -441,9 +446,6 @@ class WeibullTime(FrozenModel):
             return self.scale
         return self.median / math.log(2) ** (1 / self.shape)  # type: ignore[operator]
 
-    def sample(self, rng: random.Random) -> float:
-        return rng.weibullvariate(self.scale_seconds, self.shape)
-
     def to_churn(self) -> Any:
         return _churn_module().Weibull(shape=self.shape, scale=self.scale_seconds)
 
@@ -454,7 +456,7 @@ class WeibullTime(FrozenModel):
         return self
 
 
-class LogNormalTime(FrozenModel):
+class LogNormalTime(_ChurnTime):
     """Log-normal around a median length."""
 
     distribution: Literal["lognormal"]
@@ -464,14 +466,11 @@ class LogNormalTime(FrozenModel):
     sigma: float = Field(ge=0)
     """Standard deviation of the length's natural logarithm."""
 
-    def sample(self, rng: random.Random) -> float:
-        return rng.lognormvariate(math.log(self.median), self.sigma)
-
     def to_churn(self) -> Any:
         return _churn_module().LogNormal(mu=math.log(self.median), sigma=self.sigma)
 
 
-class ParetoTime(FrozenModel):
+class ParetoTime(_ChurnTime):
     """Pareto: never shorter than `minimum`, with a power-law tail."""
 
     distribution: Literal["pareto"]
@@ -480,9 +479,6 @@ class ParetoTime(FrozenModel):
     """Tail index alpha (> 0; <= 1: infinite mean)."""
     minimum: PositiveDuration
     """Shortest length."""
-
-    def sample(self, rng: random.Random) -> float:
-        return self.minimum * rng.paretovariate(self.shape)
 
     def to_churn(self) -> Any:
         return _churn_module().Pareto(shape=self.shape, minimum=self.minimum)
