@@ -124,31 +124,3 @@ def test_bad_bandwidths_are_rejected_with_the_reason() -> None:
         Topology(graph)
     with pytest.raises(ValueError, match="backbone bandwidth must be a number of bits/s > 0, got -1"):
         Topology.single().with_backbone_bandwidth(-1)
-
-
-def test_regions_are_node_names_and_their_prefixes() -> None:
-    world = Topology.world_regions()
-    assert sorted(world.regions) == [
-        "asia",
-        "asia-east",
-        "asia-south",
-        "eu",
-        "eu-central",
-        "eu-west",
-        "oceania",
-        "sa",
-        "sa-east",
-        "us",
-        "us-east",
-        "us-west",
-    ]
-    assert world.region("eu") == ["eu-west", "eu-central"]
-    assert world.region("us-east") == ["us-east"]
-    with pytest.raises(
-        ValueError, match=r"no region 'eu-wset' in .* \(did you mean 'eu-west'\?\); regions: asia,"
-    ):
-        world.region("eu-wset")
-    generated = Topology.waxman(30, seed=1)
-    assert generated.region(3) == generated.region("3") == [3]
-    with pytest.raises(ValueError, match=r"no region 30 .*regions: 0, 1, 10, .* and 10 more"):
-        generated.region(30)

@@ -13,7 +13,6 @@ path, so a fast edge that many paths cross without it being their bottleneck nev
 
 from __future__ import annotations
 
-import difflib
 import math
 import random
 from collections.abc import Hashable, Mapping
@@ -138,31 +137,6 @@ class Topology:
     @property
     def nodes(self) -> list[Node]:
         return list(self.graph.nodes)
-
-    @property
-    def regions(self) -> dict[str, list[Node]]:
-        """Region names a scenario may use and the nodes each stands for: every node by its
-        name as a string (``"us-east"``, or ``"3"`` in a generated graph), and every prefix
-        before a ``-`` that names no node itself (``"eu"``: eu-west and eu-central)."""
-        regions: dict[str, list[Node]] = {str(node): [node] for node in self.graph.nodes}
-        groups: dict[str, list[Node]] = {}
-        for node in self.graph.nodes:
-            prefix, dash, _ = str(node).partition("-")
-            if dash and prefix and prefix not in regions:
-                groups.setdefault(prefix, []).append(node)
-        return regions | groups
-
-    def region(self, name: str | int) -> list[Node]:
-        """The nodes of region ``name`` (see ``regions``); ValueError naming the known ones."""
-        regions = self.regions
-        nodes = regions.get(str(name))
-        if nodes is None:
-            known = sorted(regions)
-            close = difflib.get_close_matches(str(name), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
-            raise ValueError(f"no region {name!r} in topology {self.name!r}{hint}; regions: {listed}")
-        return nodes
 
     def __contains__(self, node: Node) -> bool:
         return node in self.graph
