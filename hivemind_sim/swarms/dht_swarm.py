@@ -131,21 +131,9 @@ class DHTSwarm:
             await asyncio.wait([leaving])  # not gather: a cancelled rejoin must not cancel the leave
         return await self._start(address, self.sim.restart(address), None)
 
-    def churn(
-        self,
-        model: ChurnModel,
-        *,
-        until: float,
-        addresses: Sequence[str] | None = None,
-        stream: str = "churn",
-    ) -> None:
-        """Make ``addresses`` (default: every current peer) leave and come back according to
-        ``model`` until ``until``; ``stream`` names their random streams."""
-
-        chosen = list(self.nodes) if addresses is None else list(addresses)
-        start_churn(
-            self.sim, chosen, model, leave=self.depart, join=self.come_back, until=until, stream=stream
-        )
+    def churn(self, model: ChurnModel, *, until: float) -> None:
+        """Make every current peer leave and come back according to ``model`` until ``until``."""
+        start_churn(self.sim, list(self.nodes), model, leave=self.depart, join=self.come_back, until=until)
 
     def depart(self, address: str, graceful: bool) -> None:
         """Start taking ``address`` down (a graceful leave or a crash) in the background."""
