@@ -44,10 +44,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _validate(args: argparse.Namespace) -> int:
     scenario = _load(args)
-    peers = sum(group.count for group in scenario.peers)
     print(
-        f"{args.file}: valid: {peers} peers in {len(scenario.peers)} groups, {len(scenario.events)} events, "
-        f"{len(scenario.assertions)} assertions"
+        f"{args.file}: valid: {scenario.total_peers} peers in {len(scenario.peers)} groups, "
+        f"{len(scenario.events)} events, {len(scenario.assertions)} assertions"
     )
     return 0
 
@@ -64,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(
         f"[bold]{scenario.name}[/bold] (seed {scenario.seed}): "
-        f"{sum(g.count for g in scenario.peers)} peers, {scenario.warmup:g} s warmup + "
+        f"{scenario.total_peers} peers, {scenario.warmup:g} s warmup + "
         f"{scenario.duration:g} s measured"
     )
     try:

@@ -11,6 +11,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 
+from ..swarms import faults
 from . import schema
 from .metrics import Recorder
 from .peers import ScenarioPeers
@@ -94,8 +95,6 @@ class Timeline:
                 device.slow_down(event.factor)
             return _async(lambda: [device.restore() for device in devices])
         if isinstance(event, schema.MisbehaveEvent):
-            from ..swarms import faults
-
             servers = [peers.servers[name] for name in chosen if name in peers.servers]
             for server in servers:
                 faults.misbehave(server, output=event.output, seed=self.sim.seed)

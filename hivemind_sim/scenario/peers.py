@@ -20,6 +20,7 @@ import torch
 
 from hivemind_core.dht import DHTConfig, DHTNode
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
+from hivemind_core.moe.uid import ExpertUID
 
 from ..swarms.baton import Baton
 from ..swarms.compute import DeviceModel, SimulatedDevice
@@ -243,11 +244,12 @@ def _sample(quantity: object, rng: random.Random) -> float:
 
 
 def _uid(training: schema.TrainingWorkload, index: int) -> str:
+    """The grid's ``index``-th expert in row-major order."""
     coords = []
     for size in reversed(training.grid):
         index, coord = divmod(index, size)
         coords.append(coord)
-    return ".".join([training.model.expert, *map(str, reversed(coords))])
+    return str(ExpertUID(training.model.expert, tuple(reversed(coords))))
 
 
 def _stable_seed(*parts: object) -> int:

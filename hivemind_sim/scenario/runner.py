@@ -88,8 +88,8 @@ def run_scenario(
 
 def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str]:
     topology = build_topology(scenario.topology, seed=scenario.seed)
-    with Simulation(seed=scenario.seed, topology=topology, jitter=scenario.topology.jitter) as sim:
-        sim.network.set_loss(scenario.topology.loss)
+    spec = scenario.topology
+    with Simulation(seed=scenario.seed, topology=topology, jitter=spec.jitter, loss=spec.loss) as sim:
         recorder = Recorder(scenario.sample_interval, duration=scenario.duration)
         for name in COUNTERS:
             recorder.count(name, 0.0, 0)  # zero, not unknown, when nothing happens

@@ -657,6 +657,11 @@ class Scenario(FrozenModel):
                 return group
         raise KeyError(f"no group {name!r}")
 
+    @property
+    def total_peers(self) -> int:
+        """Peers in all groups (each present, joining or away at some time of the run)."""
+        return sum(group.count for group in self.peers)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
         problems = [

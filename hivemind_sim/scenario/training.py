@@ -18,13 +18,12 @@ from torch import nn
 
 from hivemind_core.dht import DHTNode
 from hivemind_core.moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
-from hivemind_core.net import TransportError
 
 from ..swarms.baton import Baton
 from .metrics import Recorder
 from .schema import TrainingWorkload
 
-STEP_FAILURES = (ExpertsUnavailable, TransportError, *REMOTE_FAILURES)
+STEP_FAILURES = (ExpertsUnavailable, *REMOTE_FAILURES)
 """What a training step may fail with when experts or the trainer's own peer go away."""
 
 

@@ -24,7 +24,9 @@ T = TypeVar("T")
 class Simulation:
     """A deterministic world: same seed and same code give the same trace digest."""
 
-    def __init__(self, *, seed: int = 0, topology: Topology | None = None, jitter: float = 0.0) -> None:
+    def __init__(
+        self, *, seed: int = 0, topology: Topology | None = None, jitter: float = 0.0, loss: float = 0.0
+    ) -> None:
         self.seed = seed
         self.env = simpy.Environment()
         self.loop = VirtualTimeLoop(self.env)
@@ -38,6 +40,7 @@ class Simulation:
             rng=self.random("network"),
             trace=self.trace,
             jitter=jitter,
+            loss=loss,
         )
 
     @property
