@@ -18,19 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 from .assertions import format_duration
 from .names import describe_metric, metric_unit
+from .plots import duration_ticks, integer_ticks
+from .report import counts_text
 from .sweep import assertion_text, run_metrics, show
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-SERIES = (  # timeseries.csv column, panel title, unit
-    ("peers.alive", "alive peers", ""),
-    ("dht.get.success_rate", "DHT get success rate", "fraction"),
-    ("moe.step.success_rate", "training step success rate", "fraction"),
-    ("train.loss.mean", "training loss (mean per interval)", ""),
-    ("dht.get.p50", "DHT get latency p50", "s"),
-    ("moe.step.p50", "training step latency p50", "s"),
+SERIES = (  # timeseries.csv column, panel title
+    ("peers.alive", "alive peers"),
+    ("dht.get.success_rate", "DHT get success rate"),
+    ("moe.step.success_rate", "training step success rate"),
+    ("train.loss.mean", "training loss (mean per interval)"),
+    ("dht.get.p50", "DHT get latency p50"),
+    ("moe.step.p50", "training step latency p50"),
 )
 MAX_PANELS = 4
 RELATIVE_CLIP = 1.0  # bars stop at +-100%; the label gives the real figure
@@ -106,7 +108,8 @@ def _markdown(a: Report, b: Report) -> str:
     lines += [f"| folder | `{a.path}` | `{b.path}` |"]
     for key in ("name", "seed", "digest"):
         lines.append(f"| {key} | `{ma.get(key, '-')}` | `{mb.get(key, '-')}` |")
-    lines.append(f"| assertions | {_counts(ma)} | {_counts(mb)} |")
+    counts = [counts_text(m.get("assertion_counts", {})) for m in (ma, mb)]
+    lines.append(f"| assertions | {counts[0]} | {counts[1]} |")
     if "wall_s" in ma or "wall_s" in mb:
         lines.append(f"| wall time | {_wall(ma)} | {_wall(mb)} |")
     lines += [""]
@@ -126,11 +129,6 @@ def _markdown(a: Report, b: Report) -> str:
         cells = [_value(x, unit), _value(y, unit), _difference(x, y, unit), _relative(x, y)]
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _counts(metrics: dict[str, Any]) -> str:
-    c = metrics.get("assertion_counts", {})
-    return f"{c.get('pass', 0)} pass, {c.get('fail', 0)} fail, {c.get('unknown', 0)} unknown"
 
 
 def _wall(metrics: dict[str, Any]) -> str:
@@ -239,7 +237,7 @@ def timeseries_figure(a: Report, b: Report) -> Figure:
     end = max(t or 0.0 for t in [0.0, *a.series.get("time", []), *b.series.get("time", [])])
     scale, unit_name = (60.0, "min") if end > 180 else (1.0, "s")
     shared = a.windows == b.windows
-    for ax, (column, title, unit) in zip(axes, panels, strict=False):
+    for ax, (column, title) in zip(axes, panels, strict=False):
         if shared:
             _shade(ax, a.windows, scale, color="gray", run="A and B")
         else:
@@ -258,7 +256,7 @@ def timeseries_figure(a: Report, b: Report) -> Figure:
                 values += [v for _, v in points]
         ax.set_title(title)
         ax.set_xlabel(f"time in the measured window ({unit_name})")
-        _format_axis(ax, unit, column, values)
+        _format_axis(ax, metric_unit(column), column, values)
         ax.grid(True, alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
@@ -281,17 +279,17 @@ def _shade(ax: Axes, windows: list[tuple[str, float, float]], scale: float, *, c
 
 
 def _format_axis(ax: Axes, unit: str, column: str, values: list[float]) -> None:
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+    from matplotlib.ticker import PercentFormatter
 
     if unit == "fraction":
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         low = min(values, default=0.0)
         ax.set_ylim(max(0.0, low - 0.05), 1.02)
     elif unit == "s":
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: format_duration(y) if y > 0 else "0"))
+        ax.yaxis.set_major_formatter(duration_ticks())
         ax.set_ylim(bottom=0)
     elif column.startswith("peers.alive"):
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(integer_ticks())
         ax.set_ylabel("peers")
 
 

@@ -358,11 +358,6 @@ class Recorder:
         series = self._values.get(name)
         return None if series is None else series.columns()
 
-    def counter_columns(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(time, amount added) of a counter, or None if never recorded."""
-        series = self._counters.get(name)
-        return None if series is None else series.columns()
-
     def gauge_columns(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(time, level) of a gauge, or None if never recorded."""
         series = self._gauges.get(name)

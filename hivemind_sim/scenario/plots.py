@@ -67,7 +67,7 @@ def write_plots(out_dir: Path, recorder: Recorder, *, rows: Rows | None = None, 
 
 def alive_peers(recorder: Recorder) -> Figure:
     # sampled: a crash shows at the first sample after it, up to one interval late
-    fig, ax = _figure(f"Alive peers over time (counted every {format_duration(recorder.sample_interval)})")
+    fig, ax = new_figure(f"Alive peers over time (counted every {format_duration(recorder.sample_interval)})")
     scale, unit = _time_unit(recorder.end_time())
     names = recorder.names()["gauges"]
     total = "peers.alive"
@@ -89,7 +89,7 @@ def alive_peers(recorder: Recorder) -> Figure:
         ax.step(t / scale, v, where="post", label=label, **style)
     ax.set_ylim(bottom=0)
     ax.set_xlim(0, recorder.end_time() / scale)
-    ax.yaxis.set_major_locator(_integers())
+    ax.yaxis.set_major_locator(integer_ticks())
     ax.set_xlabel(f"time since the measured window started ({unit})")
     ax.set_ylabel("alive peers")
     _shade_windows(ax, recorder, scale)
@@ -98,7 +98,7 @@ def alive_peers(recorder: Recorder) -> Figure:
 
 
 def lookup_latency_cdf(recorder: Recorder) -> Figure:
-    fig, ax = _figure("DHT lookup latency, CDF (failed lookups included)")
+    fig, ax = new_figure("DHT lookup latency, CDF (failed lookups included)")
     drawn = False
     all_lat = []
     colors = _window_colors(recorder)
@@ -135,7 +135,7 @@ def lookup_latency_cdf(recorder: Recorder) -> Figure:
     if log:
         ax.xaxis.set_major_locator(_log_125())
         ax.xaxis.set_minor_formatter(_no_labels())
-    ax.xaxis.set_major_formatter(_duration_formatter())
+    ax.xaxis.set_major_formatter(duration_ticks())
     ax.set_ylabel("fraction of lookups at or below")
     ax.set_ylim(0, 1.02)
     _legend_outside(ax, below=True)
@@ -144,9 +144,10 @@ def lookup_latency_cdf(recorder: Recorder) -> Figure:
 
 def success_rates(recorder: Recorder, rows: Rows) -> Figure:
     dt = recorder.sample_interval
-    fig, ax = _figure(f"Success rate per {format_duration(dt)} interval")
+    fig, ax = new_figure(f"Success rate per {format_duration(dt)} interval")
     scale, unit = _time_unit(recorder.end_time())
     time = np.array([r["time"] for r in rows], dtype=float)
+    summary = recorder.summary()
     drawn = False
     for i, name in enumerate(SUCCESS_EVENTS):
         key = f"{name}.success_rate"
@@ -155,7 +156,7 @@ def success_rates(recorder: Recorder, rows: Rows) -> Figure:
         rate = np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
         if np.isnan(rate).all():
             continue
-        overall = recorder.summary().get(key)
+        overall = summary.get(key)
         label = (
             f"{EVENT_LABELS[name]} (whole run {overall:.1%})" if overall is not None else EVENT_LABELS[name]
         )
@@ -176,7 +177,7 @@ def success_rates(recorder: Recorder, rows: Rows) -> Figure:
 
 def training_loss(recorder: Recorder, rows: Rows) -> Figure:
     dt = recorder.sample_interval
-    fig, ax = _figure("Training loss over time")
+    fig, ax = new_figure("Training loss over time")
     cols = recorder.value_columns("train.loss")
     if cols is None or not cols[0].size:
         return _not_observed(fig, ax)
@@ -197,7 +198,7 @@ def training_loss(recorder: Recorder, rows: Rows) -> Figure:
 
 def expert_failures(recorder: Recorder, rows: Rows) -> Figure:
     dt = recorder.sample_interval
-    fig, ax = _figure(f"Expert failures and bans per {format_duration(dt)} interval")
+    fig, ax = new_figure(f"Expert failures and bans per {format_duration(dt)} interval")
     counters = [n for n in FAILURE_COUNTERS if n in recorder.names()["counters"]]
     summary = recorder.summary()
     trained = "moe.step" in recorder.names()["events"]
@@ -215,7 +216,7 @@ def expert_failures(recorder: Recorder, rows: Rows) -> Figure:
             ax.stairs(counts, edges, color="black", linewidth=1.8, label=label)
     ax.set_xlim(0, recorder.end_time() / scale)
     ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_locator(_integers())
+    ax.yaxis.set_major_locator(integer_ticks())
     if all(summary[n + ".total"] == 0 for n in counters):
         ax.set_ylim(0, 1)
         ax.text(0.5, 0.5, "none in this run", transform=ax.transAxes, ha="center", va="center", color="gray")
@@ -229,7 +230,8 @@ def expert_failures(recorder: Recorder, rows: Rows) -> Figure:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _figure(title: str) -> tuple[Figure, Axes]:
+def new_figure(title: str) -> tuple[Figure, Axes]:
+    """A report-sized figure with one titled, gridded axes (sweep plots use it too)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 4.8), dpi=110, layout="constrained")
@@ -330,7 +332,7 @@ def _no_labels():  # returns a matplotlib ticker (imported lazily)
     return NullFormatter()
 
 
-def _integers():  # returns a matplotlib ticker (imported lazily)
+def integer_ticks():  # returns a matplotlib ticker (imported lazily)
     from matplotlib.ticker import MaxNLocator
 
     return MaxNLocator(integer=True)
@@ -342,7 +344,7 @@ def _log_125():  # returns a matplotlib ticker (imported lazily)
     return LogLocator(base=10, subs=(1.0, 2.0, 5.0))
 
 
-def _duration_formatter():  # returns a matplotlib ticker (imported lazily)
+def duration_ticks():  # returns a matplotlib ticker (imported lazily)
     from matplotlib.ticker import FuncFormatter
 
     return FuncFormatter(lambda x, _pos: format_duration(x) if x > 0 else "0")

@@ -96,6 +96,11 @@ def build_metrics(
     }
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """`3 pass, 1 fail, 0 unknown`, from metrics.json's `assertion_counts`."""
+    return f"{counts.get('pass', 0)} pass, {counts.get('fail', 0)} fail, {counts.get('unknown', 0)} unknown"
+
+
 def deterministic_metrics(path: str | Path) -> dict[str, Any]:
     """A metrics.json without its wall time: equal for two runs of one seed."""
     data = json.loads(Path(path).read_text())
@@ -129,8 +134,7 @@ def _markdown(
         lines += [metrics["description"], ""]
     verdict = "FAILED" if counts["fail"] else ("passed" if not counts["unknown"] else "passed, with unknowns")
     lines += [
-        f"- assertions: **{verdict}**: "
-        f"{counts['pass']} pass, {counts['fail']} fail, {counts['unknown']} unknown",
+        f"- assertions: **{verdict}**: {counts_text(counts)}",
         f"- seed: `{metrics['seed']}` (re-run `scenario.yaml` in this folder to repeat the run)",
         f"- trace digest: `{metrics['digest']}`",
         f"- measured window: {format_value(metrics['duration_s'], 's')}, "

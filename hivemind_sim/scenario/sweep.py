@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .assertions import format_duration, format_value
 from .loader import Problem, ScenarioError, dump_resolved, parse_scenario
 from .names import describe_metric, metric_unit
-from .report import METRICS_FORMAT
+from .report import METRICS_FORMAT, counts_text
 from .schema import Scenario
 
 if TYPE_CHECKING:
@@ -660,8 +660,7 @@ def _markdown(summary: SweepSummary, plots: Sequence[Path]) -> str:
         if record.metrics is None:
             lines.append(f"| `{run.label}` | {run.seed} | **error** | - | - |")
             continue
-        c = record.metrics.get("assertion_counts", {})
-        counts = f"{c.get('pass', 0)} pass, {c.get('fail', 0)} fail, {c.get('unknown', 0)} unknown"
+        counts = counts_text(record.metrics.get("assertion_counts", {}))
         lines.append(
             f"| `{run.label}` | {run.seed} | {counts} | `{record.metrics['digest'][:12]}` | {link} |"
         )
@@ -716,14 +715,11 @@ def write_sweep_plots(summary: SweepSummary) -> list[Path]:
 def sweep_figure(summary: SweepSummary, metric: str) -> Figure:
     """The metric against the first axis: the mean with min-max bars, each seed a dot beside it,
     one line per combination of the other axes, assertion thresholds dashed."""
-    from matplotlib.figure import Figure
+    from .plots import new_figure
 
-    fig = Figure(figsize=(9, 4.8), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    ax.grid(True, alpha=0.3)
     x_key, x_values = summary.axes[0] if summary.axes else ("", ["base"])
     title = describe_metric(metric)
-    ax.set_title(f"{title} vs {x_key}" if x_key else title)
+    fig, ax = new_figure(f"{title} vs {x_key}" if x_key else title)
     note = f"sweep of {summary.name}, {summary.seeds} seed(s) per point"
     fig.suptitle(note, fontsize="small", color="gray", x=0.99, ha="right")
     series: dict[Point, list[PointSummary]] = {}
