@@ -623,6 +623,15 @@ class Assertion(FrozenModel):
 # ---- the scenario ----------------------------------------------------------------------------------
 
 
+def _selectors(loc: Loc, event: _Event) -> list[tuple[Loc, Selector]]:
+    """The peer selectors of an event with their key paths: a partition's sides, or a `select`."""
+    if isinstance(event, PartitionEvent):
+        return [((*loc, "sides", j), side) for j, side in enumerate(event.sides)]
+    if isinstance(event, _SelectingEvent):
+        return [((*loc, "select"), event.select)]
+    return []
+
+
 class Scenario(FrozenModel):
     """One experiment: world, peers, faults, workload and what must hold."""
 
@@ -713,12 +722,7 @@ class Scenario(FrozenModel):
             for j, region in enumerate(group.regions or ())
         ]
         for i, event in enumerate(self.events):
-            sides = event.sides if isinstance(event, PartitionEvent) else ()
-            selectors = [("sides", j, side) for j, side in enumerate(sides)]
-            if isinstance(event, _SelectingEvent):
-                selectors.append(("select", None, event.select))
-            for key, j, selector in selectors:
-                where = ("events", i, key, j) if j is not None else ("events", i, key)
+            for where, selector in _selectors(("events", i), event):
                 if selector.region is not None:
                     used.append(((*where, "region"), selector.region))
                 for r, region in enumerate(selector.regions or ()):
@@ -750,14 +754,7 @@ class Scenario(FrozenModel):
             partitioned = any(isinstance(e, PartitionEvent) and e.at <= event.at for e in self.events)
             if isinstance(event, HealEvent) and not partitioned:
                 yield (*loc, "at"), "heal with no partition at or before it"
-            selectors = (
-                [((*loc, "sides", i), side) for i, side in enumerate(event.sides)]
-                if isinstance(event, PartitionEvent)
-                else [((*loc, "select"), event.select)]
-                if isinstance(event, _SelectingEvent)
-                else []
-            )
-            for selector_loc, selector in selectors:
+            for selector_loc, selector in _selectors(loc, event):
                 yield from self._check_selector(selector_loc, selector, event)
 
     def _check_selector(self, loc: Loc, selector: Selector, event: _Event) -> Iterator[tuple[Loc, str]]:
@@ -766,7 +763,7 @@ class Scenario(FrozenModel):
             yield (*loc, "group"), f"no group `{selector.group}`{suggest(selector.group, groups)}"
         if selector.role is not None and not any(g.role == selector.role for g in self.peers):
             yield (*loc, "role"), f"no group has role `{selector.role}`"
-        names = {name for group in self.peers for name in group.peer_names()}
+        names = {name for group in self.peers for name in group.peer_names()} if selector.peers else set()
         for i, peer in enumerate(selector.peers or ()):
             if peer not in names:
                 yield (*loc, "peers", i), f"no peer `{peer}` (peers are named `<group>-<index>` from 0)"
