@@ -233,6 +233,7 @@ class ScenarioPeers:
             dataset=self.dataset,
             seed=_stable_seed(self.scenario.seed, address, "trainer"),
             device_flops=placement.trainer_flops,
+            concurrent_batches=placement.group.concurrent_batches,
             baton=self.baton,
             recorder=self.recorder,
             clock=self.clock,

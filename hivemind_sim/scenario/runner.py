@@ -9,6 +9,7 @@ digest and same ``metrics.json``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -319,14 +320,10 @@ class _Run:
             return []
         duration = self.end - self.start
         runs = []
-        for name, trainer in self.peers.trainers.items():
-            batches = self.peers.placements[name].group.concurrent_batches
-            for _ in range(batches):
-                runs.append(
-                    self.sim.loop.create_task(
-                        self.peers.baton.call(lambda t=trainer: t.train_until(duration))
-                    )
-                )
+        for trainer in self.peers.trainers.values():
+            for slot in range(len(trainer.in_flight)):
+                step_loop = functools.partial(trainer.train_until, duration, slot)
+                runs.append(self.sim.loop.create_task(self.peers.baton.call(step_loop)))
         return runs
 
     # ---- measuring ------------------------------------------------------------------------------------

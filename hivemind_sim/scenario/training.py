@@ -9,6 +9,7 @@ The model and optimizer outlive the peer's downtime, as a checkpoint on disk wou
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import nn
 
 from hivemind_core.dht import DHTNode
 from hivemind_core.moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client.stats import ExpertCall
 
 from ..swarms.baton import Baton
 from .metrics import Recorder
@@ -65,12 +67,35 @@ def make_dataset(kind: str, hidden_dim: int, *, seed: int) -> Dataset:
     raise ValueError(f"unknown dataset {kind!r}")
 
 
-class Trainer:
-    """One trainer peer: its model, optimizer and batches, and the loop that trains them.
+class _Batch:
+    """One batch in flight: replicas of the trainer's layers that it computes with.
 
-    ``concurrent_batches`` loops share the model; each computes its gradients with
-    ``torch.autograd.grad`` and applies them at once, so batches in flight never mix their
-    gradients (asynchronous SGD, as in the seed system).
+    A step loads the trainer's current parameters into them, runs forward and backward, and
+    hands its gradients back. The optimizer updates the trainer's own parameters in place, so
+    computing with them directly would let one batch's update change the weights another
+    batch's pending backward still needs.
+    """
+
+    def __init__(self, first: nn.Linear, gate: nn.Linear, last: nn.Linear) -> None:
+        self.first, self.gate, self.last = (copy.deepcopy(layer) for layer in (first, gate, last))
+        self.params = [*self.first.parameters(), *self.gate.parameters(), *self.last.parameters()]
+        self.mixture: RemoteMixtureOfExperts | None = None  # per session of the trainer's peer
+
+    def load(self, params: list[nn.Parameter]) -> None:
+        """Compute the next step with ``params`` as they are now."""
+        with torch.no_grad():
+            for replica, param in zip(self.params, params, strict=True):
+                replica.copy_(param)
+
+
+class Trainer:
+    """One trainer peer: its model, optimizer and batches, and the loops that train them.
+
+    ``concurrent_batches`` loops share the model as asynchronous SGD does: each batch computes
+    its forward and backward with the parameters as they were when it started, and its
+    gradients update the parameters as they are when it ends. A batch's gradients are thus
+    stale by the updates of the batches that ended while it was in flight, and no update
+    waits for another batch.
     """
 
     def __init__(
@@ -81,6 +106,7 @@ class Trainer:
         dataset: Dataset,
         seed: int,
         device_flops: float,
+        concurrent_batches: int,
         baton: Baton,
         recorder: Recorder,
         clock: Callable[[], float],
@@ -103,11 +129,12 @@ class Trainer:
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch_seed) / scale)
                 layer.bias.zero_()
         self.batches = torch.Generator().manual_seed(seed + 1)
-        self.mixture: RemoteMixtureOfExperts | None = None
+        self.in_flight = [_Batch(self.first, self.gate, self.last) for _ in range(concurrent_batches)]
         self.session = asyncio.Event()  # set while the trainer's peer is up
         self.params = [*self.first.parameters(), *self.gate.parameters(), *self.last.parameters()]
         self.optimizer = _optimizer(workload, self.params)
-        self._reported = (0, 0, 0)  # expert calls, expert failures, bans already recorded
+        self._client: MoEClient | None = None
+        self._reported_bans = 0
 
     # ---- the peer's life (loop side) ------------------------------------------------------------
 
@@ -115,20 +142,26 @@ class Trainer:
         """The trainer's peer (re)joined: train through a fresh client on its node."""
         client = MoEClient(rpc=node.rpc, dht=node, bridge=self.baton)
         workload = self.workload
-        mixture = RemoteMixtureOfExperts(
-            in_features=workload.model.hidden_dim,
-            grid_size=workload.grid,
-            uid_prefix=workload.model.expert,
-            client=client,
-            k_best=workload.k_best,
-            k_min=workload.k_min,
-            forward_timeout=workload.forward_timeout,
-            backward_timeout=workload.backward_timeout,
-            timeout_after_k_min=min(0.5, workload.forward_timeout),
-        )
-        mixture.proj = self.gate
-        self.mixture = mixture
-        self._reported = (0, 0, 0)
+        searcher = None
+        for batch in self.in_flight:
+            mixture = RemoteMixtureOfExperts(
+                in_features=workload.model.hidden_dim,
+                grid_size=workload.grid,
+                uid_prefix=workload.model.expert,
+                client=client,
+                k_best=workload.k_best,
+                k_min=workload.k_min,
+                forward_timeout=workload.forward_timeout,
+                backward_timeout=workload.backward_timeout,
+                timeout_after_k_min=min(0.5, workload.forward_timeout),
+            )
+            mixture.proj = batch.gate
+            # one peer, one cache of the grid's alive experts, however many batches are in flight
+            searcher = mixture.searcher = searcher or mixture.searcher
+            mixture.stats.observer = self._expert_call
+            batch.mixture = mixture
+        self._client = client
+        self._reported_bans = 0
         self.session.set()
 
     def stopped(self) -> None:
@@ -138,35 +171,42 @@ class Trainer:
         """The run is over: release loops waiting for the peer to come back."""
         self.session.set()
 
-    # ---- training (trainer thread) ----------------------------------------------------------------
+    def _expert_call(self, call: ExpertCall) -> None:
+        """A remote expert call ended (on the loop): its outcome and latency, at its end."""
+        now = self.clock()
+        self.recorder.event("moe.expert_call", now, ok=call.ok, latency=call.seconds)
+        if not call.ok:
+            self.recorder.count("moe.expert_failures", now, 1)
 
-    def train_until(self, end: float) -> None:
-        """Run steps until measured-window time ``end``; runs in a baton thread."""
+    # ---- training (trainer threads) -------------------------------------------------------------
+
+    def train_until(self, end: float, slot: int) -> None:
+        """Run batch ``slot``'s steps until measured-window time ``end``; runs in a baton thread."""
+        batch = self.in_flight[slot]
         while True:
             self.baton.run(self.session.wait())
-            if self.clock() >= end or self.mixture is None:
+            if self.clock() >= end or batch.mixture is None:
                 return
-            self._step()
+            self._step(batch, batch.mixture)
 
-    def _step(self) -> None:
-        mixture = self.mixture
-        assert mixture is not None
+    def _step(self, batch: _Batch, mixture: RemoteMixtureOfExperts) -> None:
         x, y = self.dataset.batch(self.batches, self.workload.batch_size)
         started = self.clock()
         self._compute(1.0)  # local forward
+        batch.load(self.params)
         try:
-            hidden = torch.relu(self.first(x))
-            loss = nn.functional.cross_entropy(self.last(mixture(hidden) + hidden), y)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            hidden = torch.relu(batch.first(x))
+            loss = nn.functional.cross_entropy(batch.last(mixture(hidden) + hidden), y)
+            grads = torch.autograd.grad(loss, batch.params, allow_unused=True)
         except STEP_FAILURES:
-            self._record(mixture, started, None)
+            self._record(started, None)
             return
         self._compute(2.0)  # local backward
         for param, grad in zip(self.params, grads, strict=True):
             param.grad = grad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._record(mixture, started, loss.item())
+        self._record(started, loss.item())
 
     def _compute(self, passes: float) -> None:
         """Advance virtual time by the local layers' cost (``passes`` forward passes' worth)."""
@@ -176,30 +216,16 @@ class Trainer:
         seconds = passes * self.workload.batch_size * per_sample / self.device_flops
         self.baton.run(asyncio.sleep(seconds))
 
-    def _record(self, mixture: RemoteMixtureOfExperts, started: float, loss: float | None) -> None:
+    def _record(self, started: float, loss: float | None) -> None:
         now = self.clock()
         self.recorder.event("moe.step", now, ok=loss is not None, latency=now - started)
         self.recorder.event(f"moe.step.{self.group}", now, ok=loss is not None, latency=now - started)
         if loss is not None:
             self.recorder.value("train.loss", now, loss)
-        stats = mixture.stats
-        calls = stats.forward_calls + stats.backward_calls
-        failures = stats.forward_failures + stats.backward_failures
-        bans = mixture.client.bans
-        before_calls, before_failures, before_bans = self._reported
-        new_calls, new_failures, new_bans = (
-            calls - before_calls,
-            failures - before_failures,
-            bans - before_bans,
-        )
-        self._reported = (calls, failures, bans)
-        for ok in (True, False):
-            for _ in range(new_calls - new_failures if ok else new_failures):
-                self.recorder.event("moe.expert_call", now, ok=ok)
-        if new_failures:
-            self.recorder.count("moe.expert_failures", now, new_failures)
-        if new_bans:
-            self.recorder.count("moe.bans", now, new_bans)
+        bans = self._client.bans if self._client is not None else 0
+        if bans > self._reported_bans:
+            self.recorder.count("moe.bans", now, bans - self._reported_bans)
+        self._reported_bans = bans
 
 
 def _optimizer(workload: TrainingWorkload, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -41,9 +41,10 @@ from .arguments import check_count, check_timeout
 from .beam_search import Choice, MoEBeamSearcher
 from .client import MoEClient
 from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse, describe_failures
-from .stats import MixtureStats
+from .stats import ExpertCall, MixtureStats
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ("ExpertsUnavailable", "RemoteMixtureOfExperts")
 
@@ -236,7 +237,8 @@ class RemoteMixtureOfExperts(nn.Module):
             for a in round_
         }
         self.stats.forward_calls += len(calls)
-        deadline = loop.time() + self.forward_timeout
+        began = loop.time()
+        deadline = began + self.forward_timeout
         shortened = False
         try:
             while calls and loop.time() < deadline:
@@ -248,8 +250,9 @@ class RemoteMixtureOfExperts(nn.Module):
                     try:
                         assignment.output = _one_output(task.result(), assignment, sample_shape)
                     except REMOTE_FAILURES as error:  # refused, timed out, remote error, bad answer
-                        self._forward_failed(assignment, f"{type(error).__name__}: {error}")
+                        self._forward_failed(assignment, f"{type(error).__name__}: {error}", began)
                         continue
+                    self._observe("forward", assignment, ok=True, began=began)
                     for sample in assignment.samples:
                         answered[sample].append(assignment)
                 if not shortened and all(len(answered[s]) >= self.k_min for a in round_ for s in a.samples):
@@ -259,18 +262,26 @@ class RemoteMixtureOfExperts(nn.Module):
             # bug leaves through the exception instead): a frozen or overloaded server never fails
             # at the transport level, so skip it for a while.
             for assignment in calls.values():
-                self._forward_failed(assignment, "no answer in time")
+                self._forward_failed(assignment, "no answer in time", began)
                 self.client.ban(assignment.choice.endpoint)
         finally:
             for task in calls:
                 task.cancel()
                 task.add_done_callback(_retrieve)
 
-    def _forward_failed(self, assignment: _Assignment, error: str) -> None:
+    def _forward_failed(self, assignment: _Assignment, error: str, began: float) -> None:
         assignment.error = error
         self.stats.forward_failures += 1
         self.stats.record_failure(assignment.choice.uid)
+        self._observe("forward", assignment, ok=False, began=began)
         logger.debug("expert %s failed: %s", assignment.choice.uid, error)
+
+    def _observe(
+        self, kind: Literal["forward", "backward"], assignment: _Assignment, *, ok: bool, began: float
+    ) -> None:
+        seconds = asyncio.get_running_loop().time() - began
+        choice = assignment.choice
+        self.stats.observe(ExpertCall(kind, choice.uid, choice.endpoint, ok, seconds))
 
     def _assemble(
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
@@ -301,9 +312,9 @@ class RemoteMixtureOfExperts(nn.Module):
     async def _backward_all(
         self, x: torch.Tensor, grad_outputs: torch.Tensor, answered: list[_Assignment]
     ) -> torch.Tensor:
-        loop = asyncio.get_running_loop()
+        began = asyncio.get_running_loop().time()
         calls = [
-            loop.create_task(
+            _ended(
                 self.client.backward(
                     a.choice.uid,
                     a.choice.endpoint,
@@ -315,12 +326,12 @@ class RemoteMixtureOfExperts(nn.Module):
             for a in answered
         ]
         self.stats.backward_calls += len(calls)
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        outcomes = await asyncio.gather(*calls)
         grad_x = torch.zeros_like(x)
-        bugs = [r for r in results if isinstance(r, BaseException) and not isinstance(r, REMOTE_FAILURES)]
+        bugs = [r for r, _ in outcomes if isinstance(r, BaseException) and not isinstance(r, REMOTE_FAILURES)]
         if bugs:
             raise bugs[0]
-        for assignment, result in zip(answered, results, strict=True):
+        for assignment, (result, ended) in zip(answered, outcomes, strict=True):
             expected = (len(assignment.samples), *x.shape[1:])
             if not isinstance(result, BaseException) and (len(result) != 1 or result[0].shape != expected):
                 result = MalformedResponse(
@@ -329,8 +340,10 @@ class RemoteMixtureOfExperts(nn.Module):
                 )
             if isinstance(result, BaseException):
                 self._backward_failed(assignment, result)
-                continue
-            grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
+            else:
+                grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
+            choice, ok = assignment.choice, not isinstance(result, BaseException)
+            self.stats.observe(ExpertCall("backward", choice.uid, choice.endpoint, ok, ended - began))
         return grad_x
 
     def _backward_failed(self, assignment: _Assignment, error: BaseException) -> None:
@@ -365,6 +378,15 @@ def _one_output(
             f"{uid} returned samples of shape {list(outputs[0].shape[1:])}, expected {list(sample_shape)}"
         )
     return outputs[0]
+
+
+async def _ended(call: Awaitable[T]) -> tuple[T | BaseException, float]:
+    """The call's result or exception, and the loop time it ended at (for its latency)."""
+    try:
+        result: T | BaseException = await call
+    except Exception as error:  # judged by the caller, with the others' outcomes
+        result = error
+    return result, asyncio.get_running_loop().time()
 
 
 def _retrieve(task: asyncio.Task[object]) -> None:

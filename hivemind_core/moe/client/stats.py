@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MAX_TRACKED_EXPERTS = 1024
 """Per-expert entries kept (the least recently failing are forgotten first): expert UIDs come
 from the DHT, so a hostile peer could otherwise grow the table without bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertCall:
+    """How one expert call ended: ``ok`` when its answer was accepted, after ``seconds``
+    (a call given up at the deadline counts as failed, with the time it was waited for)."""
+
+    kind: Literal["forward", "backward"]
+    uid: str
+    endpoint: str
+    ok: bool
+    seconds: float
 
 
 @dataclass
@@ -17,6 +30,8 @@ class MixtureStats:
     ``forward_calls``/``backward_calls`` count expert calls (one per chosen expert and round),
     ``searches`` beam searches, ``unavailable`` forwards that raised ``ExpertsUnavailable``;
     ``expert_failures`` maps an expert's UID to its failed calls (forward and backward).
+    ``observer``, when set, hears every call's outcome and latency as it ends, for metrics
+    that need more than totals (a latency distribution, a timeline of failures).
     """
 
     forward_calls: int = 0
@@ -26,7 +41,12 @@ class MixtureStats:
     searches: int = 0
     unavailable: int = 0
     expert_failures: dict[str, int] = field(default_factory=dict)
+    observer: Callable[[ExpertCall], None] | None = field(default=None, repr=False)
     _warned_until: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def observe(self, call: ExpertCall) -> None:
+        if self.observer is not None:
+            self.observer(call)
 
     def record_failure(self, uid: str) -> None:
         self.expert_failures[uid] = self.expert_failures.pop(uid, 0) + 1  # most recent last
