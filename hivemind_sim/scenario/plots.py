@@ -10,7 +10,7 @@ empty axis.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,7 +36,11 @@ FAILURE_COUNTERS = {name: COUNTERS[name] for name in ("moe.expert_failures", "mo
 # fault windows: colours unlike the data lines (tab10's first four and black)
 WINDOW_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
 MAX_SCATTER = 5000  # loss points drawn; more only blur into a band
-MAX_CDF_POINTS = 4000
+MAX_CDF_POINTS = 4000  # drawn per CDF curve: evenly spaced quantiles, min and max included
+CDF_NAMES = {"dht.get": "gets", "dht.store": "stores", "dht.lookup": "lookups"}
+LOG_RATIO = 20  # values whose largest is more than this many times their smallest draw on a log axis
+# dash patterns for lines that may coincide, the first solid (see _layers)
+DASHES = ("-", "--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))
 NOT_OBSERVED = "not observed in this scenario"
 LABEL_ROW = 0.07  # height of one row of fault-window labels, as a fraction of the axes
 
@@ -66,27 +70,21 @@ def write_plots(out_dir: Path, recorder: Recorder, *, rows: Rows | None = None, 
 
 
 def alive_peers(recorder: Recorder) -> Figure:
-    # sampled: a crash shows at the first sample after it, up to one interval late
-    fig, ax = new_figure(f"Alive peers over time (counted every {format_duration(recorder.sample_interval)})")
+    """Levels drawn as steps, each held until the next sample: a change sampled when it happens shows then."""
+    fig, ax = new_figure("Alive peers over time")
     scale, unit = _time_unit(recorder.end_time())
     names = recorder.names()["gauges"]
     total = "peers.alive"
     groups = [n for n in names if n.startswith(total + ".")]
     if total not in names and not groups:
         return _not_observed(fig, ax)
-    # groups of equal size draw on top of each other: no group line is solid and each is
-    # thinner than the one before, so every one shows around and through the later ones
-    dashes = ("--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))
-    for index, name in enumerate([total, *groups] if total in names else groups):
-        t, v = recorder.gauge_columns(name)  # type: ignore[misc]
-        label = "all peers" if name == total else f"group {name[len(total) + 1 :]}"
-        width = 1.2 + 2.4 * (len(groups) - index) / len(groups) if groups else 1.6
-        style = (
-            {"color": "black", "linewidth": 2.2}
-            if name == total
-            else {"linewidth": width, "linestyle": dashes[index % len(dashes)]}
-        )
-        ax.step(t / scale, v, where="post", label=label, **style)
+    series = [total, *groups] if total in names else groups
+    colors = ["black"] * (total in names) + [f"C{i}" for i in range(len(groups))]
+    labels = ["all peers" if name == total else f"group {name[len(total) + 1 :]}" for name in series]
+    columns = [_hold_to_end(recorder.gauge_columns(name), recorder.end_time()) for name in series]
+    noted = _noted(labels, labels, _same_as([np.stack(c) for c in columns]))
+    for (t, v), color, label, style in zip(columns, colors, noted, _layers(len(series)), strict=True):
+        ax.plot(t / scale, v, drawstyle="steps-post", color=color, label=label, **style)
     ax.set_ylim(bottom=0)
     ax.set_xlim(0, recorder.end_time() / scale)
     ax.yaxis.set_major_locator(integer_ticks())
@@ -98,10 +96,11 @@ def alive_peers(recorder: Recorder) -> Figure:
 
 
 def lookup_latency_cdf(recorder: Recorder) -> Figure:
-    fig, ax = new_figure("DHT lookup latency, CDF (failed lookups included)")
-    drawn = False
-    all_lat = []
+    """Gets, stores and lookups (whole run; gets also per fault window), each with its true count."""
+    fig, ax = new_figure("DHT latency, CDF")
     colors = _window_colors(recorder)
+    curves: list[tuple[str, np.ndarray, dict[str, str]]] = []  # (label, latencies, line style)
+    drawn = []
     for name in LOOKUP_EVENTS:
         cols = recorder.event_columns(name)
         if cols is None:
@@ -110,45 +109,51 @@ def lookup_latency_cdf(recorder: Recorder) -> Figure:
         keep = ~np.isnan(lat)
         if not keep.any():
             continue
+        drawn.append(name)
         linestyle = {"dht.get": "-", "dht.store": "--"}.get(name, ":")
-        _cdf(ax, lat[keep], label=f"{EVENT_LABELS[name]}, whole run", color="black", linestyle=linestyle)
-        all_lat.append(lat[keep])
-        drawn = True
+        curves.append(
+            (f"{EVENT_LABELS[name]}, whole run", lat[keep], {"color": "black", "linestyle": linestyle})
+        )
         if name != "dht.get":
             continue  # one line per fault window for gets only: more lines would be unreadable
         for w in _distinct_windows(recorder):
             inside = keep & recorder.during_mask(t, w.name)
             if inside.any():
                 label = f"{EVENT_LABELS[name]}, during {w.name} ({w.action})"
-                _cdf(ax, lat[inside], label=label, color=colors[w.name], linestyle="-")
-    if not drawn:
+                curves.append((label, lat[inside], {"color": colors[w.name], "linestyle": "-"}))
+    if not curves:
         return _not_observed(fig, ax)
-    lat = np.concatenate(all_lat)
-    positive = lat[lat > 0]
-    log = positive.size > 0 and positive.max() / positive.min() > 20
+    ax.set_title(f"DHT {_words([CDF_NAMES[n] for n in drawn])}: latency CDF (failed ones included)")
+    labels = [label for label, _, _ in curves]
+    noted = _noted(labels, labels, _same_as([np.sort(lat) for _, lat, _ in curves]))
+    for (_, lat, style), label in zip(curves, noted, strict=True):
+        _cdf(ax, lat, label=label, **style)
+    lat = np.concatenate([lat for _, lat, _ in curves])
+    log = _spans_decades(lat)
     if log:
         ax.set_xscale("log")
     label = "latency (log scale)" if log else "latency"
-    if log and positive.size < lat.size:
+    if log and (lat <= 0).any():
         label += "; operations answered locally (0 s) start each curve above 0"
     ax.set_xlabel(label)
     if log:
         ax.xaxis.set_major_locator(_log_125())
         ax.xaxis.set_minor_formatter(_no_labels())
     ax.xaxis.set_major_formatter(duration_ticks())
-    ax.set_ylabel("fraction of lookups at or below")
+    ax.set_ylabel("fraction of operations at or below")
     ax.set_ylim(0, 1.02)
     _legend_outside(ax, below=True)
     return fig
 
 
 def success_rates(recorder: Recorder, rows: Rows) -> Figure:
+    """One line per operation kind; lines at 100% often coincide, so each stays visible (see _layers)."""
     dt = recorder.sample_interval
     fig, ax = new_figure(f"Success rate per {format_duration(dt)} interval")
     scale, unit = _time_unit(recorder.end_time())
     time = np.array([r["time"] for r in rows], dtype=float)
     summary = recorder.summary()
-    drawn = False
+    lines: list[tuple[str, str, str, np.ndarray]] = []  # (name, label, colour, rate in %)
     for i, name in enumerate(SUCCESS_EVENTS):
         key = f"{name}.success_rate"
         if key not in rows[0]:
@@ -160,11 +165,15 @@ def success_rates(recorder: Recorder, rows: Rows) -> Figure:
         label = (
             f"{EVENT_LABELS[name]} (whole run {overall:.1%})" if overall is not None else EVENT_LABELS[name]
         )
-        marker = "." if len(rows) <= 120 else None  # dots help only while intervals are wide apart
-        ax.plot((time + dt / 2) / scale, rate * 100, marker=marker, markersize=4, color=f"C{i}", label=label)
-        drawn = True
-    if not drawn:
+        lines.append((EVENT_LABELS[name], label, f"C{i}", rate * 100))
+    if not lines:
         return _not_observed(fig, ax)
+    same = _same_as([rate for *_, rate in lines])
+    noted = _noted([label for _, label, _, _ in lines], [name for name, *_ in lines], same)
+    dots = len(rows) <= 120  # dots help only while intervals are wide apart
+    for (*_, color, rate), label, style in zip(lines, noted, _layers(len(lines)), strict=True):
+        marker = {"marker": "o", "markersize": 1.5 * style["linewidth"]} if dots else {}
+        ax.plot((time + dt / 2) / scale, rate, color=color, label=label, **style, **marker)
     ax.set_ylim(-2, 102)
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlim(0, recorder.end_time() / scale)
@@ -176,6 +185,7 @@ def success_rates(recorder: Recorder, rows: Rows) -> Figure:
 
 
 def training_loss(recorder: Recorder, rows: Rows) -> Figure:
+    """Loss on a log axis when it spans decades (a blow-up would flatten the rest); NaN steps marked."""
     dt = recorder.sample_interval
     fig, ax = new_figure("Training loss over time")
     cols = recorder.value_columns("train.loss")
@@ -183,14 +193,43 @@ def training_loss(recorder: Recorder, rows: Rows) -> Figure:
         return _not_observed(fig, ax)
     scale, unit = _time_unit(recorder.end_time())
     t, v = cols
+    finite = np.isfinite(v)
     stride = max(1, t.size // MAX_SCATTER)
     ax.scatter(t[::stride] / scale, v[::stride], s=6, alpha=0.35, color="C0", label="one training step")
     time = np.array([r["time"] for r in rows], dtype=float)
     mean = np.array([np.nan if r["train.loss.mean"] is None else r["train.loss.mean"] for r in rows])
     ax.plot((time + dt / 2) / scale, mean, color="C3", linewidth=2, label=f"mean per {format_duration(dt)}")
+    if not finite.all():  # NaN or infinite losses have no place on the axis: mark when they happened
+        bad = np.flatnonzero(~finite)
+        bad = bad[:: max(1, bad.size // MAX_SCATTER)]
+        ax.plot(
+            t[bad] / scale,
+            np.zeros(bad.size),
+            transform=ax.get_xaxis_transform(),
+            linestyle="none",
+            marker="x",
+            color="black",
+            clip_on=False,
+            label=f"NaN or infinite loss ({np.count_nonzero(~finite)} steps, on the bottom edge)",
+        )
+    ylabel = "loss"
+    axis_scale = _value_scale(v[finite])
+    if axis_scale == "log":
+        ax.set_yscale("log")
+        if _decades(v[finite]) <= 3:  # 1, 2, 5 in each decade; beyond that only powers of ten fit
+            ax.yaxis.set_major_locator(_log_125())
+        ylabel = "loss (log scale)"
+    elif axis_scale == "symlog":  # zero or negative losses too: linear near 0, logarithmic beyond
+        linthresh = _symlog_threshold(v[finite])
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ylabel = f"loss (log scale beyond ±{_number_text(linthresh)}, linear within)"
+    if axis_scale != "linear":
+        ax.set_title("Training loss over time (log scale)")
+        ax.yaxis.set_major_formatter(_number_ticks())
+        ax.yaxis.set_minor_formatter(_no_labels())
     ax.set_xlim(0, recorder.end_time() / scale)
     ax.set_xlabel(f"time since the measured window started ({unit})")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     _shade_windows(ax, recorder, scale)
     _legend_outside(ax)
     return fig
@@ -207,13 +246,15 @@ def expert_failures(recorder: Recorder, rows: Rows) -> Figure:
     scale, unit = _time_unit(recorder.end_time())
     time = np.array([r["time"] for r in rows], dtype=float)
     edges = np.append(time, time[-1] + dt) / scale
-    for name in counters:
-        counts = np.array([r[name] for r in rows], dtype=float)
-        label = f"{FAILURE_COUNTERS[name]} (total {summary[name + '.total']:.0f})"
+    counts = [np.array([r[name] for r in rows], dtype=float) for name in counters]
+    labels = [f"{FAILURE_COUNTERS[name]} (total {summary[name + '.total']:.0f})" for name in counters]
+    # where bans equal failures the ban line runs along the filled area's top edge: the legend says so
+    noted = _noted(labels, [FAILURE_COUNTERS[name] for name in counters], _same_as(counts))
+    for name, count, label in zip(counters, counts, noted, strict=True):
         if name == "moe.expert_failures":
-            ax.stairs(counts, edges, fill=True, color="C0", alpha=0.6, label=label)
+            ax.stairs(count, edges, fill=True, color="C0", alpha=0.6, label=label)
         else:
-            ax.stairs(counts, edges, color="black", linewidth=1.8, label=label)
+            ax.stairs(count, edges, color="black", linewidth=1.8, label=label)
     ax.set_xlim(0, recorder.end_time() / scale)
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_locator(integer_ticks())
@@ -308,14 +349,95 @@ def _shade_windows(ax: Axes, recorder: Recorder, scale: float) -> None:
 
 
 def _cdf(ax: Axes, values: np.ndarray, *, label: str, color: str, linestyle: str) -> None:
+    """The empirical CDF, labelled with the true count even when fewer points are drawn.
+
+    Past MAX_CDF_POINTS, evenly spaced quantiles (min and max included) are drawn, each at its exact
+    cumulative fraction: the drawn steps stay within 1/MAX_CDF_POINTS of the full curve.
+    """
     xs = np.sort(values)
-    ys = np.arange(1, xs.size + 1) / xs.size
     p50, p99 = np.percentile(xs, [50, 99])
-    if xs.size > MAX_CDF_POINTS:  # evenly spaced ranks draw the same curve
-        ranks = np.linspace(0, xs.size - 1, MAX_CDF_POINTS).astype(np.int64)
-        xs, ys = xs[ranks], ys[ranks]
-    full = f"{label}: n={xs.size}, p50 {format_duration(p50)}, p99 {format_duration(p99)}"
-    ax.step(xs, ys, where="post", color=color, linestyle=linestyle, label=full)
+    drawn = xs
+    if xs.size > MAX_CDF_POINTS:
+        drawn = xs[np.round(np.linspace(0, xs.size - 1, MAX_CDF_POINTS)).astype(np.int64)]
+    ys = np.searchsorted(xs, drawn, side="right") / xs.size
+    full = f"{label}: n={xs.size:,}, p50 {format_duration(p50)}, p99 {format_duration(p99)}"
+    ax.step(drawn, ys, where="post", color=color, linestyle=linestyle, label=full)
+
+
+def _layers(n: int) -> list[dict[str, Any]]:
+    """Line styles for n lines that may lie on each other (alive groups of one size, 100% rates).
+
+    The first is widest and solid, each later one thinner with its own dashes, so wherever lines
+    coincide the earlier ones still show around and between the later ones; none is offset from
+    its true values.
+    """
+    widths = np.linspace(3.4, 1.4, n) if n > 1 else [2.0]
+    return [{"linewidth": float(w), "linestyle": DASHES[i % len(DASHES)]} for i, w in enumerate(widths)]
+
+
+def _same_as(series: list[np.ndarray]) -> list[int | None]:
+    """For each series, the index of the first earlier one equal to it (NaN equal to NaN), else None."""
+
+    def equal(a: np.ndarray, b: np.ndarray) -> bool:
+        return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+    return [next((j for j in range(i) if equal(a, series[j])), None) for i, a in enumerate(series)]
+
+
+def _noted(labels: list[str], names: list[str], same: list[int | None]) -> list[str]:
+    """Legend labels saying "same as <name>" for a line drawn exactly over an earlier one."""
+    out = []
+    for label, j in zip(labels, same, strict=True):
+        if j is not None:
+            note = f"same as {names[j]}"
+            label = f"{label[:-1]}; {note})" if label.endswith(")") else f"{label} ({note})"
+        out.append(label)
+    return out
+
+
+def _hold_to_end(columns: tuple[np.ndarray, np.ndarray] | None, end: float) -> tuple[np.ndarray, np.ndarray]:
+    """A gauge's (time, level), its last level held to the window's end (it lasts until a change)."""
+    assert columns is not None
+    t, v = columns
+    if t.size and t[-1] < end:
+        return np.append(t, end), np.append(v, v[-1])
+    return t, v
+
+
+def _spans_decades(values: np.ndarray) -> bool:
+    """Whether the positive values span enough decades that a linear axis would flatten the small ones."""
+    return _decades(values) > np.log10(LOG_RATIO)
+
+
+def _decades(values: np.ndarray) -> float:
+    """How many decades the positive values span."""
+    positive = values[values > 0]
+    return float(np.log10(positive.max() / positive.min())) if positive.size else 0.0
+
+
+def _value_scale(values: np.ndarray) -> str:
+    """ "linear", "log", or "symlog" when finite values spanning decades include zero or negatives."""
+    magnitudes = np.abs(values[values != 0])
+    if not _spans_decades(magnitudes):
+        return "linear"
+    return "log" if (values > 0).all() else "symlog"
+
+
+def _symlog_threshold(values: np.ndarray) -> float:
+    """The power of ten at or below the smallest non-zero magnitude: the symlog axis is linear inside it."""
+    return float(10.0 ** np.floor(np.log10(np.abs(values[values != 0]).min())))
+
+
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def _number_text(x: float) -> str:
+    """A tick number, short: 0.3, 20, 5k, 400k, 2M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:g}{suffix}"
+    return f"{x:g}"
 
 
 def _legend_outside(ax: Axes, *, below: bool = False) -> None:
@@ -342,6 +464,12 @@ def _log_125():  # returns a matplotlib ticker (imported lazily)
     from matplotlib.ticker import LogLocator
 
     return LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+
+
+def _number_ticks():  # returns a matplotlib ticker (imported lazily)
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda x, _pos: _number_text(x))
 
 
 def duration_ticks():  # returns a matplotlib ticker (imported lazily)
