@@ -123,7 +123,11 @@ def test_quantities_parse_to_base_units(parse: Any, text: object, value: float) 
 @pytest.mark.parametrize(
     ("parse", "text", "message"),
     [
-        (parse_duration, "5 parsecs", "expected a duration like `50ms`, `2h` (units: us, ms, s, m or min"),
+        (
+            parse_duration,
+            "5 parsecs",
+            "expected a duration like `50ms`, `2h` (units: ns, us or µs, ms, s or sec, m or min, h, d)",
+        ),
         (parse_duration, "5 parsecs", "got `5 parsecs` (unknown unit `parsecs`)"),
         (parse_duration, "-5s", "got `-5s` (must be >= 0)"),
         (parse_duration, True, "got `True`"),
@@ -282,7 +286,7 @@ def test_every_problem_is_listed_in_file_order() -> None:
     text = text.replace("role: trainer", "role: trainr")
     assert errors(text) == [
         "s.yaml:3: duration: expected a positive duration like `50ms`, `2h`"
-        " (units: us, ms, s, m or min, h, d), got `-5m` (must be > 0)",
+        " (units: ns, us or µs, ms, s or sec, m or min, h, d), got `-5m` (must be > 0)",
         "s.yaml:7: peers.0.count: must be >= 1, got `0`",
         "s.yaml:9: peers.1.role: expected one of `dht`, `server`, `trainer`, `peer`, got `trainr`"
         " (did you mean `trainer`?)",
@@ -465,6 +469,16 @@ def test_cross_checks_name_the_key_and_line(extra: str, expected: str) -> None:
             "{trace: t.csv, min_alive: 5}",
             "peers.0.churn.min_alive: min_alive 5 > count 4",
         ),
+        (
+            "{trace: t.csv, start: lockstep}",
+            "peers.0.churn.start: `start` is for drawn sessions: a trace gives every time",
+        ),
+        (
+            "{session: {distribution: pareto, shape: 1, minimum: 1m},"
+            " downtime: {distribution: exponential, mean: 1h}}",
+            "peers.0.churn.session.shape: a Pareto session of shape 1 (<= 1) has an infinite mean, so churn"
+            " has no steady state to start in: use a shape > 1, or `start: lockstep`",
+        ),
     ],
 )
 def test_churn_needs_session_and_downtime_or_a_trace(churn: str, expected: str, tmp_path: Path) -> None:
@@ -510,6 +524,295 @@ def test_churn_needs_session_and_downtime_or_a_trace(churn: str, expected: str, 
 )
 def test_roles_and_workloads_must_agree(text: str, expected: str) -> None:
     assert errors("name: t\n" + text) == [expected]
+
+
+# ---- slips that validate but cannot mean what was meant: refused, each with its fix -------------
+
+WITH_DHT = MINIMAL.replace("  training: {grid: [4, 4]}\n", "  training: {grid: [4, 4]}\n  dht: {}\n")
+
+
+@pytest.mark.parametrize(
+    ("assertion", "expected"),
+    [
+        (
+            "dht.get.success_rate >= 99",
+            "`dht.get.success_rate` is a fraction from 0 to 1, and `99` would mean 9900%: write it like"
+            " `0.99` or `99%`",
+        ),
+        (
+            "dht.get.success_rate >= 0.99%",
+            "`0.99%` is 0.0099: a lower bound under 1% on `dht.get.success_rate` passes when almost every"
+            " operation fails; write `0.99` or `99%` if you meant 99%, or `0.0099` to keep 0.99%",
+        ),
+        (
+            "dht.lookup.overlap.mean >= 90",
+            "`dht.lookup.overlap.mean` is a fraction from 0 to 1, and `90` would mean 9000%: write it like"
+            " `0.9` or `90%`",
+        ),
+        (
+            "moe.step.success_rate > 2s",
+            "`moe.step.success_rate` is a fraction from 0 to 1, not a duration:"
+            " write it like `0.99` or `99%`",
+        ),
+        (
+            "moe.step.p99 <= 99%",
+            "`moe.step.p99` is a latency: write a duration like `3s` or `250ms`, not `99%` (read as 990 ms)",
+        ),
+        (
+            "{metric: moe.step.trainers.p50, op: '<', threshold: 1MB}",
+            "`moe.step.trainers.p50` is a latency: write a duration like `3s` or `250ms`, not `1MB`",
+        ),
+        (
+            "dht.get.p99 <= 250",
+            "`250` is read as 4.167 min, longer than any operation waits: write `250ms` if you meant that,"
+            " or `250s` to keep 4.167 min",
+        ),
+        (
+            "peers.alive.min >= 50%",
+            "`peers.alive.min` (alive peers, min) is a plain number: write the threshold without a unit,"
+            " not `50%`",
+        ),
+        (
+            "rpc.bytes.per_peer < 1s",
+            "`rpc.bytes.per_peer` counts bytes: write a size like `64KiB` or a number of bytes, not `1s`",
+        ),
+    ],
+)
+def test_a_threshold_must_fit_its_metric(assertion: str, expected: str) -> None:
+    assert errors(f"{WITH_DHT}assertions:\n  - {assertion}\n") == [
+        f"s.yaml:15: assertions.0.threshold: {expected}"
+    ]
+
+
+def test_thresholds_that_fit_their_metric_pass() -> None:
+    assert schema.parse_threshold("99%") == (0.99, "fraction")
+    assert schema.parse_threshold("250ms") == (0.25, "duration")
+    assert schema.parse_threshold(3) == (3.0, "number")
+    fitting = [
+        "dht.get.success_rate >= 0.99",
+        "dht.get.success_rate >= 99%",
+        "dht.get.success_rate == 1",
+        "dht.get.success_rate < 0.5%",  # an upper bound: failing almost always is what is asserted
+        "dht.lookup.top1.mean >= 95%",
+        "moe.step.p99 <= 3s",
+        "moe.step.p99 <= 59",
+        "rpc.bytes.per_peer < 64KiB",
+        "rpc.messages.total < 100000",
+        "peers.alive.min >= 3",
+        "train.loss.final <= 0.8",
+    ]
+    text = WITH_DHT + "assertions:\n" + "".join(f"  - {line}\n" for line in fitting)
+    assert len(parse_scenario(text).assertions) == len(fitting)
+
+
+DHT_ONLY = "name: t\nduration: 1m\npeers:\n  - {group: d, role: dht, count: 3}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "fix"),
+    [
+        (
+            DHT_ONLY + "assertions:\n  - train.loss.final <= 1\n",
+            "s.yaml:6: assertions.0: `train.loss.final` can never be observed: the scenario has no training"
+            " (add a `workload.training` section, or drop this assertion)",
+            ("  - train.loss.final <= 1\n", "  - peers.alive.min >= 1\n"),
+        ),
+        (
+            DHT_ONLY + "assertions:\n  - moe.expert_failures.total == 0\n",
+            "s.yaml:6: assertions.0: `moe.expert_failures.total` can never be observed: the scenario has no"
+            " training (add a `workload.training` section, or drop this assertion)",
+            ("moe.expert_failures.total == 0", "rpc.messages.total > 0"),
+        ),
+        (
+            MINIMAL + "assertions:\n  - dht.get.success_rate >= 0.9\n",
+            "s.yaml:14: assertions.0: `dht.get.success_rate` can never be observed: the scenario has no DHT"
+            " workload (add a `workload.dht` section, or drop this assertion)",
+            ("workload:\n", "workload:\n  dht: {}\n"),
+        ),
+        (
+            WITH_DHT.replace("dht: {}", "dht: {gets_per_second: 0}") + "assertions:\n  - dht.get.p99 < 1s\n",
+            "s.yaml:15: assertions.0: `dht.get.p99` can never be observed:"
+            " `workload.dht.gets_per_second` is 0 (raise it, or drop this assertion)",
+            ("gets_per_second: 0", "gets_per_second: 1"),
+        ),
+        (
+            WITH_DHT.replace("dht: {}", "dht: {stores_per_second: 0}")
+            + "assertions:\n  - dht.get.count > 1\n",
+            "s.yaml:15: assertions.0: `dht.get.count` can never be observed: gets ask only for stored keys,"
+            " and `workload.dht.stores_per_second` is 0 (raise it)",
+            ("stores_per_second: 0", "stores_per_second: 0.1"),
+        ),
+        (
+            WITH_DHT.replace("dht: {}", "dht: {lookups_per_second: 0}")
+            + "assertions:\n  - dht.lookup.top1.mean >= 0.9\n",
+            "s.yaml:15: assertions.0: `dht.lookup.top1.mean` can never be observed:"
+            " `workload.dht.lookups_per_second` is 0 (raise it, or drop this assertion)",
+            ("lookups_per_second: 0", "lookups_per_second: 2"),
+        ),
+        (
+            MINIMAL + "assertions:\n  - moe.step.servers.p99 <= 3s\n",
+            "s.yaml:14: assertions.0: `moe.step.servers.p99` can never be observed: group `servers` has role"
+            " server and does not train (name a trainer group)",
+            ("moe.step.servers", "moe.step.trainers"),
+        ),
+        (
+            MINIMAL + "events:\n  - {name: r, at: 1m, action: restart, select: {group: servers}}\n"
+            "assertions:\n  - peers.alive.min >= 1 during r\n",
+            "s.yaml:16: assertions.0: `during r`: a restart is over at once, so nothing is observed during it"
+            " (drop `during`, or name an event that lasts)",
+            (" during r", ""),
+        ),
+    ],
+)
+def test_an_assertion_that_can_never_be_observed_is_refused(
+    text: str, expected: str, fix: tuple[str, str]
+) -> None:
+    assert errors(text) == [expected]
+    parse_scenario(text.replace(*fix))  # the fix it names is enough
+
+
+PLACED = MINIMAL.replace("count: 4\n", "count: 4\n    regions: [eu-west, us-east]\n")
+
+
+@pytest.mark.parametrize(
+    ("event", "expected", "fix"),
+    [
+        (
+            "{at: 1m, action: crash, select: {group: servers, region: asia-east}}",
+            "events.0.select.region: picks no peer: no peer of group `servers` is placed on `asia-east`;"
+            " they are on eu-west, us-east (select one of those, or add it to the group's `regions`)",
+            ("asia-east", "us-east"),
+        ),
+        (
+            "{at: 1m, action: freeze, select: {role: server, regions: [sa-east, oceania]}}",
+            "events.0.select.regions: picks no peer: no peer of role `server` is placed on any of"
+            " `sa-east`, `oceania`; they are on eu-west, us-east (select one of those, or add it to a"
+            " group's `regions`)",
+            ("sa-east", "us-east"),
+        ),
+        (
+            "{at: 1m, action: crash, select: {group: servers, role: trainer}}",
+            "events.0.select.role: picks no peer: group `servers` has role `server`, not `trainer`"
+            " (drop `role` or `group`)",
+            ("{group: servers, role: trainer}", "{group: servers, role: server}"),
+        ),
+        (
+            "{at: 1m, action: leave, select: {group: trainers, peers: [servers-1]}}",
+            "events.0.select.peers: picks no peer: group `trainers` matches 2 peer(s)"
+            " (trainers-0, trainers-1) and `peers` names none of them",
+            ("group: trainers, ", ""),
+        ),
+        (
+            "{at: 1m, action: crash, select: {group: servers, fraction: 10%}}",
+            "events.0.select.fraction: picks no peer: 10% of the 4 peer(s) matched rounds to 0"
+            " (write `count: 1`, or a larger fraction)",
+            ("fraction: 10%", "fraction: 0%"),  # a sweep's baseline point: no peer, on purpose
+        ),
+        (
+            "{at: 1m, action: slow_compute, factor: 2, select: {group: trainers}}",
+            "events.0.select: slow_compute needs peers that host experts (role server or peer)",
+            ("{group: trainers}", "{group: servers}"),
+        ),
+    ],
+)
+def test_an_event_that_picks_no_peer_is_refused(event: str, expected: str, fix: tuple[str, str]) -> None:
+    text = f"{PLACED}events:\n  - {event}\n"
+    assert errors(text) == [f"s.yaml:15: {expected}"]
+    parse_scenario(text.replace(*fix))
+
+
+def test_events_before_a_group_joins_and_on_unplaced_routers_pick_no_peer() -> None:
+    late = MINIMAL.replace("count: 2\n", "count: 2\n    join_at: 2m\n")
+    crash = "events:\n  - {at: 1m, action: crash, select: {group: trainers}}\n"
+    assert errors(late + crash) == [
+        "s.yaml:15: events.0.select: picks no peer: the crash at 1 min acts on live peers, and group"
+        " `trainers` joins at 2 min (move the event later, or select peers that are up)"
+    ]
+    parse_scenario(late + crash.replace("crash, select", "degrade, latency: 50ms, select"))  # links exist
+    routers = with_lines(
+        "topology: {kind: waxman, nodes: 10}\nevents:\n  - {at: 1m, action: freeze, select: {region: 7}}\n"
+    )
+    assert errors(routers) == [
+        "s.yaml:15: events.0.select.region: picks no peer: no peer is placed on `7`; peers are on 0, 1, 2, 3"
+        " (select one of those, or add it to a group's `regions`)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected", "fixes"),
+    [
+        (
+            "link: {latency: 10}",
+            "10",
+            "peers.0.link.latency: `10` is read as 10 s, far longer than a link's latency:"
+            " write `10ms` if you meant that, or `10s` to keep 10 s",
+            ("10ms", "10s", "0.01"),
+        ),
+        (
+            "link: {downlink: 200}",
+            "200",
+            "peers.0.link.downlink: `200` is read as 200 bit/s, far too slow for a link: write `200Mbit/s`"
+            " or `200kbit/s` if you meant that, or `200bit/s` to keep 200 bit/s",
+            ("200Mbit/s", "200bit/s", "2e8"),
+        ),
+        (
+            "hardware: {device: 10}",
+            "10",
+            "peers.0.hardware.device: `10` is read as 10 FLOP/s, far slower than any device:"
+            " write `10TFLOP/s` or `10GFLOP/s` if you meant that, or `10FLOP/s` to keep 10 FLOP/s",
+            ("10TFLOP/s", "10FLOP/s", "1e13"),
+        ),
+        (
+            "link: {latency: {distribution: uniform, low: 5, high: 0.05}}",
+            "5",
+            "peers.0.link.latency.low: `5` is read as 5 s, far longer than a link's latency:"
+            " write `5ms` if you meant that, or `5s` to keep 5 s",
+            ("5ms", "0.005"),
+        ),
+    ],
+)
+def test_a_bare_number_far_from_what_its_key_means_is_refused(
+    key: str, value: str, expected: str, fixes: tuple[str, ...]
+) -> None:
+    text = MINIMAL.replace("count: 4\n", f"count: 4\n    {key}\n")
+    assert errors(text) == [f"s.yaml:8: {expected}"]
+    for fix in fixes:  # with its unit, any value passes; a bare one in range passes too
+        parse_scenario(text.replace(key, key.replace(f": {value}", f": {fix}")))
+
+
+def test_bare_latencies_of_events_and_generated_backbones_are_checked_too() -> None:
+    assert errors(with_lines("topology: {kind: waxman, nodes: 10, params: {max_latency: 80}}\n")) == [
+        "s.yaml:13: topology.params.max_latency: `80` is read as 1.333 min, far longer than a link's"
+        " latency: write `80ms` if you meant that, or `80s` to keep 1.333 min"
+    ]
+    degrade = "events:\n  - {at: 1m, action: degrade, latency: 50, select: {group: servers}}\n"
+    assert errors(with_lines(degrade))[0].startswith(
+        "s.yaml:14: events.0.latency: `50` is read as 50 s, far longer than a link's latency"
+    )
+    parse_scenario(with_lines(degrade.replace("50", "50s")))
+
+
+def test_every_duration_unit_is_documented_and_listed_in_the_error() -> None:
+    row = next(line for line in DOC.read_text().splitlines() if line.startswith("| duration |"))
+    with pytest.raises(ValueError) as caught:
+        parse_duration("5 parsecs")
+    listed = str(caught.value).split("(units: ")[1].split(")")[0].replace(" or ", ", ").split(", ")
+    assert listed == list(units.DURATION_UNITS)
+    for unit in units.DURATION_UNITS:
+        assert f"`{unit}`" in row.split("|")[4], unit
+
+
+def test_drawn_churn_starts_stationary_unless_told() -> None:
+    churn = "    churn:\n      session: {distribution: weibull, shape: 0.5, median: 10m}\n"
+    churn += "      downtime: {distribution: exponential, mean: 1m}\n      graceful: 20%\n"
+    scenario = parse_scenario(MINIMAL.replace("count: 4\n", f"count: 4\n{churn}"))
+    assert scenario.peers[0].churn is not None and scenario.peers[0].churn.start == "stationary"
+    assert "start: stationary" in dump_resolved(scenario)
+    model = scenario.peers[0].churn.model()
+    assert (model.start, model.graceful_fraction, model.downtime.mean) == ("stationary", 0.2, 60.0)
+    lockstep = MINIMAL.replace("count: 4\n", f"count: 4\n{churn}      start: lockstep\n")
+    churned = parse_scenario(lockstep).peers[0].churn
+    assert churned is not None and churned.model().start == "lockstep"
 
 
 def test_invalid_yaml_names_file_and_line() -> None:
@@ -625,6 +928,7 @@ peers:
       graceful: 30%
       min_alive: 2
       max_alive: 5
+      start: lockstep
   - group: peers
     role: peer
     count: 3
@@ -783,8 +1087,11 @@ REFERENCE: list[tuple[type[BaseModel], str]] = [
 
 _UNIT_NAMES = {
     units.parse_duration: "duration",
+    units.parse_latency: "duration",
     units.parse_bandwidth: "bandwidth",
+    units.parse_link_bandwidth: "bandwidth",
     units.parse_compute: "compute",
+    units.parse_device_compute: "compute",
     units.parse_size: "size",
     units.parse_fraction: "fraction",
 }
@@ -891,6 +1198,14 @@ def test_the_docs_worked_example_loads() -> None:
     for block in examples:
         scenario = parse_scenario(block.split("```")[0], filename="scenarios.md")
         assert scenario.name == "quickstart" and scenario.assertions
+
+
+def test_the_docs_compare_example_changes_the_scenario() -> None:
+    section = DOC.read_text().split("## Comparing two runs")[1]
+    run_b = next(line for line in section.splitlines() if "--out runs/b" in line).split()
+    overrides = [run_b[i + 1] for i, word in enumerate(run_b) if word == "--set"]
+    quickstart = ROOT / "scenarios" / "quickstart.yaml"
+    assert overrides and load_scenario(quickstart, overrides) != load_scenario(quickstart)
 
 
 def test_docs_list_every_key_with_meaning_and_default() -> None:

@@ -23,7 +23,12 @@ REDUCED = {
         "duration=2m",
         "assertions.3=peers.alive.home.min >= 10",
     ],
-    "dmoe_training_failures": ["peers.servers.count=5", "peers.trainers.count=2", "duration=20s"],
+    "dmoe_training_failures": [
+        "peers.servers.count=5",
+        "peers.trainers.count=2",
+        "duration=20s",
+        "events.0.select.fraction=20%",
+    ],
     "partition_heal": [
         "peers.americas.count=2",
         "peers.eurasia.count=2",

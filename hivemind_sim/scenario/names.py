@@ -20,11 +20,14 @@ EVENT_FIELDS = {  # the mean of a number an event carries besides its latency (`
     "top1": "found the nearest live peer (share of lookups)",
     "overlap": "share of the k nearest live peers found, mean",
 }
+SHARE_FIELDS = frozenset({"dht.lookup.top1", "dht.lookup.overlap"})  # event fields that are fractions
 COUNTERS = {
     "moe.bans": "bans",
     "moe.expert_failures": "expert failures",
     "rpc.messages": "RPC messages",
     "rpc.bytes": "RPC bytes",
+    "peers.errors": "peer errors (exceptions in a peer's own code)",
+    "peers.join_failures": "failed joins",
 }
 
 EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
@@ -51,7 +54,7 @@ STAT_NAMES = {
 def metric_unit(metric: str) -> str:
     """ "fraction", "s" or "" for a summary key (`during` suffix allowed), as metrics.json has no units."""
     base, _, stat = metric.partition(" during ")[0].rpartition(".")
-    if stat == "success_rate":
+    if stat == "success_rate" or base in SHARE_FIELDS:
         return "fraction"
     per_group_step = base.startswith("moe.step.")
     return "s" if stat in LATENCY_STATS and (base in EVENTS or per_group_step) else ""

@@ -13,13 +13,12 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -27,7 +26,17 @@ from pydantic import (
     model_validator,
 )
 
-from .names import COUNTER_STATS, COUNTERS, EVENT_FIELDS, EVENT_STATS, EVENTS, GAUGE_STATS, VALUE_STATS
+from .names import (
+    COUNTER_STATS,
+    COUNTERS,
+    EVENT_FIELDS,
+    EVENT_STATS,
+    EVENTS,
+    GAUGE_STATS,
+    VALUE_STATS,
+    describe_metric,
+    metric_unit,
+)
 from .units import (
     Bandwidth,
     ChurnTime,
@@ -36,17 +45,25 @@ from .units import (
     Duration,
     Fraction,
     FrozenModel,
+    Latency,
+    ParetoTime,
     Popularity,
     PositiveDuration,
     Size,
     UniformPopularity,
     Varying,
+    bare_slip,
     format_duration,
+    format_fraction,
     parse_bandwidth,
     parse_duration,
     parse_fraction,
+    parse_latency,
     parse_size,
 )
+
+if TYPE_CHECKING:
+    from ..swarms.churn import ChurnModel
 
 Loc = tuple[str | int, ...]
 
@@ -86,9 +103,9 @@ def _existing_file(path: Path, info: ValidationInfo) -> Path:
 # ---- the world ---------------------------------------------------------------------------------
 
 TOPOLOGY_PARAMS: dict[str, dict[str, Any]] = {
-    "waxman": {"alpha": float, "beta": float, "max_latency": parse_duration},
-    "barabasi_albert": {"m": int, "min_latency": parse_duration, "max_latency": parse_duration},
-    "random_geometric": {"radius": float, "max_latency": parse_duration},
+    "waxman": {"alpha": float, "beta": float, "max_latency": parse_latency},
+    "barabasi_albert": {"m": int, "min_latency": parse_latency, "max_latency": parse_latency},
+    "random_geometric": {"radius": float, "max_latency": parse_latency},
     "world_regions": {},
     "file": {"latency_attribute": str, "latency_unit": parse_duration},
 }
@@ -155,11 +172,12 @@ class Topology(FrozenModel):
         return self
 
     def known_nodes(self) -> list[str | int] | None:
-        """The backbone's node names, when known without reading a file."""
+        """The backbone's node names in the order peers are placed on them (round-robin), when
+        known without reading a file."""
         if self.kind == "world_regions":
             from hivemind_sim import Topology as World  # lazy: networkx loads only when needed
 
-            return sorted(World.world_regions().nodes)
+            return World.world_regions().nodes
         if self.nodes is not None:
             return list(range(self.nodes))
         return None
@@ -179,7 +197,7 @@ class Link(FrozenModel):
     """Upload bandwidth; null: unlimited."""
     downlink: Varying[Bandwidth] | None = None
     """Download bandwidth; null: unlimited."""
-    latency: Varying[Duration] = Constant[Duration](value=0.005)
+    latency: Varying[Latency] = Constant[Latency](value=0.005)
     """One-way latency between the peer and its backbone node (last mile)."""
     loss: Fraction = 0.0
     """Probability that a message through this link is lost."""
@@ -217,6 +235,11 @@ class Churn(FrozenModel):
     """Churn never takes the group's live peers below this many (a leave is skipped)."""
     max_alive: int | None = Field(default=None, ge=1)
     """Churn never brings the group's live peers above this many (a return waits); null: no bound."""
+    start: Literal["stationary", "lockstep"] | None = None
+    """How drawn sessions begin: `stationary` (the default with `session`, filled in on loading):
+    each peer's first session is what remains of a session in progress at a random moment, so
+    peers leave at the steady rate from the start; `lockstep`: every peer starts a fresh session
+    when the measured window opens (with heavy tails, a burst of early leaves). Not for a trace."""
 
     @field_validator("trace")
     @classmethod
@@ -241,7 +264,25 @@ class Churn(FrozenModel):
             raise ScenarioProblems(
                 [(("max_alive",), f"max_alive {self.max_alive} < min_alive {self.min_alive}")]
             )
+        if self.trace is not None and self.start is not None:
+            raise ScenarioProblems([(("start",), "`start` is for drawn sessions: a trace gives every time")])
+        if self.trace is None and self.start is None:
+            self.__dict__["start"] = "stationary"  # frozen: set once, while being built
+        session = self.session
+        if self.start == "stationary" and isinstance(session, ParetoTime) and session.shape <= 1:
+            message = (
+                f"a Pareto session of shape {session.shape:g} (<= 1) has an infinite mean, so churn has no"
+                " steady state to start in: use a shape > 1, or `start: lockstep`"
+            )
+            raise ScenarioProblems([(("session", "shape"), message)])
         return self
+
+    def model(self) -> ChurnModel:
+        """The churn of drawn sessions, to pass to ``swarms.churn.start_churn`` (not for a trace)."""
+        from ..swarms.churn import ChurnModel  # lazy: the format is read without loading the simulator
+
+        assert self.session is not None and self.downtime is not None and self.start is not None
+        return ChurnModel(self.session.to_churn(), self.downtime.to_churn(), self.graceful, self.start)
 
 
 Role = Literal["dht", "server", "trainer", "peer"]
@@ -408,7 +449,7 @@ class DegradeEvent(_SelectingEvent):
 
     action: Literal["degrade"]
     """Selects this action."""
-    latency: Duration = 0.0
+    latency: Latency = 0.0
     """Added one-way latency."""
     loss: Fraction = 0.0
     """Added loss probability."""
@@ -571,18 +612,85 @@ def metric_names(groups: Iterable[str] = ()) -> frozenset[str]:
     return frozenset(names)
 
 
-def parse_threshold(value: object) -> float:
-    """A finite number in the metric's base unit: `0.99`, `-1`, `99%`, `3s`, `250ms`, `64KiB`, `10Mbit/s`."""
+_THRESHOLD_FORMS: tuple[tuple[str, Callable[[object], float]], ...] = (
+    ("number", float),
+    ("fraction", parse_fraction),  # only `99%` gets here: a plain `0.99` is a number
+    ("duration", parse_duration),
+    ("size", parse_size),
+    ("bandwidth", parse_bandwidth),
+)
+
+
+def parse_threshold(value: object) -> tuple[float, str]:
+    """A finite number in the metric's base unit, and what it was written as: `number` (`0.99`,
+    `-1`), `fraction` (`99%`), `duration` (`3s`, `250ms`), `size` (`64KiB`) or `bandwidth`."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    for parse in (float, parse_fraction, parse_duration, parse_size, parse_bandwidth):
+        return float(value), "number"
+    for form, parse in _THRESHOLD_FORMS:
         try:
             number = float(parse(value))
         except (TypeError, ValueError):
             continue
         if math.isfinite(number):
-            return number
+            return number, form
     raise ValueError(f"expected a threshold like `0.99`, `99%`, `3s`, got `{value}`")
+
+
+MAX_BARE_LATENCY_THRESHOLD = 60.0
+"""Operations give up after seconds (timeouts): a bare latency bound of a minute or more is
+milliseconds without `ms`, and would pass whatever happened."""
+
+
+def _measures(metric: str) -> Literal["fraction", "duration", "size", "number"]:
+    """What a metric's values are, so what its threshold may be written as."""
+    if metric_unit(metric) == "fraction":
+        return "fraction"
+    if metric_unit(metric) == "s":
+        return "duration"
+    return "size" if metric.startswith("rpc.bytes.") else "number"
+
+
+def _threshold_problem(metric: str, op: str, written: object, number: float, form: str) -> str | None:
+    """Why a threshold cannot mean what its writer meant for this metric, with the fix; None if fine.
+
+    The unit must fit the metric: fractions (a number in [0, 1] or a percent) for rates and
+    shares, durations (or bare seconds) for latencies, sizes (or bare bytes) for `rpc.bytes`, and
+    plain numbers for counts, losses and hops. A percent under 1% as the lower bound of a rate is
+    refused too: it passes when almost everything fails, and is `0.99` written as `0.99%`.
+    """
+    text, kind = str(written).strip(), _measures(metric)
+    if kind == "fraction":
+        if form == "number" and not 0 <= number <= 1:
+            fix = f"`{number / 100:g}` or `{number:g}%`" if 1 < number <= 100 else "`0.99` or `99%`"
+            return (
+                f"`{metric}` is a fraction from 0 to 1, and `{text}` would mean {number * 100:g}%:"
+                f" write it like {fix}"
+            )
+        if form == "fraction" and op in (">=", ">") and 0 < number < 0.01:
+            meant = number * 100
+            return (
+                f"`{text}` is {number:g}: a lower bound under 1% on `{metric}` passes when almost every"
+                f" operation fails; write `{meant:g}` or `{meant * 100:g}%` if you meant {meant * 100:g}%,"
+                f" or `{number:g}` to keep {text}"
+            )
+        if form not in ("number", "fraction"):
+            return f"`{metric}` is a fraction from 0 to 1, not a {form}: write it like `0.99` or `99%`"
+    elif kind == "duration":
+        if form == "number" and number >= MAX_BARE_LATENCY_THRESHOLD:
+            why = "longer than any operation waits"
+            return str(bare_slip(written, format_duration(number), why, ("ms",), "s"))
+        if form not in ("number", "duration"):
+            read = f" (read as {format_duration(number)})" if form == "fraction" else ""
+            return f"`{metric}` is a latency: write a duration like `3s` or `250ms`, not `{text}`{read}"
+    elif kind == "size":
+        if form not in ("number", "size"):
+            return f"`{metric}` counts bytes: write a size like `64KiB` or a number of bytes, not `{text}`"
+    elif form != "number":
+        return (
+            f"`{metric}` ({describe_metric(metric)}) is a plain number: write the threshold without"
+            f" a unit, not `{text}`"
+        )
+    return None
 
 
 class Assertion(FrozenModel):
@@ -592,10 +700,23 @@ class Assertion(FrozenModel):
     """A summary key such as `dht.get.success_rate` (docs/scenarios.md lists them all)."""
     op: Literal["<=", ">=", "==", "!=", "<", ">"]
     """Comparison."""
-    threshold: Annotated[float, BeforeValidator(parse_threshold)]
-    """In the metric's base unit (seconds, fractions, counts); units are accepted."""
+    threshold: float
+    """In the metric's base unit (seconds, fractions, counts); a unit must fit the metric (`3s`
+    for a latency, `99%` for a rate, none for a count)."""
     during: str | None = None
     """Only samples taken while this named event was active; null: the whole measured window."""
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_fits_metric(cls, value: object, info: ValidationInfo) -> float:
+        number, form = parse_threshold(value)
+        metric, op = info.data.get("metric"), info.data.get("op")
+        problem = (
+            None if metric is None or op is None else _threshold_problem(metric, op, value, number, form)
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        return number
 
     @model_validator(mode="before")
     @classmethod
@@ -621,6 +742,14 @@ class Assertion(FrozenModel):
 
 
 # ---- the scenario ----------------------------------------------------------------------------------
+
+
+_DHT_RATES = {
+    "dht.get": "gets_per_second",
+    "dht.store": "stores_per_second",
+    "dht.lookup": "lookups_per_second",
+}
+"""The DHT workload's rate that issues each operation (its metrics are never observed at rate 0)."""
 
 
 def _selectors(loc: Loc, event: _Event) -> list[tuple[Loc, Selector]]:
@@ -731,12 +860,29 @@ class Scenario(FrozenModel):
             if isinstance(region, str) and region.isdigit() and int(region) in known:
                 yield loc, f"routers are numbers: write {region} without quotes"
             elif region not in known:
-                names = [str(node) for node in known]
+                names = sorted(str(node) for node in known)
                 hint = suggest(region, names) or f" (nodes: {', '.join(names[:8])}{'...' * (len(names) > 8)})"
                 yield loc, f"no topology node `{region}` in {self.topology.kind}{hint}"
 
+    def _placed(self, nodes: list[str]) -> dict[str, str] | None:
+        """Each peer's topology node (as text), placed as the runner places them: round-robin on
+        the group's `regions`, default all ``nodes``. None when a group names a node that does not
+        exist (reported on its own)."""
+        placed: dict[str, str] = {}
+        for group in self.peers:
+            regions = [str(region) for region in group.regions] if group.regions else nodes
+            if not set(regions) <= set(nodes):
+                return None
+            for index, name in enumerate(group.peer_names()):
+                placed[name] = regions[index % len(regions)]
+        return placed
+
     def _check_events(self) -> Iterator[tuple[Loc, str]]:
         names: set[str] = set()
+        known = self.topology.known_nodes() if any(_selectors((), e) for e in self.events) else None
+        nodes = [str(node) for node in known or ()]
+        placed = self._placed(nodes) if known is not None else None
+        node_set = frozenset(nodes)
         for index, event in enumerate(self.events):
             loc: Loc = ("events", index)
             if event.name is not None:
@@ -755,10 +901,14 @@ class Scenario(FrozenModel):
             if isinstance(event, HealEvent) and not partitioned:
                 yield (*loc, "at"), "heal with no partition at or before it"
             for selector_loc, selector in _selectors(loc, event):
-                yield from self._check_selector(selector_loc, selector, event)
+                problems = list(self._check_selector(selector_loc, selector))
+                yield from problems
+                if not problems:
+                    yield from self._check_picks(selector_loc, selector, event, placed, node_set)
 
-    def _check_selector(self, loc: Loc, selector: Selector, event: _Event) -> Iterator[tuple[Loc, str]]:
-        groups = {group.group: group for group in self.peers}
+    def _check_selector(self, loc: Loc, selector: Selector) -> Iterator[tuple[Loc, str]]:
+        """The groups, roles and peers a selector names exist."""
+        groups = {group.group for group in self.peers}
         if selector.group is not None and selector.group not in groups:
             yield (*loc, "group"), f"no group `{selector.group}`{suggest(selector.group, groups)}"
         if selector.role is not None and not any(g.role == selector.role for g in self.peers):
@@ -767,23 +917,130 @@ class Scenario(FrozenModel):
         for i, peer in enumerate(selector.peers or ()):
             if peer not in names:
                 yield (*loc, "peers", i), f"no peer `{peer}` (peers are named `<group>-<index>` from 0)"
-        if isinstance(event, MisbehaveEvent):
-            chosen = [groups[selector.group]] if selector.group in groups else list(self.peers)
-            if not any(g.hosts_experts for g in chosen):
-                yield loc, "misbehave needs peers that host experts (role server or peer)"
+
+    def _check_picks(
+        self,
+        loc: Loc,
+        selector: Selector,
+        event: _Event,
+        placed: dict[str, str] | None,
+        nodes: frozenset[str],
+    ) -> Iterator[tuple[Loc, str]]:
+        """An event must act on some peer: its selector's keys, intersected over the peers as they
+        are ``placed`` (regions unchecked when unknown), must leave one; else the run does nothing
+        and still shades the event's window on every plot."""
+        matched = [(name, group) for group in self.peers for name in group.peer_names()]
+        scope: list[str] = []  # what narrowed the peers so far: "group `servers`", "region `eu-west`"
+        if selector.group is not None:
+            matched = [(name, group) for name, group in matched if group.group == selector.group]
+            scope.append(f"group `{selector.group}`")
+        if selector.role is not None:
+            kept = [(name, group) for name, group in matched if group.role == selector.role]
+            if not kept:
+                role = self.group(str(selector.group)).role
+                message = f"group `{selector.group}` has role `{role}`, not `{selector.role}`"
+                yield (*loc, "role"), f"picks no peer: {message} (drop `role` or `group`)"
+                return
+            matched = kept
+            scope.append(f"role `{selector.role}`")
+        for key, wanted in (
+            ("region", None if selector.region is None else (selector.region,)),
+            ("regions", selector.regions),
+        ):
+            texts = {str(region) for region in wanted or ()}
+            if wanted is None or placed is None or not texts <= nodes:  # unknown nodes: reported already
+                continue
+            kept = [(name, group) for name, group in matched if placed[name] in texts]
+            where = f"`{wanted[0]}`" if key == "region" else "any of " + ", ".join(f"`{r}`" for r in wanted)
+            if not kept:
+                whose = f" of {' with '.join(scope)}" if scope else ""
+                occupied = ", ".join(dict.fromkeys(placed[name] for name, _ in matched))
+                fix = (
+                    f"select one of those, or add it to {'the' if selector.group else 'a'} group's `regions`"
+                )
+                yield (
+                    (*loc, key),
+                    f"picks no peer: no peer{whose} is placed on {where};"
+                    f" {'they' if scope else 'peers'} are on {occupied} ({fix})",
+                )
+                return
+            matched = kept
+            scope.append(f"{key} " + ", ".join(f"`{region}`" for region in wanted))
+        if selector.peers is not None:
+            named = set(selector.peers)
+            kept = [(name, group) for name, group in matched if name in named]
+            if not kept:
+                listed = ", ".join(name for name, _ in matched[:3]) + ", ..." * (len(matched) > 3)
+                yield (
+                    (*loc, "peers"),
+                    f"picks no peer: {' with '.join(scope)} matches {len(matched)} peer(s) ({listed})"
+                    " and `peers` names none of them",
+                )
+                return
+            matched = kept
+        groups = list({id(group): group for _, group in matched}.values())
+        if isinstance(event, MisbehaveEvent | SlowComputeEvent) and not any(g.hosts_experts for g in groups):
+            yield loc, f"{event.action} needs peers that host experts (role server or peer)"
+        late = [g for g in groups if g.join_at is not None and g.join_at > event.at]
+        if late == groups and not isinstance(event, DegradeEvent | PartitionEvent):
+            joins = ", ".join(f"`{g.group}` joins at {format_duration(g.join_at or 0)}" for g in late)
+            yield (
+                loc,
+                (
+                    f"picks no peer: the {event.action} at {format_duration(event.at)} acts on live peers,"
+                    f" and group {joins} (move the event later, or select peers that are up)"
+                ),
+            )
+        if selector.fraction and round(selector.fraction * len(matched)) == 0:  # 0%: a sweep's baseline
+            yield (
+                (*loc, "fraction"),
+                f"picks no peer: {format_fraction(selector.fraction)} of the {len(matched)} peer(s) matched"
+                " rounds to 0 (write `count: 1`, or a larger fraction)",
+            )
+
+    def _unobservable(self, metric: str) -> str | None:
+        """Why a known metric can never be observed in this scenario (with the fix), or None."""
+        if metric.startswith(("train.loss.", "moe.")) and self.workload.training is None:
+            return "the scenario has no training (add a `workload.training` section, or drop this assertion)"
+        if metric.startswith("moe.step."):  # `moe.step.<group>.<stat>`: one group's steps
+            group = next((g for g in self.peers if metric.rpartition(".")[0] == f"moe.step.{g.group}"), None)
+            if group is not None and not group.trains:
+                return (
+                    f"group `{group.group}` has role {group.role} and does not train (name a trainer group)"
+                )
+        operation = next((op for op in _DHT_RATES if metric.startswith(f"{op}.")), None)
+        if operation is None:
+            return None
+        dht, rate = self.workload.dht, _DHT_RATES[operation]
+        if dht is None:
+            return "the scenario has no DHT workload (add a `workload.dht` section, or drop this assertion)"
+        if getattr(dht, rate) == 0:
+            return f"`workload.dht.{rate}` is 0 (raise it, or drop this assertion)"
+        if operation == "dht.get" and dht.stores_per_second == 0:
+            return "gets ask only for stored keys, and `workload.dht.stores_per_second` is 0 (raise it)"
+        return None
 
     def _check_assertions(self) -> Iterator[tuple[Loc, str]]:
         known = metric_names(tuple(group.group for group in self.peers))
-        events = {event.name for event in self.events if event.name is not None}
+        events = {event.name: event for event in self.events if event.name is not None}
         for index, assertion in enumerate(self.assertions):
+            loc: Loc = ("assertions", index)
             if assertion.metric not in known:
+                yield loc, f"unknown metric `{assertion.metric}`{suggest(assertion.metric, known)}"
+            elif (why := self._unobservable(assertion.metric)) is not None:
+                yield loc, f"`{assertion.metric}` can never be observed: {why}"
+            during = assertion.during
+            if during is not None and during not in events:
+                hint = suggest(during, events) or (" (no event has a `name`)" if not events else "")
+                yield loc, f"`during {during}`: no event named so{hint}"
+            elif during is not None and isinstance(events[during], HealEvent | RestartEvent):
                 yield (
-                    ("assertions", index),
-                    f"unknown metric `{assertion.metric}`{suggest(assertion.metric, known)}",
+                    loc,
+                    (
+                        f"`during {during}`: a {events[during].action} is over at once, so nothing is"
+                        " observed during it (drop `during`, or name an event that lasts)"
+                    ),
                 )
-            if assertion.during is not None and assertion.during not in events:
-                hint = suggest(assertion.during, events) or (" (no event has a `name`)" if not events else "")
-                yield ("assertions", index), f"`during {assertion.during}`: no event named so{hint}"
 
 
 EVENT_ACTIONS = {get_args(cls.model_fields["action"].annotation)[0]: cls for cls in EVENT_TYPES}

@@ -111,13 +111,21 @@ def _parse(
     return result
 
 
+def _unit_list(units: Mapping[str, float]) -> str:
+    """`ns, us or µs, ms, s or sec, ...`: every unit accepted, synonyms together, from the table itself."""
+    synonyms: dict[float, list[str]] = {}
+    for unit, factor in units.items():
+        synonyms.setdefault(factor, []).append(unit)
+    return ", ".join(" or ".join(names) for names in synonyms.values())
+
+
 def parse_duration(value: object, *, positive: bool = False) -> float:
     """Seconds from `50ms`, `2s`, `10m` (minutes), `2h`, `1d` or a number of seconds."""
     return _parse(
         value,
         units=DURATION_UNITS,
         kind="duration",
-        examples="`50ms`, `2h` (units: us, ms, s, m or min, h, d)",
+        examples=f"`50ms`, `2h` (units: {_unit_list(DURATION_UNITS)})",
         positive=positive,
     )
 
@@ -256,6 +264,71 @@ def format_fraction(fraction: float, *, exact: bool = False) -> str:
     return f"{_digits(fraction * 100, 4)}%"
 
 
+# ---- bare numbers far from what a key means ------------------------------------------------------
+# A plain number is read in the base unit, as documented. Where that reading is far outside what
+# the key means (a link latency of 10 s, a 200 bit/s downlink), the writer almost surely left out
+# the unit they meant, and the run would fail long after `validate` said `valid`: refuse it, saying
+# how to write either reading. A number written with its unit always passes.
+
+
+def bare_number(value: object) -> float | None:
+    """The number when ``value`` is written without a unit (`10`, `"10"`), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    split = _split(value) if isinstance(value, str) else None
+    return split[0] if split is not None and not split[1] else None
+
+
+def bare_slip(value: object, read_as: str, why: str, meant: tuple[str, ...], base: str) -> ValueError:
+    """`10` is read as 10 s, ...: write `10ms` (what was likely meant) or `10s` (to keep the reading)."""
+    written = str(value).strip()
+    likely = " or ".join(f"`{written}{unit}`" for unit in meant)
+    return ValueError(
+        f"`{written}` is read as {read_as}, {why}: write {likely} if you meant that,"
+        f" or `{written}{base}` to keep {read_as}"
+    )
+
+
+MAX_BARE_LATENCY = 1.0
+"""A one-way link latency of a second or more is slower than a geostationary satellite's: a bare
+number that large is milliseconds without `ms`."""
+
+
+def parse_latency(value: object) -> float:
+    """Seconds, as ``parse_duration``; a bare number of 1 or more is refused."""
+    seconds = parse_duration(value)
+    if (bare_number(value) or 0) >= MAX_BARE_LATENCY:
+        raise bare_slip(value, format_duration(seconds), "far longer than a link's latency", ("ms",), "s")
+    return seconds
+
+
+MIN_BARE_BANDWIDTH = 1e4
+"""Below 10 kbit/s a DHT message of a few hundred bytes takes seconds: a bare number that small
+is a Mbit/s (or kbit/s) value without its unit."""
+
+
+def parse_link_bandwidth(value: object) -> float:
+    """Bits per second, as ``parse_bandwidth``; a bare number under 10 kbit/s is refused."""
+    bits = parse_bandwidth(value)
+    if bare_number(value) is not None and bits < MIN_BARE_BANDWIDTH:
+        why = "far too slow for a link"
+        raise bare_slip(value, format_bandwidth(bits), why, ("Mbit/s", "kbit/s"), "bit/s")
+    return bits
+
+
+MIN_BARE_COMPUTE = 1e6
+"""No device computes under 1 MFLOP/s: a bare number that small is GFLOP/s or TFLOP/s without its unit."""
+
+
+def parse_device_compute(value: object) -> float:
+    """FLOP/s, as ``parse_compute``; a bare number under 1 MFLOP/s is refused."""
+    flops = parse_compute(value)
+    if bare_number(value) is not None and flops < MIN_BARE_COMPUTE:
+        why = "far slower than any device"
+        raise bare_slip(value, format_compute(flops), why, ("TFLOP/s", "GFLOP/s"), "FLOP/s")
+    return flops
+
+
 # ---- pydantic types: parsed on the way in, written with their unit on the way out ----------------
 
 
@@ -269,10 +342,12 @@ PositiveDuration = Annotated[
     float, BeforeValidator(partial(parse_duration, positive=True)), _unit_serializer(format_duration)
 ]
 """Seconds, > 0."""
-Bandwidth = Annotated[float, BeforeValidator(parse_bandwidth), _unit_serializer(format_bandwidth)]
-"""Bits per second, > 0: `10Mbit/s`, `2MB/s`."""
-Compute = Annotated[float, BeforeValidator(parse_compute), _unit_serializer(format_compute)]
-"""FLOP/s, > 0: `1.5TFLOP/s`."""
+Latency = Annotated[float, BeforeValidator(parse_latency), _unit_serializer(format_duration)]
+"""A link's one-way latency in seconds, >= 0: `10ms` (a bare number must be under 1)."""
+Bandwidth = Annotated[float, BeforeValidator(parse_link_bandwidth), _unit_serializer(format_bandwidth)]
+"""Bits per second, > 0: `10Mbit/s`, `2MB/s` (a bare number must be at least 10 kbit/s)."""
+Compute = Annotated[float, BeforeValidator(parse_device_compute), _unit_serializer(format_compute)]
+"""FLOP/s, > 0: `1.5TFLOP/s` (a bare number must be at least 1 MFLOP/s)."""
 Fraction = Annotated[float, BeforeValidator(parse_fraction), _unit_serializer(format_fraction)]
 """A fraction in [0, 1]: `0.3` or `30%`."""
 Size = Annotated[int, BeforeValidator(parse_size), _unit_serializer(format_size)]
@@ -376,7 +451,9 @@ def _constant_if_scalar(quantity: Any, parse: Callable[[object], float]) -> Call
     def wrap(value: object) -> object:
         if isinstance(value, Mapping | BaseModel):
             return value
-        return constant(value=parse(value))  # so that errors name the key, not `constant.value`
+        # parsed here so that errors name the key, not `constant.value`; built without parsing the
+        # number again (10 from `10s` must not be checked as a bare 10)
+        return constant.model_construct(value=parse(value))
 
     return wrap
 
