@@ -146,3 +146,11 @@ def test_files_the_readme_makes_are_ignored_and_docs_link_inside_the_repository(
         for target in re.findall(r"\]\(([^)#\s]+)", text):
             if "://" not in target and not target.startswith("mailto:"):
                 assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"
+
+
+def test_the_scenario_docs_name_every_world_region() -> None:
+    from hivemind_sim import Topology
+
+    doc = (ROOT / "docs" / "scenarios.md").read_text()
+    for region in Topology.world_regions().nodes:
+        assert f"`{region}`" in doc, f"docs/scenarios.md does not name world region {region}"

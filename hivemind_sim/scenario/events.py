@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from ..swarms import faults
 from . import schema
@@ -24,21 +25,31 @@ def event_name(index: int, event: schema.Event) -> str:
     return event.name or f"{event.action}-{index}"
 
 
-class Timeline:
-    """Runs a scenario's events in virtual time, with ``start`` the measured window's start."""
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
-    def __init__(self, peers: ScenarioPeers, recorder: Recorder, *, start: float, end: float) -> None:
+
+class Timeline:
+    """Runs a scenario's events in virtual time, with ``start`` the measured window's start.
+
+    Each event runs as a task that ``spawn`` starts (the runner's: an event that fails stops the
+    run); what an event sets off on a peer (its crash, leave or restart) runs as that peer's work.
+    """
+
+    def __init__(
+        self, peers: ScenarioPeers, recorder: Recorder, *, start: float, end: float, spawn: Spawn
+    ) -> None:
         self.peers = peers
         self.sim = peers.sim
         self.recorder = recorder
         self.start = start
         self.end = end
+        self.spawn = spawn
         self._active: dict[int, Undo] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def schedule(self, events: tuple[schema.Event, ...]) -> None:
         for index, event in enumerate(events):
-            self._tasks.append(self.sim.loop.create_task(self._run(index, event)))
+            self._tasks.append(self.spawn(self._run(index, event)))
 
     async def finish(self) -> None:
         """Undo every fault still active, in the order they began."""
@@ -79,9 +90,8 @@ class Timeline:
                 peers.swarm.depart(name, graceful)
             return self._bring_back(chosen)
         if isinstance(event, schema.RestartEvent):  # the process dies and starts again at once
-            await asyncio.gather(*(peers.swarm.crash(name) for name in chosen))
             for name in chosen:
-                peers.swarm.come_back(name)
+                peers.swarm.restart(name)
             return None
         if isinstance(event, schema.FreezeEvent):
             for name in chosen:

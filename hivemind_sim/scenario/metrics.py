@@ -14,7 +14,8 @@ Metric kinds (the names are the spec's, see docs/scenarios.md):
   latency in seconds, and numeric fields such as `hops`;
 - values, one number per step (`train.loss`);
 - counters, amounts added over time (`rpc.messages`, `moe.bans`, ...);
-- gauges, sampled every `sample_interval` (`peers.alive`, `peers.alive.<group>`);
+- gauges, levels sampled at each change and every `sample_interval` (`peers.alive`,
+  `peers.alive.<group>`); each holds until the next sample, and summaries weight them by that;
 - windows: when each scenario event (a fault) was active, for `... during <event>`.
 
 Record each sample at the time it is known (an operation's end, with its latency): that keeps
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FINAL_FRACTION = 0.1  # `<value>.final` is the mean of the last 10% of samples
+FINAL_FRACTION = 0.1  # `.final` is the mean of the last 10% of samples; `.fell` compares the first 10%
 
 _NAN = math.nan
 
@@ -147,7 +148,8 @@ class Recorder:
             series.v.append(n)
 
     def gauge(self, name: str, t: float, v: float) -> None:
-        """A sampled level, e.g. `gauge("peers.alive", t, 37)`; the runner samples every sample_interval."""
+        """A level from time t on, e.g. `gauge("peers.alive", t, 37)`; the runner samples at each change
+        and every sample_interval."""
         series = self._gauges.get(name)
         if series is None:
             series = self._gauges[name] = _Series()
@@ -251,6 +253,9 @@ class Recorder:
                 tail = max(1, math.ceil(v.size * FINAL_FRACTION))
                 out[f"{name}.first"] = float(v[0])
                 out[f"{name}.final"] = float(v[-tail:].mean())
+                start = v[:tail].mean()
+                if start > 0:  # the share it lost, first 10% of samples to last: 0.6 from 2.0 to 0.8
+                    out[f"{name}.fell"] = float((start - v[-tail:].mean()) / start)
                 # the best loss reached: NaN steps (a broken expert) show in first/final, not here
                 out[f"{name}.min"] = _NAN if np.isnan(v).all() else float(np.nanmin(v))
         for name, series in self._counters.items():
@@ -262,13 +267,9 @@ class Recorder:
                 out[f"{name}.per_peer"] = total / len(self._peers)
         for name, series in self._gauges.items():
             t, v = series.columns()
-            mask = self._mask(t, windows)
-            if mask is not None:
-                v = v[mask]
-            if v.size:
-                out[f"{name}.min"] = float(v.min())
-                out[f"{name}.mean"] = float(v.mean())
-                out[f"{name}.final"] = float(v[-1])
+            levels = _levels(t, v, self.end_time(), windows)
+            if levels is not None:
+                out[f"{name}.min"], out[f"{name}.mean"], out[f"{name}.final"] = levels
         return dict(sorted(out.items()))
 
     def timeseries(self) -> list[dict[str, float | None]]:
@@ -368,6 +369,31 @@ class Recorder:
         mask = self._mask(t, [w for w in self._windows if w.name == during])
         assert mask is not None
         return mask
+
+
+def _levels(
+    t: np.ndarray, v: np.ndarray, end: float, windows: list[Window] | None
+) -> tuple[float, float, float] | None:
+    """A gauge's min, time-weighted mean and final level over ``windows`` (None: the whole run).
+
+    Each sample holds until the next one (the last until ``end``): the runner samples at every
+    change as well as every interval, so a plain mean over samples would count busy moments
+    more. Levels that held for no time (several changes at one instant) do not count; if only
+    such instants fall in the windows, the samples taken in them are used as they are.
+    """
+    spans = [(-math.inf, math.inf)] if windows is None else [(w.start, w.stop()) for w in windows]
+    if not t.size:
+        return None
+    stops = np.append(t[1:], max(end, t[-1]))
+    held = sum(np.clip(np.minimum(stops, b) - np.maximum(t, a), 0.0, None) for a, b in spans)
+    if held.sum() > 0:
+        counted = held > 0
+        final = v[t < max(b for _, b in spans)][-1]  # the level when the last window ends
+        return float(v[counted].min()), float((v * held).sum() / held.sum()), float(final)
+    inside = np.logical_or.reduce([(t >= a) & (t < b) for a, b in spans])
+    if not inside.any():
+        return None
+    return float(v[inside].min()), float(v[inside].mean()), float(v[inside][-1])
 
 
 def _per_slot_median(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

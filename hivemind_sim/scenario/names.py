@@ -32,7 +32,7 @@ COUNTERS = {
 
 EVENT_STATS = ("success_rate", "count", "p50", "p90", "p99", "mean", "max")
 LATENCY_STATS = ("p50", "p90", "p99", "mean", "max")
-VALUE_STATS = ("first", "final", "min")
+VALUE_STATS = ("first", "final", "min", "fell")
 COUNTER_STATS = ("total", "per_peer")
 GAUGE_STATS = ("min", "mean", "final")
 STAT_NAMES = {
@@ -46,6 +46,7 @@ STAT_NAMES = {
     "first": "first",
     "final": "final",
     "min": "min",
+    "fell": "fell by (share of the first)",
     "total": "total",
     "per_peer": "per peer",
 }
@@ -54,7 +55,7 @@ STAT_NAMES = {
 def metric_unit(metric: str) -> str:
     """ "fraction", "s" or "" for a summary key (`during` suffix allowed), as metrics.json has no units."""
     base, _, stat = metric.partition(" during ")[0].rpartition(".")
-    if stat == "success_rate" or base in SHARE_FIELDS:
+    if stat in ("success_rate", "fell") or base in SHARE_FIELDS:
         return "fraction"
     per_group_step = base.startswith("moe.step.")
     return "s" if stat in LATENCY_STATS and (base in EVENTS or per_group_step) else ""

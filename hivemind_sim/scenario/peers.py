@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hivemind_core.dht import DHTConfig, DHTNode
+from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import ExpertUID
 
@@ -29,6 +29,7 @@ from ..world.network import AccessLink
 from ..world.simulation import Simulation
 from ..world.topology import Topology
 from . import schema
+from .failures import PeerFailures, RunStopped
 from .metrics import Recorder
 from .training import Dataset, Trainer
 
@@ -80,6 +81,7 @@ class ScenarioPeers:
         sim: Simulation,
         *,
         recorder: Recorder,
+        failures: PeerFailures,
         baton: Baton,
         dataset: Dataset | None,
         clock: Callable[[], float],
@@ -87,13 +89,17 @@ class ScenarioPeers:
         self.scenario = scenario
         self.sim = sim
         self.recorder = recorder
+        self.failures = failures
         self.baton = baton
         self.dataset = dataset
         self.clock = clock
         self.swarm = DHTSwarm(sim, config=DHTConfig(max_per_subnet=None))
         self.swarm.hooks = self
+        self.swarm.on_error = failures.record
         self.placements = self._place()
         self.groups = {group.group: group.peer_names() for group in scenario.peers}
+        self.live_count = dict.fromkeys(self.groups, 0)  # live peers per group, kept at each change
+        self.on_change: Callable[[str], None] = lambda name: None  # a peer just went up or down
         self.servers: dict[str, ExpertServer] = {}
         self.devices: dict[str, SimulatedDevice] = {}
         self.trainers: dict[str, Trainer] = {}
@@ -148,7 +154,8 @@ class ScenarioPeers:
 
     async def join_warmup_groups(self, on_wave: Callable[[], None] = lambda: None) -> None:
         """Every peer of groups without ``join_at``: the first bootstraps, then waves join
-        (``on_wave`` after each, for progress)."""
+        (``on_wave`` after each, for progress). A peer that cannot join stays down (a churning
+        one tries again when its next session starts); if none can, the run stops."""
         names = [name for name, p in self.placements.items() if p.group.join_at is None]
         reachable = [name for name in names if not self.placements[name].client_mode]
         if not reachable:
@@ -157,9 +164,16 @@ class ScenarioPeers:
         await self._add(first, initial=[])
         rest = [name for name in names if name != first]
         wave = max(JOIN_WAVE, math.ceil(len(rest) / JOIN_WAVES))
+        failures: list[str] = []
         for start in range(0, len(rest), wave):
-            await asyncio.gather(*(self._add(name) for name in rest[start : start + wave]))
+            outcomes = await asyncio.gather(*(self._add(name) for name in rest[start : start + wave]))
+            failures += [reason for reason in outcomes if reason is not None]
             on_wave()
+        if rest and len(failures) == len(rest):
+            raise RunStopped(
+                f"none of the {len(rest)} peers that joined after {first} could join during the warmup; "
+                f"the first: {failures[0]} (are the links' latency or loss far too high?)"
+            )
 
     async def join_crowd(self, group: schema.PeerGroup) -> None:
         """A flash crowd: the whole group joins at once through one initial peer."""
@@ -167,20 +181,34 @@ class ScenarioPeers:
         initial = live[:1]
         await asyncio.gather(*(self._add(name, initial=initial) for name in group.peer_names()))
 
-    async def _add(self, name: str, initial: list[str] | None = None) -> DHTNode:
+    async def _add(self, name: str, initial: list[str] | None = None) -> str | None:
+        """Start peer ``name``; None when it joined, else why it could not (it is then down)."""
         placement = self.placements[name]
-        return await self.swarm.add_peer(
-            initial,
-            address=name,
-            region=placement.region,
-            link=placement.link,
-            client_mode=placement.client_mode,
-        )
+        try:
+            await self.swarm.add_peer(
+                initial,
+                address=name,
+                region=placement.region,
+                link=placement.link,
+                client_mode=placement.client_mode,
+            )
+            return None
+        except BootstrapError as error:
+            self.failures.join_failed(name, error)
+            reason = str(error)
+        except Exception as error:
+            self.failures.record(name, "joining", error)
+            reason = f"{type(error).__name__}: {error}"
+        if name not in self.swarm.nodes:
+            self.swarm.departed.add(name)  # churn or the end of a `leave` event brings it back
+        return f"{name}: {reason}"
 
     # ---- SwarmHooks: what runs on a node follows its life ------------------------------------------
 
     async def started(self, address: str, node: DHTNode) -> None:
         placement = self.placements[address]
+        self.live_count[placement.group.group] += 1
+        self.on_change(address)
         if address in self._hosted:
             device = self.devices.setdefault(
                 address, SimulatedDevice(DeviceModel(flops=placement.device_flops))
@@ -201,6 +229,8 @@ class ScenarioPeers:
             trainer.started(node)
 
     async def stopping(self, address: str, *, crashed: bool) -> None:
+        self.live_count[self.placements[address].group.group] -= 1
+        self.on_change(address)
         trainer = self.trainers.get(address)
         if trainer is not None:
             trainer.stopped()
@@ -228,6 +258,7 @@ class ScenarioPeers:
         training = self.scenario.workload.training
         assert training is not None and self.dataset is not None
         return Trainer(
+            name=address,
             group=placement.group.group,
             workload=training,
             dataset=self.dataset,
@@ -236,6 +267,7 @@ class ScenarioPeers:
             concurrent_batches=placement.group.concurrent_batches,
             baton=self.baton,
             recorder=self.recorder,
+            failures=self.failures,
             clock=self.clock,
         )
 

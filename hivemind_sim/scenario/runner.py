@@ -9,12 +9,15 @@ digest and same ``metrics.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,17 +25,20 @@ from hivemind_core.dht import DHTNode, StoreItem
 from hivemind_core.net import TransportError
 
 from ..swarms.baton import Baton
-from ..swarms.churn import ChurnModel, start_churn
+from ..swarms.churn import start_churn
 from ..world.simulation import Simulation
-from . import schema
+from . import runlog, schema
 from .assertions import AssertionResult, evaluate
 from .events import Timeline
+from .failures import PeerFailures, RunStopped
 from .loader import dump_resolved, read_churn_trace
 from .metrics import Recorder
 from .names import COUNTERS
 from .peers import ScenarioPeers, build_topology
 from .report import write_report
 from .training import make_dataset
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, float, dict[str, float]], None]
 """Called with (measured time, duration, live figures) every sample interval, and after each
@@ -51,6 +57,8 @@ class RunResult:
     digest: str
     wall_s: float
     report: Path | None
+    stopped: str | None = None
+    """Why the run ended before the end of its window (None: it ran to the end)."""
 
     @property
     def failed(self) -> bool:
@@ -61,12 +69,16 @@ class RunResult:
 def run_scenario(
     scenario: schema.Scenario, *, out_dir: Path | None = None, progress: Progress | None = None
 ) -> RunResult:
-    """Run ``scenario`` to the end; write its report to ``out_dir`` when given."""
+    """Run ``scenario`` to the end; write its report to ``out_dir`` when given.
+
+    A failure of the runner itself does not raise: the run stops there, ``stopped`` says why
+    (the traceback is logged), and the report holds what was measured until then.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bitwise-reproducible training, whatever the machine's core count
     started = time.perf_counter()
     try:
-        recorder, digest = _simulate(scenario, progress)
+        recorder, digest, stopped = _simulate(scenario, progress)
     finally:
         torch.set_num_threads(threads)
     wall = time.perf_counter() - started
@@ -83,11 +95,13 @@ def run_scenario(
             digest=digest,
             wall_s=round(wall, 3),
             description=scenario.description,
+            stopped=stopped,
         )
-    return RunResult(scenario, recorder, results, digest, wall, report)
+    return RunResult(scenario, recorder, results, digest, wall, report, stopped)
 
 
-def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str]:
+def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str, str | None]:
+    """The run's metrics, its trace digest and why it stopped early (None: it did not)."""
     topology = build_topology(scenario.topology, seed=scenario.seed)
     spec = scenario.topology
     with Simulation(seed=scenario.seed, topology=topology, jitter=spec.jitter, loss=spec.loss) as sim:
@@ -99,17 +113,30 @@ def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Rec
         dataset = None
         if training is not None:
             dataset = make_dataset(training.dataset, training.model.hidden_dim, seed=scenario.seed)
+        clock = lambda: sim.now - start  # noqa: E731  # measured-window time
+        failures = PeerFailures(recorder, clock)
         peers = ScenarioPeers(
-            scenario,
-            sim,
-            recorder=recorder,
-            baton=Baton(),
-            dataset=dataset,
-            clock=lambda: sim.now - start,
+            scenario, sim, recorder=recorder, failures=failures, baton=Baton(), dataset=dataset, clock=clock
         )
-        run = _Run(scenario, sim, peers, recorder, start=start, end=end, progress=progress)
-        sim.run(run.main())
-        return recorder, sim.digest()
+        run = _Run(scenario, sim, peers, recorder, failures, start=start, end=end, progress=progress)
+        stopped = None
+        with runlog.simulated_time(clock):
+            try:
+                sim.run(run.main())
+            except WarmupTooShort:
+                raise
+            except RunStopped as error:
+                stopped = f"{error} ({_when(clock())})"
+                logger.error("the run stopped: %s", stopped)
+            except Exception as error:
+                stopped = f"the runner failed {_when(clock())}: {type(error).__name__}: {error} (see run.log)"
+                logger.exception("the run stopped: the runner failed")
+        return recorder, sim.digest(), stopped
+
+
+def _when(t: float) -> str:
+    """ "at 57.3 s" into the measured window, or "during the warmup"."""
+    return "during the warmup" if t < 0 else f"at {t:.1f} s"
 
 
 class _Run:
@@ -121,6 +148,7 @@ class _Run:
         sim: Simulation,
         peers: ScenarioPeers,
         recorder: Recorder,
+        failures: PeerFailures,
         *,
         start: float,
         end: float,
@@ -130,11 +158,15 @@ class _Run:
         self.sim = sim
         self.peers = peers
         self.recorder = recorder
+        self.failures = failures
         self.start, self.end = start, end
         self.progress = progress
-        self.timeline = Timeline(peers, recorder, start=start, end=end)
+        self.timeline = Timeline(peers, recorder, start=start, end=end, spawn=self._spawn)
         self._tasks: list[asyncio.Task[None]] = []
-        self._delivered = (0, 0)  # messages and bytes delivered when last sampled
+        self._failed: asyncio.Future[None] = sim.loop.create_future()  # a task of the runner's raised
+        self._delivered = (0, 0)  # messages and bytes delivered by the last sample
+        self._sampled = 0.0  # the last sample's time
+        peers.on_change = self._alive_changed
 
     async def main(self) -> None:
         await self.peers.join_warmup_groups(on_wave=self._joining)
@@ -143,7 +175,7 @@ class _Run:
                 f"the peers took {self.sim.now:.0f} s of simulated time to join, longer than the "
                 f"{self.start:g} s warmup: raise `warmup` (nothing would be measured as planned)"
             )
-        await asyncio.sleep(self.start - self.sim.now)
+        await self._until(self.start)
         self._start_churn()
         for group in self.scenario.peers:
             if group.join_at is not None:
@@ -156,8 +188,9 @@ class _Run:
         self._delivered = (stats.delivered, stats.bytes_delivered)  # the warmup is not measured
         self._spawn(self._sample())
         trainers = self._start_training()
-        await asyncio.sleep(self.end - self.sim.now)
+        await self._until(self.end)
         self._sample_at(self.end - self.start)
+        self.peers.on_change = lambda name: None  # the window is over: what stops now is not measured
         await self.timeline.finish()
         for trainer in self.peers.trainers.values():
             trainer.finish()
@@ -173,8 +206,24 @@ class _Run:
             alive = {"peers.alive": float(len(self.peers.swarm.nodes))}
             self.progress(self.sim.now - self.start, self.end - self.start, alive)
 
-    def _spawn(self, coroutine) -> None:
-        self._tasks.append(self.sim.loop.create_task(coroutine))
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Start one of the runner's own tasks: if it raises, the run stops (see ``_until``)."""
+        task = self.sim.loop.create_task(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._check)
+        return task
+
+    def _check(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._failed.done():
+            self._failed.set_exception(task.exception())  # type: ignore[arg-type]
+
+    async def _until(self, t: float) -> None:
+        """Wait until simulated time ``t``, unless one of the runner's tasks fails first."""
+        timer = self.sim.loop.create_task(asyncio.sleep(max(0.0, t - self.sim.now)))
+        await asyncio.wait([timer, self._failed], return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        if self._failed.done():
+            self._failed.result()  # raises the task's exception
 
     # ---- peers coming and going ------------------------------------------------------------------------
 
@@ -194,7 +243,7 @@ class _Run:
                 self._spawn(self._replay(group, names))
                 continue
             assert churn.session is not None and churn.downtime is not None
-            model = ChurnModel(churn.session.to_churn(), churn.downtime.to_churn(), churn.graceful)
+            model = churn.model()
 
             def leave(
                 address: str, graceful: bool, names: list[str] = names, churn: schema.Churn = churn
@@ -254,49 +303,52 @@ class _Run:
             live = self.peers.alive(requesters)
             if not live:
                 continue
-            node = self.peers.swarm.nodes[rng.choice(live)]
+            name = rng.choice(live)
+            node = self.peers.swarm.nodes[name]
             kind = rng.random() * rate
             if kind < spec.stores_per_second:
                 key = popular(rng)
-                self._spawn(self._store(node, key, value, spec.ttl, acknowledged, known))
+                self._spawn(self._store(name, node, key, value, spec.ttl, acknowledged, known))
             elif kind < spec.stores_per_second + spec.gets_per_second:
                 if acknowledged:
                     rank = popular(rng) % len(acknowledged)
-                    self._spawn(self._get(node, acknowledged[rank]))
+                    self._spawn(self._get(name, node, acknowledged[rank]))
             else:
-                self._spawn(self._lookup(node, rng.getrandbits(160)))
+                self._spawn(self._lookup(name, node, rng.getrandbits(160)))
+
+    # A request's own failure (the requester went down mid-operation: TransportError) is a failed
+    # operation; anything else it raises is also the requesting peer's failure (see failures.py).
 
     async def _store(
-        self, node: DHTNode, key: int, value: bytes, ttl: float, acknowledged: list[int], known: set[int]
+        self,
+        name: str,
+        node: DHTNode,
+        key: int,
+        value: bytes,
+        ttl: float,
+        acknowledged: list[int],
+        known: set[int],
     ) -> None:
-        began = self.sim.now
-        try:
-            ok = await node.store_many([StoreItem(f"key{key}", value, node.now() + ttl)])
-            ok = bool(ok and ok[0])
-        except TransportError:  # the requester itself went down mid-operation
-            ok = False
+        began, ok = self.sim.now, False
+        with self.failures.guard(name, "a DHT store"), contextlib.suppress(TransportError):
+            stored = await node.store_many([StoreItem(f"key{key}", value, node.now() + ttl)])
+            ok = bool(stored and stored[0])
         self.recorder.event("dht.store", self.sim.now - self.start, ok=ok, latency=self.sim.now - began)
         if ok and key not in known:
             known.add(key)
             acknowledged.append(key)
 
-    async def _get(self, node: DHTNode, key: int) -> None:
-        began = self.sim.now
-        try:
-            found = await node.get(f"key{key}")
-        except TransportError:  # the requester itself went down mid-operation
-            found = None
-        self.recorder.event(
-            "dht.get", self.sim.now - self.start, ok=found is not None, latency=self.sim.now - began
-        )
+    async def _get(self, name: str, node: DHTNode, key: int) -> None:
+        began, ok = self.sim.now, False
+        with self.failures.guard(name, "a DHT get"), contextlib.suppress(TransportError):
+            ok = await node.get(f"key{key}") is not None
+        self.recorder.event("dht.get", self.sim.now - self.start, ok=ok, latency=self.sim.now - began)
 
-    async def _lookup(self, node: DHTNode, target: int) -> None:
+    async def _lookup(self, name: str, node: DHTNode, target: int) -> None:
         """A lookup judged against the oracle: the live peers truly nearest to ``target``."""
-        began = self.sim.now
-        try:
+        began, result = self.sim.now, None
+        with self.failures.guard(name, "a DHT lookup"), contextlib.suppress(TransportError):
             result = (await node.lookup([target]))[target]
-        except TransportError:  # the requester itself went down mid-operation
-            result = None
         now = self.sim.now
         if result is None:
             self.recorder.event("dht.lookup", now - self.start, ok=False, latency=now - began)
@@ -338,17 +390,27 @@ class _Run:
             self._sample_at(step * interval)
 
     def _sample_at(self, t: float) -> None:
-        stats = self.sim.network.stats
         alive = self.peers.alive()
         for name in alive:
             self.recorder.mark_peer(name)
         self.recorder.gauge("peers.alive", t, len(alive))
         for group, names in self.peers.groups.items():
             self.recorder.gauge(f"peers.alive.{group}", t, len(self.peers.alive(names)))
-        delivered, delivered_bytes = self._delivered
-        self.recorder.count("rpc.messages", t, stats.delivered - delivered)
-        self.recorder.count("rpc.bytes", t, stats.bytes_delivered - delivered_bytes)
-        self._delivered = (stats.delivered, stats.bytes_delivered)
+        # what was delivered since the last sample belongs to the interval that began then
+        stats, (delivered, delivered_bytes) = self.sim.network.stats, self._delivered
+        self.recorder.count("rpc.messages", self._sampled, stats.delivered - delivered)
+        self.recorder.count("rpc.bytes", self._sampled, stats.bytes_delivered - delivered_bytes)
+        self._delivered, self._sampled = (stats.delivered, stats.bytes_delivered), t
         if self.progress is not None:
             duration = self.end - self.start
             self.progress(t, duration, self.recorder.live(10 * self.scenario.sample_interval))
+
+    def _alive_changed(self, name: str) -> None:
+        """A peer went up or down: its group's and the whole swarm's levels, at that moment."""
+        t = self.sim.now - self.start
+        if t < 0:
+            return  # the warmup's joins are not measured
+        self.recorder.mark_peer(name)
+        group = self.peers.placements[name].group.group
+        self.recorder.gauge("peers.alive", t, len(self.peers.swarm.nodes))
+        self.recorder.gauge(f"peers.alive.{group}", t, self.peers.live_count[group])

@@ -737,6 +737,8 @@ class Assertion(FrozenModel):
 
     def __str__(self) -> str:
         threshold = repr(self.threshold).removesuffix(".0")
+        if metric_unit(self.metric) == "s":
+            threshold += "s"  # a bare number of seconds may be refused as a slip; a unit never is
         during = f" during {self.during}" if self.during else ""
         return f"{self.metric} {self.op} {threshold}{during}"
 

@@ -22,6 +22,7 @@ from hivemind_core.moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoECli
 from hivemind_core.moe.client.stats import ExpertCall
 
 from ..swarms.baton import Baton
+from .failures import PeerFailures
 from .metrics import Recorder
 from .schema import TrainingWorkload
 
@@ -101,6 +102,7 @@ class Trainer:
     def __init__(
         self,
         *,
+        name: str,
         group: str,
         workload: TrainingWorkload,
         dataset: Dataset,
@@ -109,14 +111,17 @@ class Trainer:
         concurrent_batches: int,
         baton: Baton,
         recorder: Recorder,
+        failures: PeerFailures,
         clock: Callable[[], float],
     ) -> None:
+        self.name = name
         self.group = group
         self.workload = workload
         self.dataset = dataset
         self.device_flops = device_flops
         self.baton = baton
         self.recorder = recorder
+        self.failures = failures
         self.clock = clock  # measured-window time
         torch_seed = torch.Generator().manual_seed(seed)
         hidden = workload.model.hidden_dim
@@ -181,13 +186,23 @@ class Trainer:
     # ---- training (trainer threads) -------------------------------------------------------------
 
     def train_until(self, end: float, slot: int) -> None:
-        """Run batch ``slot``'s steps until measured-window time ``end``; runs in a baton thread."""
+        """Run batch ``slot``'s steps until measured-window time ``end``; runs in a baton thread.
+
+        A step that raises what no remote failure explains is this peer's failure: it is
+        recorded (see failures.py) and this batch's loop stops, as a crashed training thread would.
+        """
         batch = self.in_flight[slot]
         while True:
             self.baton.run(self.session.wait())
             if self.clock() >= end or batch.mixture is None:
                 return
-            self._step(batch, batch.mixture)
+            started = self.clock()
+            try:
+                self._step(batch, batch.mixture)
+            except Exception as error:
+                self._record(started, None)
+                self.failures.record(self.name, "a training step", error)
+                return
 
     def _step(self, batch: _Batch, mixture: RemoteMixtureOfExperts) -> None:
         x, y = self.dataset.batch(self.batches, self.workload.batch_size)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Coroutine, Sequence
+import logging
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode, Identity
@@ -17,6 +18,8 @@ from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode, Identity
 from ..world.network import AccessLink
 from ..world.simulation import Simulation
 from .churn import ChurnModel, start_churn
+
+logger = logging.getLogger(__name__)
 
 
 class SwarmHooks(Protocol):
@@ -29,8 +32,20 @@ class SwarmHooks(Protocol):
         """``address`` is about to stop: crashed (no goodbye) or leaving gracefully."""
 
 
+PeerError = Callable[[str, str, Exception], None]
+"""Called with (address, what it was doing, the exception) when a peer's background work fails."""
+
+
+def _log_error(address: str, what: str, error: Exception) -> None:
+    logger.error("%s: %s failed", address, what, exc_info=error)
+
+
 class DHTSwarm:
-    """DHT peers in one simulation; ``nodes`` holds the live ones by address."""
+    """DHT peers in one simulation; ``nodes`` holds the live ones by address.
+
+    Leaves, rejoins and restarts run in the background; an exception one of them raises is that
+    peer's failure, handed to ``on_error`` (by default logged), and never stops the others.
+    """
 
     def __init__(
         self,
@@ -51,6 +66,7 @@ class DHTSwarm:
         self.departed: set[str] = set()  # peers that churn took down and has not brought back yet
         self.client_mode: set[str] = set()  # peers that accept no incoming requests
         self.hooks: SwarmHooks | None = None
+        self.on_error: PeerError = _log_error
         self._rng = sim.random("swarm")
         self._placement: dict[str, tuple[object, AccessLink]] = {}
         self._skew: dict[str, float] = {}
@@ -107,18 +123,22 @@ class DHTSwarm:
             raise KeyError(f"peer {address!r} is not up")
         self.sim.network.crash(address)  # fails the hand-off's requests at once
         if node is not None:
-            if self.hooks is not None:
-                await self.hooks.stopping(address, crashed=True)
-            await self._stop_node(address, node.shutdown(handoff_timeout=0))  # a dead machine says no goodbye
+            try:
+                if self.hooks is not None:
+                    await self.hooks.stopping(address, crashed=True)
+            finally:  # a dead machine says no goodbye
+                await self._stop_node(address, node.shutdown(handoff_timeout=0))
         else:
             await asyncio.wait([leaving])
 
     async def shut_down(self, address: str) -> None:
         """The peer leaves gracefully: it hands its records on, then its connections close."""
         node = self.nodes.pop(address)
-        if self.hooks is not None:
-            await self.hooks.stopping(address, crashed=False)
-        await self._stop_node(address, node.shutdown())
+        try:
+            if self.hooks is not None:
+                await self.hooks.stopping(address, crashed=False)
+        finally:  # whatever runs on top of it, the node itself leaves
+            await self._stop_node(address, node.shutdown())
 
     async def rejoin(self, address: str) -> DHTNode:
         """A departed peer comes back with its identity but empty storage.
@@ -138,12 +158,16 @@ class DHTSwarm:
     def depart(self, address: str, graceful: bool) -> None:
         """Start taking ``address`` down (a graceful leave or a crash) in the background."""
         self.departed.add(address)
-        self._spawn(self._leave(address, graceful))
+        self._spawn(address, "leaving" if graceful else "crashing", self._leave(address, graceful))
 
     def come_back(self, address: str) -> None:
         """Start bringing a departed ``address`` back in the background."""
         self.departed.discard(address)
-        self._spawn(self._join(address))
+        self._spawn(address, "rejoining", self._join(address))
+
+    def restart(self, address: str) -> None:
+        """Start crashing ``address`` and bringing it back at once (its state is lost)."""
+        self._spawn(address, "restarting", self._restart(address))
 
     async def settle(self) -> None:
         """Wait until every leave and rejoin that churn has started so far is over."""
@@ -157,8 +181,11 @@ class DHTSwarm:
         await asyncio.gather(*self._background, return_exceptions=True)
         for address in list(self.nodes):
             node = self.nodes.pop(address)
-            if self.hooks is not None:
-                await self.hooks.stopping(address, crashed=False)
+            try:
+                if self.hooks is not None:
+                    await self.hooks.stopping(address, crashed=False)
+            except Exception as error:
+                self.on_error(address, "stopping", error)
             await node.shutdown(handoff_timeout=0)  # the whole world ends
 
     def nearest_live(self, target: int, k: int, *, exclude: int | None = None) -> list[int]:
@@ -166,10 +193,21 @@ class DHTSwarm:
         ids = (node.node_id for node in self.nodes.values() if node.node_id != exclude)
         return heapq.nsmallest(k, ids, key=lambda node_id: node_id ^ target)
 
-    def _spawn(self, coroutine) -> None:
-        task = self.sim.loop.create_task(coroutine)
+    def _spawn(self, address: str, what: str, work: Coroutine[Any, Any, None]) -> None:
+        task = self.sim.loop.create_task(self._guarded(address, what, work))
         self._background[task] = None
         task.add_done_callback(self._background.pop)
+
+    async def _guarded(self, address: str, what: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:  # one peer's failure, not the swarm's
+            self.on_error(address, what, error)
+
+    async def _restart(self, address: str) -> None:
+        if address in self.nodes:
+            await self.crash(address)
+        await self._join(address)
 
     async def _leave(self, address: str, graceful: bool) -> None:
         starting = self._starting.get(address)

@@ -56,7 +56,7 @@ class SimTransport(FramedTransport):
             return
         self._closing = True
         self.network.detach(self.address, crashed=True)
-        self._abandon(f"peer {self.address} crashed")
+        self._abandon(f"this peer ({self.address}) crashed while its request to {{peer}} was in flight")
 
     # ---- called by the network ------------------------------------------------------------
 
