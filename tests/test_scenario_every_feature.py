@@ -7,9 +7,9 @@ import json
 import re
 from pathlib import Path
 
+import every_feature
 import pytest
 
-import every_feature
 from hivemind_sim.cli import main
 from hivemind_sim.scenario import schema
 from hivemind_sim.scenario.loader import load_scenario
