@@ -2,13 +2,23 @@
 
 ``run`` simulates one scenario and writes its report; ``validate`` checks a file without
 running it; ``sweep`` runs a scenario over parameter values and seeds; ``compare`` puts two
-reports side by side. Exit status: 0 when every assertion holds, 1 when one fails or could not
-be judged (its metric was never observed), 2 for an invalid file or command line.
+reports side by side. A run never replaces another run's report: by default it goes to
+``runs/<name>/<seed>/``, or to a fresh ``runs/<name>/<seed>-N/`` when that holds a report of a
+different scenario; an ``--out`` holding one is refused unless ``--overwrite`` is given.
+
+Exit status (a sweep exits with the worst of its runs'):
+
+- 0: every assertion holds
+- 1: an assertion failed or could not be judged (its metric was never observed)
+- 2: an invalid file or command line
+- 3: a run stopped early on an internal error (its report says why, with what was measured)
+- 130: interrupted (Ctrl-C); a sweep keeps its finished runs and resumes where it stopped
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +42,30 @@ else:
 RUNS = Path("runs")
 """Where runs write their reports unless ``--out`` says otherwise (git-ignored)."""
 
+FAILED, INVALID, STOPPED, INTERRUPTED = 1, 2, 3, 130
+EXIT_STATUSES = (
+    "Exit status: 0 every assertion holds; 1 an assertion failed or could not be judged; 2 an invalid "
+    "file or command line; 3 a run stopped early on an internal error (its report says why); "
+    "130 interrupted (Ctrl-C). A sweep exits with the worst of its runs' statuses."
+)
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given; the message names the flag."""
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """`key.path=value` for every `--set`, and `seed=N` for `--seed N`."""
+    overrides = [*args.set]
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"seed={args.seed}")
+    return overrides
+
 
 def _load(args: argparse.Namespace) -> Any:
     from .scenario.loader import load_scenario
 
-    overrides = [*args.set]
-    if getattr(args, "seed", None) is not None:
-        overrides.append(f"seed={args.seed}")
-    return load_scenario(args.file, overrides)
+    return load_scenario(args.file, _overrides(args))
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -54,26 +80,80 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from .scenario.report import write_run_report
     from .scenario.runlog import logs_to
     from .scenario.runner import WarmupTooShort, run_scenario
 
     scenario = _load(args)
-    out = Path(args.out) if args.out else RUNS / scenario.name / str(scenario.seed)
-    out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
+    out = _report_folder(args, scenario, console)
+    out.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]{scenario.name}[/bold] (seed {scenario.seed}): "
         f"{scenario.total_peers} peers, {scenario.warmup:g} s warmup + "
         f"{scenario.duration:g} s measured"
     )
     try:
-        with logs_to(out / "run.log"), _progress(console, args.quiet) as progress:
-            result = run_scenario(scenario, out_dir=out, progress=progress)
+        with logs_to(out / "run.log"):
+            with _progress(console, args.quiet) as progress:
+                result = run_scenario(scenario, progress=progress)
+            write_run_report(out, result, overrides=_overrides(args))
     except WarmupTooShort as error:
         print(f"hivemind-sim: error: {error}", file=sys.stderr)
-        return 2
-    _print_results(console, result)
-    return 1 if result.failed else 0
+        return INVALID
+    _print_results(console, result, out)
+    if result.stopped:
+        print(f"hivemind-sim: the run stopped early: {result.stopped}", file=sys.stderr)
+        return STOPPED
+    return FAILED if result.failed else 0
+
+
+def _report_folder(args: argparse.Namespace, scenario: Any, console: Any) -> Path:
+    """Where the report goes: never over the report of another run unless `--overwrite` says so.
+
+    `--out DIR` is refused when DIR holds another run's report; the default `runs/<name>/<seed>/`
+    gives way to the first of `<seed>-2/`, `<seed>-3/`, ... that is free or holds this same run."""
+    from .scenario.loader import dump_resolved
+
+    resolved = dump_resolved(scenario)
+    wanted = Path(args.out) if args.out else RUNS / scenario.name / str(scenario.seed)
+    other = _other_run(wanted, resolved)
+    if other is None:
+        return wanted
+    if args.overwrite:
+        console.print(f"--overwrite: replacing the report of another run in {wanted} ({other})", markup=False)
+        return wanted
+    if args.out:
+        raise UsageError(
+            f"--out {args.out} holds the report of another run ({other}); "
+            "give another --out, or add --overwrite to replace it"
+        )
+    for number in itertools.count(2):
+        sibling = wanted.with_name(f"{wanted.name}-{number}")
+        if _other_run(sibling, resolved) is None:
+            console.print(
+                f"{wanted} holds the report of another run ({other}): this run goes to {sibling}",
+                markup=False,
+            )
+            return sibling
+    raise AssertionError("unreachable")
+
+
+def _other_run(folder: Path, resolved: str) -> str | None:
+    """None when a run of the scenario ``resolved`` may write its report into ``folder`` (absent,
+    holding no report, or a report of the same scenario); else how the report there differs."""
+    from .scenario.compare import differences_line, scenario_differences
+    from .scenario.sweep import REQUIRED_FILES
+
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    if not any((folder / name).exists() for name in REQUIRED_FILES):
+        return None
+    try:
+        differences = scenario_differences((folder / "scenario.yaml").read_text(encoding="utf-8"), resolved)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "its scenario.yaml is missing or unreadable"
+    return f"that run -> this one: {differences_line(differences)}" if differences else None
 
 
 def _progress(console: Any, quiet: bool) -> Any:
@@ -117,7 +197,7 @@ def _figures(live: dict[str, float]) -> str:
     return "  ".join(shown)
 
 
-def _print_results(console: Any, result: Any) -> None:
+def _print_results(console: Any, result: Any, out: Path) -> None:
     from rich.table import Table
 
     table = Table(title="assertions", show_header=True)
@@ -130,7 +210,7 @@ def _print_results(console: Any, result: Any) -> None:
         console.print(table)
     console.print(f"trace digest: {result.digest}")
     console.print(f"wall time: {result.wall_s:.1f} s")
-    console.print(f"report: [bold]{result.report / 'report.md'}[/bold]")
+    console.print(f"report: [bold]{out / 'report.md'}[/bold]")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -154,13 +234,23 @@ def _sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         cluster=args.cluster,
         progress=progress,
+        notify=lambda text: console.print(text, markup=False, highlight=False),
     )
     console.print(
-        f"{summary.ran} runs done, {summary.skipped} already there, {len(summary.errors)} failed to run "
-        f"({summary.wall_s:.1f} s)"
+        f"{summary.ran} runs done, {summary.skipped} already there, {len(summary.errors)} failed to run, "
+        f"{len(summary.stopped)} stopped early ({summary.wall_s:.1f} s)"
     )
     console.print(f"sweep report: [bold]{summary.out / 'sweep.md'}[/bold]")
-    return 1 if summary.failed else 0
+    if summary.interrupted:
+        print(
+            f"hivemind-sim: interrupted: {len(summary.records)} of {summary.planned} runs finished and "
+            "are kept; the same command runs the others",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    if summary.errors or summary.stopped:
+        return STOPPED
+    return FAILED if summary.failed else 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -177,13 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hivemind-sim",
         description="Run swarm scenarios from YAML files in simulated time and read their reports.",
+        epilog=EXIT_STATUSES,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def scenario_command(name: str, help: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help, formatter_class=HelpFormatter)
+        command = commands.add_parser(name, help=help, epilog=EXIT_STATUSES, formatter_class=HelpFormatter)
         command.add_argument("file", help="the scenario (YAML)")
         command.add_argument(
             "--set",
@@ -196,7 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = scenario_command("run", "run a scenario and write its report")
     run.add_argument("--seed", type=int, default=None, help="root seed (default: the file's)")
-    run.add_argument("--out", default=None, help="report folder (default: runs/<name>/<seed>/)")
+    run.add_argument(
+        "--out",
+        default=None,
+        help="report folder, refused when it holds the report of another run (default: runs/<name>/<seed>/, "
+        "or the first free runs/<name>/<seed>-N/ when that holds another run's report)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report in the folder even when it is another run's",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
     validate = scenario_command("validate", "check a scenario without running it")
@@ -213,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster", default=None, metavar="ADDRESS", help="a Dask scheduler to run on instead"
     )
     sweep.add_argument("--quiet", action="store_true", help="no line per finished run")
+    sweep.epilog = (
+        "Ctrl-C starts no new run and waits for those in flight; a second Ctrl-C abandons them. The "
+        f"finished runs are kept and reported, and the same command runs the others. {EXIT_STATUSES}"
+    )
     sweep.set_defaults(handler=_sweep)
     compare = commands.add_parser("compare", help="two reports side by side", formatter_class=HelpFormatter)
     compare.add_argument("a", help="a report folder (the reference)")
@@ -239,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pip install 'hivemind-sim[sim]'",
             file=sys.stderr,
         )
-        return 2
+        return INVALID
     args = build_parser().parse_args(argv)
     from .scenario.compare import CompareError
     from .scenario.loader import ScenarioError
@@ -249,10 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ScenarioError as error:
         print(f"hivemind-sim: invalid scenario:\n{error}", file=sys.stderr)
-        return 2
-    except (ClusterError, CompareError) as error:
+        return INVALID
+    except (ClusterError, CompareError, UsageError) as error:
         print(f"hivemind-sim: error: {error}", file=sys.stderr)
-        return 2
+        return INVALID
+    except KeyboardInterrupt:
+        print("hivemind-sim: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -155,7 +155,12 @@ def test_sim_help_pages_show_each_default_once(capsys) -> None:
     from hivemind_sim.cli import build_parser
 
     expected = {
-        "run": ["root seed (default: the file's)", "(default: runs/<name>/<seed>/)"],
+        "run": [
+            "root seed (default: the file's)",
+            "(default: runs/<name>/<seed>/, or the first free runs/<name>/<seed>-N/ when that holds another "
+            "run's report)",
+            "--overwrite replace the report in the folder even when it is another run's",
+        ],
         "sweep": ["each with its own seed (default: 1)", "(default: CPUs)"],
         "validate": ["e.g. peers.0.count=8 or duration=2m"],
         "compare": ["also write compare.md and plots here"],
@@ -190,3 +195,74 @@ def test_core_help_pages_show_defaults(capsys) -> None:
     from hivemind_core.moe.layers import EXPERT_TYPES as BUILT_IN
 
     assert sorted(EXPERT_TYPES) == sorted(BUILT_IN), "the CLI's --expert-type choices are the built-in types"
+
+
+LITTLE = """\
+schema_version: 1
+name: little
+seed: 2
+warmup: 5s
+duration: 6s
+sample_interval: 3s
+peers:
+  - {group: dht, role: dht, count: 3, link: {uplink: 20Mbit/s, downlink: 100Mbit/s, latency: 10ms}}
+workload:
+  dht: {stores_per_second: 2, gets_per_second: 5, keys: 20}
+assertions:
+  - peers.alive.min >= 1
+"""
+
+
+def test_sim_run_that_stopped_early_exits_3_says_why_and_keeps_its_report(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """The runner records an internal error as `stopped` instead of raising: exit 3, not the 1 of
+    a failed assertion, with the report of what was measured until then."""
+    import json
+
+    from hivemind_sim.cli import main
+    from hivemind_sim.scenario import runner
+
+    run_scenario = runner.run_scenario
+    why = "the runner failed at 4.0 s: RuntimeError: boom"
+
+    def stopping(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = run_scenario(*args, **kwargs)
+        result.stopped = why
+        return result
+
+    monkeypatch.setattr(runner, "run_scenario", stopping)
+    (tmp_path / "little.yaml").write_text(LITTLE)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "little.yaml"), "--out", str(out), "--quiet"]) == 3
+    assert f"hivemind-sim: the run stopped early: {why}\n" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["stopped"] == why
+    assert f"**This run stopped early**: {why}." in (out / "report.md").read_text()
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_scenario", interrupted)
+    assert main(["run", str(tmp_path / "little.yaml"), "--out", str(tmp_path / "ctrl-c"), "--quiet"]) == 130
+    assert capsys.readouterr().err.endswith("hivemind-sim: interrupted\n"), "one line, no traceback"
+
+
+def test_sim_help_pages_list_the_exit_statuses(capsys) -> None:
+    from hivemind_sim.cli import build_parser
+
+    for command in ([], ["run"], ["sweep"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--help"])
+        page = " ".join(capsys.readouterr().out.split())
+        for status in (
+            "Exit status: 0 every assertion holds;",
+            "1 an assertion failed or could not be judged;",
+            "2 an invalid file or command line;",
+            "3 a run stopped early on an internal error (its report says why);",
+            "130 interrupted (Ctrl-C)",
+        ):
+            assert status in page, (command, status)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sweep", "--help"])
+    page = " ".join(capsys.readouterr().out.split())
+    assert "Ctrl-C starts no new run and waits for those in flight; a second Ctrl-C abandons them." in page

@@ -96,31 +96,39 @@ def test_three_hundred_simulated_joiners_read_every_acknowledged_store() -> None
     print(f"300 joiners: {join_rpcs:.1f} RPCs per join")
 
 
-async def tcp_crowd(joiners: int, readers: int | None) -> tuple[int, list[int]]:
+async def tcp_crowd(joiners: int, readers: int | None, *, within: float = 90.0) -> tuple[int, list[int]]:
     """A crowd over TCP in this process, each peer on its own loopback address (the transport
-    serves and caps incoming connections per remote host, as on the internet)."""
-    config = DHTConfig(max_per_subnet=None)
+    serves and caps incoming connections per remote host, as on the internet).
+
+    Every peer shares this one event loop (on two busy cores, a fraction of one), so the real-time
+    deadlines are stretched: a lagging loop must not pass for a lossy network, since what is tested
+    is where lookups converge, not how fast. ``within`` bounds the crowd inside the loop, so that
+    on expiry the transports still close (a pytest-timeout cut stops the loop where it stands and
+    leaves their sockets open)."""
+    config = DHTConfig(max_per_subnet=None, rpc_timeout=30, lookup_timeout=120, bootstrap_timeout=60)
     transports: list[TcpTransport] = []
 
     def transport() -> TcpTransport:
         index = len(transports) + 1
         host = f"127.0.{index // 250}.{index % 250 + 1}"
-        transports.append(TcpTransport(host=host, max_outgoing=8, idle_timeout=30))  # few fds per peer
+        # few fds per peer
+        transports.append(TcpTransport(host=host, max_outgoing=8, idle_timeout=30, transfer_timeout=60))
         return transports[-1]
 
     nodes: list[DHTNode] = []
     try:
-        first = await DHTNode.create(transport(), config=config)
-        nodes.append(first)
+        async with asyncio.timeout(within):
+            first = await DHTNode.create(transport(), config=config)
+            nodes.append(first)
 
-        async def join() -> DHTNode:
-            node = await DHTNode.create(transport(), initial_peers=[first.endpoint], config=config)
-            nodes.append(node)
-            return node
+            async def join() -> DHTNode:
+                node = await DHTNode.create(transport(), initial_peers=[first.endpoint], config=config)
+                nodes.append(node)
+                return node
 
-        chosen = None if readers is None else random.Random(0).sample(range(joiners + 1), readers)
-        _, acknowledged, misses = await crowd_stores_and_reads(first, join, joiners, chosen)
-        return len(acknowledged), misses
+            chosen = None if readers is None else random.Random(0).sample(range(joiners + 1), readers)
+            _, acknowledged, misses = await crowd_stores_and_reads(first, join, joiners, chosen)
+            return len(acknowledged), misses
     finally:
         for node in nodes:
             await node.shutdown(handoff_timeout=0)
@@ -137,9 +145,12 @@ async def test_a_tcp_flash_crowd_reads_every_acknowledged_store() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~100 s on two cores that other work keeps busy
 @pytest.mark.asyncio(loop_factories=["tcp"])
 async def test_three_hundred_tcp_joiners_read_every_acknowledged_store() -> None:
-    acknowledged, misses = await tcp_crowd(300, readers=30)
+    """Ten readers, each reading all 300 keys one at a time, prove each acknowledged store
+    readable (30 readers took three times as long and proved no more)."""
+    acknowledged, misses = await tcp_crowd(300, readers=10, within=480)
     assert acknowledged == 300
     assert sum(misses) == 0, f"{sum(misses)} failed reads"
 

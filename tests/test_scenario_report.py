@@ -312,3 +312,35 @@ def test_first_and_final_follow_time_order() -> None:
         rec.value("train.loss", t, v)
     s = rec.summary()
     assert s["train.loss.first"] == 9.0 and s["train.loss.final"] == 1.0
+
+
+def test_report_of_a_run_that_stopped_early_says_so_first(tmp_path) -> None:
+    rec = synthetic_recorder()
+    results = evaluate([Assertion("dht.get.success_rate", ">=", 0.9)], rec)
+    why = "the runner failed at 57.3 s: RuntimeError: boom"
+    out = write_report(
+        tmp_path / "stopped",
+        name="synthetic",
+        seed=7,
+        scenario_yaml="name: synthetic\nseed: 7",
+        recorder=rec,
+        results=results,
+        digest="abc123",
+        wall_s=1.25,
+        stopped=why,
+        overrides=["duration=1m", "seed=7"],
+    )
+    assert json.loads((out / "metrics.json").read_text())["stopped"] == why
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[2:4] == [
+        f"> **This run stopped early**: {why}. The assertions judged only what was measured",
+        "> until then; `run.log` has the traceback.",
+    ], "right under the title, before any figure"
+    assert (
+        "- overrides of the scenario file: `duration=1m`, `seed=7` (`scenario.yaml` has them applied)"
+        in lines
+    )
+    whole, _ = _report(tmp_path, rec)
+    assert json.loads((whole / "metrics.json").read_text())["stopped"] is None
+    assert "stopped early" not in (whole / "report.md").read_text()
+    assert "overrides" not in (whole / "report.md").read_text()

@@ -103,7 +103,7 @@ def test_a_failing_assertion_exits_1_and_an_invalid_file_exits_2(tiny: Path, tmp
     metrics = json.loads((tmp_path / "failing" / "metrics.json").read_text())
     assert metrics["assertion_counts"]["fail"] == 1
     unjudged = ["--set", "assertions.2=dht.lookup.hops.mean <= 5", "--set", "duration=20s"]
-    unjudged += ["--set", "workload.dht.lookups_per_second=0"]  # so never observed
+    unjudged += ["--set", "workload.dht.lookups_per_second=0.0001"]  # so never observed in this seed's 20 s
     assert run_cli(str(tiny), "--out", str(tmp_path / "unknown"), *unjudged) == 1
     broken = tmp_path / "broken.yaml"
     broken.write_text(TINY.replace("    count: 6", "    cuont: 6"))
@@ -240,3 +240,70 @@ def test_sweep_and_compare_from_the_command_line(tiny: Path, tmp_path: Path, cap
 def test_a_warmup_too_short_for_the_joins_is_an_error(tiny: Path, capsys) -> None:
     assert run_cli(str(tiny), "--set", "warmup=0s") == 2
     assert "longer than the 0 s warmup: raise `warmup`" in capsys.readouterr().err
+
+
+LITTLE = """\
+schema_version: 1
+name: little
+seed: 2
+warmup: 5s
+duration: 10s
+sample_interval: 5s
+peers:
+  - group: dht
+    role: dht
+    count: 4
+    link: {uplink: 20Mbit/s, downlink: 100Mbit/s, latency: 10ms}
+workload:
+  dht: {stores_per_second: 2, gets_per_second: 5, keys: 20}
+assertions:
+  - peers.alive.min >= 1
+"""
+
+
+def test_rerun_never_replaces_the_report_of_another_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("little.yaml").write_text(LITTLE)
+    first, second = Path("runs/little/2"), Path("runs/little/2-2")
+    assert run_cli("little.yaml") == 0
+    digest = json.loads((first / "metrics.json").read_text())["digest"]
+    capsys.readouterr()
+
+    assert run_cli("little.yaml", "--set", "duration=8s", "--seed", "2") == 0
+    said = " ".join(capsys.readouterr().err.split())  # rich wraps lines at the console's width
+    assert (
+        "runs/little/2 holds the report of another run (that run -> this one: duration: 10 s -> 8 s): "
+        "this run goes to runs/little/2-2" in said
+    )
+    assert json.loads((first / "metrics.json").read_text())["digest"] == digest, "the first report stays"
+    assert json.loads((second / "metrics.json").read_text())["duration_s"] == 8
+
+    assert run_cli("little.yaml", "--set", "duration=8s") == 0  # the same run: its own folder again
+    assert sorted(path.name for path in Path("runs/little").iterdir()) == ["2", "2-2"]
+
+    capsys.readouterr()
+    assert run_cli("little.yaml", "--out", str(second)) == 2
+    assert (
+        "hivemind-sim: error: --out runs/little/2-2 holds the report of another run (that run -> this one: "
+        "duration: 8 s -> 10 s); give another --out, or add --overwrite to replace it"
+    ) in capsys.readouterr().err
+    assert json.loads((second / "metrics.json").read_text())["duration_s"] == 8, "refused: nothing ran"
+    assert run_cli("little.yaml", "--out", str(second), "--overwrite") == 0
+    assert json.loads((second / "metrics.json").read_text())["digest"] == digest
+
+
+def test_report_names_the_overrides_and_metrics_json_does_not(tmp_path: Path) -> None:
+    scenario = tmp_path / "little.yaml"
+    scenario.write_text(LITTLE)
+    out = tmp_path / "out"
+    assert run_cli(str(scenario), "--out", str(out), "--set", "duration=8s", "--seed", "4") == 0
+    report = (out / "report.md").read_text()
+    assert (
+        "- overrides of the scenario file: `duration=8s`, `seed=4` (`scenario.yaml` has them applied)"
+        in report
+    )
+    metrics = (out / "metrics.json").read_text()
+    assert "duration=8s" not in metrics and '"stopped": null' in metrics
+    plain = tmp_path / "plain"
+    assert run_cli(str(scenario), "--out", str(plain)) == 0
+    assert "overrides" not in (plain / "report.md").read_text()

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from hivemind_sim.scenario.sweep import (
     execute,
     plan_sweep,
     point_slugs,
+    read_finished,
     run_sweep,
     split_values,
 )
@@ -343,3 +345,220 @@ def test_every_kind_of_summary_metric_gets_words() -> None:
     assert describe_metric("peers.alive.servers.min") == "alive peers (servers), min"
     assert describe_metric("train.loss.final") == "training loss, final"
     assert describe_metric("something.new") == "something.new"  # unknown keys stay as they are
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------------------------
+
+
+def workers_of(pid: int) -> set[int]:
+    """The spawned worker processes (not multiprocessing's resource tracker) whose parent is pid."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if parent == pid and b"spawn_main" in command:
+            found.add(int(stat.parent.name))
+    return found
+
+
+class SweepProcess:
+    """`hivemind-sim sweep` in its own process, read line by line; ends every process it started."""
+
+    def __init__(self, tiny: Path, out: Path, tmp: Path, *args: str) -> None:
+        command = [sys.executable, "-m", "hivemind_sim.cli", "sweep", str(tiny), "--workers", "1"]
+        env = {**os.environ, "TMPDIR": str(tmp), "COLUMNS": "200"}
+        self.process = subprocess.Popen(
+            [*command, "--out", str(out), *args], stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: list[str] = []
+        self.workers: set[int] = set()
+
+    def read_until(self, text: str) -> str:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"the sweep ended without printing {text!r}:\n{''.join(self.lines)}")
+
+    def interrupt(self) -> None:
+        self.workers |= workers_of(self.process.pid)
+        self.process.send_signal(signal.SIGINT)
+
+    def finish(self) -> int:
+        assert self.process.stderr is not None
+        self.lines += self.process.stderr.readlines()
+        return self.process.wait(timeout=60)
+
+    def close(self) -> set[int]:
+        """Kills what is left (a failed test's sweep and its workers); returns the workers that were."""
+        left = {pid for pid in self.workers if Path(f"/proc/{pid}").exists()}
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return left
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def sweep_process(tiny: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    started: list[SweepProcess] = []
+
+    def start(out: Path, *args: str) -> SweepProcess:
+        (tmp_path / "tmp").mkdir(exist_ok=True)
+        started.append(SweepProcess(tiny, out, tmp_path / "tmp", *args))
+        return started[-1]
+
+    yield start
+    for each in started:
+        assert not each.close(), "worker processes outlived the sweep"
+
+
+def test_a_first_ctrl_c_finishes_the_runs_in_flight_keeps_them_and_resumes(
+    sweep_process, tiny: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sweep"
+    sweep = sweep_process(out, "--seeds", "3")
+    sweep.read_until("[1/3] done")  # the next run is in flight by then: it was started first
+    sweep.interrupt()
+    assert sweep.read_until("stopping:").strip() == (
+        "stopping: no new runs; waiting for the 1 run in flight (Ctrl-C again to abandon them)"
+    )
+    assert sweep.finish() == 130, sweep.text
+    assert "[2/3] done" in sweep.text and "[3/3]" not in sweep.text
+    assert "Traceback" not in sweep.text
+    assert sweep.lines[-1].strip() == (
+        "hivemind-sim: interrupted: 2 of 3 runs finished and are kept; the same command runs the others"
+    )
+    assert sweep.workers and not any(Path(f"/proc/{pid}").exists() for pid in sweep.workers)
+    runs = plan_sweep(tiny, [], seeds=3)
+    finished = [read_finished(out / run.rel_dir, run) is not None for run in runs]
+    assert finished == [True, True, False], "the two finished runs are kept; resuming runs the third"
+    markdown = (out / "sweep.md").read_text()
+    assert "**interrupted** (Ctrl-C): 1 of 3 runs did not finish" in markdown
+    assert markdown.count("/report.md)") == 2
+    assert not list((tmp_path / "tmp").iterdir()), "the workers' temporary files are gone"
+
+
+def test_a_second_ctrl_c_abandons_the_runs_in_flight(sweep_process, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    sweep = sweep_process(out, "--set", "duration=10s,10m")  # the second run is long
+    sweep.read_until("[1/2] done")
+    sweep.interrupt()
+    sweep.read_until("stopping:")
+    sweep.interrupt()
+    assert sweep.read_until("abandoning").strip() == "abandoning the 1 run in flight"
+    assert sweep.finish() == 130, sweep.text
+    assert "Traceback" not in sweep.text
+    assert sweep.lines[-1].startswith("hivemind-sim: interrupted: 1 of 2 runs finished")
+    assert not any(Path(f"/proc/{pid}").exists() for pid in sweep.workers), "the workers were terminated"
+    assert [path.parent.parent.name for path in out.glob("*/seed-*/report.md")] == ["duration=10s"]
+    assert "**interrupted** (Ctrl-C): 1 of 2 runs did not finish" in (out / "sweep.md").read_text()
+    assert not list((tmp_path / "tmp").iterdir()), "the abandoned run's temporary files are gone"
+
+
+def test_compare_names_the_scenario_keys_that_differ(
+    two_reports: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    from hivemind_sim.cli import main
+
+    a, b = two_reports
+    assert "The resolved scenarios are **identical** (the difference comes from the simulator" in (
+        compare_reports(a, b)
+    ), "b differs in its digest only"
+    resolved = (b / "scenario.yaml").read_text()
+    edited = resolved.replace("duration: 10 s", "duration: 12 s").replace("count: 4", "count: 6")
+    assert edited.count("12 s") == 1 and edited.count("count: 6") == 1
+    (b / "scenario.yaml").write_text(edited)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    table = [
+        "2 key(s) of the resolved scenarios differ (`--set` paths):",
+        "| `duration` | `10 s` | `12 s` |",
+        "| `peers.dht.count` | `4` | `6` |",  # a group by its name, as `--set` names it
+    ]
+    for line in table:
+        assert line in printed and line in (tmp_path / "cmp" / "compare.md").read_text(), line
+    assert "identical" not in compare_reports(a, b)
+    assert "The resolved scenarios are **identical**." in compare_reports(a, a)
+    (b / "scenario.yaml").unlink()
+    assert f"No `scenario.yaml` in B ({b})" in compare_reports(a, b)
+
+
+def test_scenario_differences_name_keys_as_set_does() -> None:
+    from hivemind_sim.scenario.compare import Difference, differences_line, scenario_differences
+    from hivemind_sim.scenario.loader import dump_resolved
+
+    quickstart = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.yaml"
+    a = dump_resolved(load_scenario(quickstart))
+    sets = [
+        "seed=1",
+        "workload.training.grid=[8,8]",
+        "events.crash-wave.select.fraction=10%",
+        "assertions.1=x >= 1",
+    ]
+    b = dump_resolved(load_scenario(quickstart, sets[:3]))
+    assert scenario_differences(a, b) == [
+        Difference("seed", "0", "1"),
+        Difference("events.crash-wave.select.fraction", "50%", "10%"),
+        Difference("workload.training.grid", "[6, 4]", "[8, 8]"),
+    ]
+    assert scenario_differences(a, a) == []
+    fewer = a.replace("- peers.alive.min >= 16", "").replace(", peers.alive.min >= 16", "")
+    assert scenario_differences(a, fewer) == [Difference("assertions.4", "peers.alive.min >= 16", "(absent)")]
+    assert differences_line(scenario_differences(a, b), most=2) == (
+        "seed: 0 -> 1, events.crash-wave.select.fraction: 50% -> 10% and 1 more"
+    )
+    with pytest.raises(ValueError, match="not a scenario"):
+        scenario_differences(a, "- a list")
+
+
+def test_a_sweep_shows_its_runs_that_stopped_early(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    from hivemind_sim import cli
+    from hivemind_sim.scenario import sweep
+
+    runs = plan_sweep(tiny, [], seeds=2)
+    metrics = {
+        "digest": "ab" * 32,
+        "summary": {"peers.alive.min": 4.0},
+        "assertions": [],
+        "assertion_counts": {"pass": 0, "fail": 0, "unknown": 0},
+    }
+    why = "the runner failed at 7.5 s: RuntimeError: boom"
+    records = [
+        sweep.RunRecord(runs[0], {**metrics, "stopped": None}),
+        sweep.RunRecord(runs[1], {**metrics, "stopped": why}),
+    ]
+    summary = sweep.SweepSummary(
+        scenario=str(tiny),
+        name="tiny",
+        root_seed=5,
+        seeds=2,
+        axes=[],
+        fixed=[],
+        out=tmp_path,
+        planned=2,
+        records=records,
+        points=sweep.summarize_points(records),
+        files=[],
+        wall_s=1.0,
+    )
+    sweep.write_sweep_report(summary)
+    markdown = (tmp_path / "sweep.md").read_text()
+    assert "(2 run now, 0 read back from an earlier sweep, 0 error(s), 1 stopped early)" in markdown
+    assert f"| `base` | {runs[1].seed} | **stopped early**: 0 pass, 0 fail, 0 unknown |" in markdown
+    assert f"### Stopped early: `base`, seed {runs[1].seed}\n\n{why} (the run's report" in markdown
+    assert summary.stopped == [records[1]] and not summary.interrupted and not summary.failed
+
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: summary)
+    assert cli.main(["sweep", str(tiny), "--out", str(tmp_path)]) == 3, "a run stopped early: exit 3"

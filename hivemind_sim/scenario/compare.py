@@ -1,10 +1,12 @@
 """Two run reports side by side: a reference (A) and a new run (B).
 
-Everything comes from the report folders' files (metrics.json, timeseries.csv, events.csv), so
-any two reports compare, whatever wrote them and whenever. The markdown names what changed:
-whether the trace digests are equal (the same simulation, event for event), each assertion
-whose status moved, and every summary metric with its difference; the plots show the runs'
-time series on shared axes and each metric's relative change.
+Everything comes from the report folders' files (scenario.yaml, metrics.json, timeseries.csv,
+events.csv), so any two reports compare, whatever wrote them and whenever. The markdown names
+what changed: every key of the resolved scenarios whose value differs (what the runs were told to
+do differently: a `--set`, a seed, an edited file), whether the trace digests are equal (the same
+simulation, event for event), each assertion whose status moved, and every summary metric with
+its difference; the plots show the runs' time series on shared axes and each metric's relative
+change.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from .assertions import format_duration
 from .names import describe_metric, metric_unit
@@ -36,6 +41,8 @@ SERIES = (  # timeseries.csv column, panel title
 )
 MAX_PANELS = 4
 RELATIVE_CLIP = 1.0  # bars stop at +-100%; the label gives the real figure
+ABSENT = "(absent)"
+_MISSING = object()
 
 
 class CompareError(ValueError):
@@ -50,6 +57,8 @@ class Report:
     metrics: dict[str, Any]
     series: dict[str, list[float | None]]
     windows: list[tuple[str, float, float]]
+    scenario: str | None
+    """The resolved scenario.yaml's text; None when the folder has none."""
 
     @property
     def title(self) -> str:
@@ -72,7 +81,15 @@ def read_report(folder: str | Path) -> Report:
         raise CompareError(f"{metrics_path}: cannot read it: {error}") from None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("summary"), dict):
         raise CompareError(f"{metrics_path}: not a run's metrics (no `summary`)")
-    return Report(path, metrics, _read_series(path / "timeseries.csv"), _read_windows(path / "events.csv"))
+    series, windows = _read_series(path / "timeseries.csv"), _read_windows(path / "events.csv")
+    return Report(path, metrics, series, windows, _read_text(path / "scenario.yaml"))
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _read_series(path: Path) -> dict[str, list[float | None]]:
@@ -89,6 +106,83 @@ def _read_windows(path: Path) -> list[tuple[str, float, float]]:
         return []
     with path.open(newline="") as f:
         return [(r["name"], float(r["start_s"]), float(r["end_s"])) for r in csv.DictReader(f)]
+
+
+# ---- what the scenarios asked for -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A key of the resolved scenarios, as `--set` names it (`peers.dht.count`), with each side's
+    value as YAML text (``ABSENT`` where that side has no such key)."""
+
+    key: str
+    a: str
+    b: str
+
+
+def scenario_differences(text_a: str, text_b: str) -> list[Difference]:
+    """Every key whose value differs between two resolved scenario.yaml texts, in file order.
+
+    Items of a list are named as `--set` names them: by their `group` or `name` when every item
+    has a distinct one (so inserting a peer group does not shift the others), else by index; a
+    list of numbers (`grid: [8, 8]`) is one value. Raises ``ValueError`` for text that is not a
+    YAML mapping."""
+    flat_a, flat_b = _flatten(_mapping(text_a)), _flatten(_mapping(text_b))
+    keys = dict.fromkeys([*flat_a, *flat_b])
+    return [
+        Difference(key, _yaml_text(flat_a.get(key, _MISSING)), _yaml_text(flat_b.get(key, _MISSING)))
+        for key in keys
+        if flat_a.get(key, _MISSING) != flat_b.get(key, _MISSING)
+    ]
+
+
+def _mapping(text: str) -> Mapping[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML: {error}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError("not a scenario (a YAML mapping)")
+    return data
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        items = [(str(key), item) for key, item in value.items()]
+    elif isinstance(value, list) and value and not all(_is_number(item) for item in value):
+        items = list(zip(_item_names(value), value, strict=True))
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for name, item in items:
+        flat.update(_flatten(item, f"{prefix}.{name}" if prefix else name))
+    return flat
+
+
+def _item_names(items: list[Any]) -> list[str]:
+    names = [item.get("group", item.get("name")) if isinstance(item, Mapping) else None for item in items]
+    if all(isinstance(name, str) for name in names) and len(set(names)) == len(names):
+        return names
+    return [str(index) for index in range(len(items))]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _yaml_text(value: Any) -> str:
+    if value is _MISSING:
+        return ABSENT
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).removesuffix("\n...\n").strip()
+
+
+def differences_line(differences: list[Difference], most: int = 3) -> str:
+    """`duration: 2 min -> 1 min, seed: 0 -> 1 and 2 more`, for a one-line message."""
+    shown = ", ".join(f"{d.key}: {d.a} -> {d.b}" for d in differences[:most])
+    return shown + (f" and {len(differences) - most} more" if len(differences) > most else "")
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------
@@ -117,6 +211,8 @@ def _markdown(a: Report, b: Report) -> str:
         lines.append("Trace digests are **equal**: the two runs are the same simulation, event for event.")
     else:
         lines.append("Trace digests **differ**: the runs took different courses.")
+    lines += ["", "## Scenario", ""]
+    lines += _scenario_lines(a, b, same)
     lines += ["", "## Assertions", ""]
     lines += _assertion_lines(ma.get("assertions", []), mb.get("assertions", []))
     va, vb = run_metrics(ma), run_metrics(mb)
@@ -129,6 +225,29 @@ def _markdown(a: Report, b: Report) -> str:
         cells = [_value(x, unit), _value(y, unit), _difference(x, y, unit), _relative(x, y)]
         lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _scenario_lines(a: Report, b: Report, same_digest: bool) -> list[str]:
+    """What the runs were asked to do differently: the resolved scenarios' differing keys."""
+    missing = [f"{run} ({report.path})" for run, report in (("A", a), ("B", b)) if report.scenario is None]
+    if missing:
+        return [f"No `scenario.yaml` in {' and '.join(missing)}: what the runs were asked to do is unknown."]
+    assert a.scenario is not None and b.scenario is not None
+    try:
+        differences = scenario_differences(a.scenario, b.scenario)
+    except ValueError as error:
+        return [f"The `scenario.yaml` files cannot be compared: {error}."]
+    if not differences:
+        why = "" if same_digest else " (the difference comes from the simulator: another version, or a bug)"
+        return [f"The resolved scenarios are **identical**{why}."]
+    lines = [f"{len(differences)} key(s) of the resolved scenarios differ (`--set` paths):", ""]
+    lines += ["| key | A | B |", "|---|---|---|"]
+    lines += [f"| `{d.key}` | `{_cell(d.a)}` | `{_cell(d.b)}` |" for d in differences]
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'")
 
 
 def _wall(metrics: dict[str, Any]) -> str:

@@ -5,6 +5,11 @@ top-level `wall_s` (the run's wall time, in seconds), so two runs of one seed gi
 equal once `wall_s` is dropped (`deterministic_metrics` does that). report.md shows the wall time
 too and is not meant to be compared byte for byte. Non-finite numbers (a NaN loss) are written as
 the strings "nan", "inf", "-inf", since JSON has no such numbers and null would read as unknown.
+`stopped` is null for a run that reached its end, else why and when it stopped early.
+
+The command-line overrides (`--set`, `--seed`) are shown in report.md only: metrics.json
+describes the run, and a rerun of its resolved scenario.yaml without any override is the same
+run, to the byte.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assertions import AssertionResult, format_value
+from .loader import dump_resolved
 from .metrics import Recorder
 from .names import metric_unit
 from .plots import PLOTS, write_plots
 
-METRICS_FORMAT = 1  # bump when the layout of metrics.json changes
+if TYPE_CHECKING:
+    from .runner import RunResult
+
+METRICS_FORMAT = 2  # bump when the layout of metrics.json changes
 WALL_KEY = "wall_s"
 
 
@@ -36,15 +45,26 @@ def write_report(
     digest: str,
     wall_s: float,
     description: str = "",
+    stopped: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> Path:
-    """Writes every report file into out_dir (created if missing) and returns out_dir."""
+    """Writes every report file into out_dir (created if missing) and returns out_dir.
+
+    stopped: why the run ended before its end (None: it did not); overrides: the `key.path=value`
+    strings applied to the file (`--set`, and `seed=N` for `--seed`), shown in report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.yaml").write_text(
         scenario_yaml if scenario_yaml.endswith("\n") else scenario_yaml + "\n"
     )
     metrics = build_metrics(
-        name=name, seed=seed, recorder=recorder, results=results, digest=digest, description=description
+        name=name,
+        seed=seed,
+        recorder=recorder,
+        results=results,
+        digest=digest,
+        description=description,
+        stopped=stopped,
     )
     metrics[WALL_KEY] = round(float(wall_s), 3)
     (out / "metrics.json").write_text(
@@ -62,8 +82,27 @@ def write_report(
         ],
     )
     write_plots(out, recorder, rows=rows, run=f"{name}, seed {seed}")
-    (out / "report.md").write_text(_markdown(metrics, recorder, results, wall_s))
+    (out / "report.md").write_text(_markdown(metrics, recorder, results, wall_s, overrides))
     return out
+
+
+def write_run_report(out_dir: str | Path, result: RunResult, *, overrides: Sequence[str] = ()) -> Path:
+    """``write_report`` for a finished ``run_scenario``: what `hivemind-sim run` and sweep workers
+    write, with the overrides that made the scenario from its file (only they know them)."""
+    scenario = result.scenario
+    return write_report(
+        out_dir,
+        name=scenario.name,
+        seed=scenario.seed,
+        scenario_yaml=dump_resolved(scenario),
+        recorder=result.recorder,
+        results=result.results,
+        digest=result.digest,
+        wall_s=round(result.wall_s, 3),
+        description=scenario.description,
+        stopped=result.stopped,
+        overrides=overrides,
+    )
 
 
 def build_metrics(
@@ -74,6 +113,7 @@ def build_metrics(
     results: Sequence[AssertionResult],
     digest: str,
     description: str = "",
+    stopped: str | None = None,
 ) -> dict[str, Any]:
     """metrics.json without wall_s (see the module docstring for the layout)."""
     statuses = [r.status for r in results]
@@ -83,6 +123,7 @@ def build_metrics(
         "description": description,
         "seed": seed,
         "digest": digest,
+        "stopped": stopped,
         "duration_s": recorder.end_time(),
         "sample_interval_s": recorder.sample_interval,
         "peers_ever_alive": recorder.peers_ever_alive,
@@ -126,15 +167,29 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def _markdown(
-    metrics: dict[str, Any], recorder: Recorder, results: Sequence[AssertionResult], wall_s: float
+    metrics: dict[str, Any],
+    recorder: Recorder,
+    results: Sequence[AssertionResult],
+    wall_s: float,
+    overrides: Sequence[str],
 ) -> str:
     counts = metrics["assertion_counts"]
     lines = [f"# Scenario `{metrics['name']}`, seed {metrics['seed']}", ""]
+    if metrics["stopped"]:
+        why = metrics["stopped"].rstrip(".")
+        lines += [
+            f"> **This run stopped early**: {why}. The assertions judged only what was measured",
+            "> until then; `run.log` has the traceback.",
+            "",
+        ]
     if metrics["description"]:
         lines += [metrics["description"], ""]
     verdict = "FAILED" if counts["fail"] else ("passed" if not counts["unknown"] else "passed, with unknowns")
+    lines += [f"- assertions: **{verdict}**: {counts_text(counts)}"]
+    if overrides:
+        shown = ", ".join(f"`{override}`" for override in overrides)
+        lines.append(f"- overrides of the scenario file: {shown} (`scenario.yaml` has them applied)")
     lines += [
-        f"- assertions: **{verdict}**: {counts_text(counts)}",
         f"- seed: `{metrics['seed']}` (re-run `scenario.yaml` in this folder to repeat the run)",
         f"- trace digest: `{metrics['digest']}`",
         f"- measured window: {format_value(metrics['duration_s'], 's')}, "

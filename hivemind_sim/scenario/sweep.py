@@ -6,7 +6,8 @@ from the scenario's root seed, the point and the replicate index by a stable has
 sweep gives the same seeds in every process and on every machine, and adding a point does not
 change the seeds of the others. Each run writes the usual report folder to
 `<out>/<point>/seed-<seed>/`; a run whose folder is already complete is read back, not rerun,
-so an interrupted sweep picks up where it stopped.
+so an interrupted sweep picks up where it stopped. A first Ctrl-C starts no new run and waits
+for those in flight, a second abandons them; the finished runs are kept and reported.
 
 Runs go to local worker processes (spawned, so each starts clean) or, with ``cluster``, to an
 existing Dask scheduler (`pip install 'hivemind-sim[cluster]'`). Dask rather than Ray: it is
@@ -22,6 +23,7 @@ gives, per point, every summary metric's mean and spread across seeds and the as
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -31,15 +33,19 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .assertions import format_duration, format_value
 from .loader import Problem, ScenarioError, dump_resolved, parse_scenario
@@ -69,6 +75,7 @@ HEADLINE_METRICS = (
 )
 MAX_PLOTS = 12
 MAX_SLUG = 120
+POLL_S = 0.2  # how soon a sweep acts on Ctrl-C while it waits for runs
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,8 @@ class SweepSummary:
     axes: list[tuple[str, list[str]]]
     fixed: list[str]
     out: Path
+    planned: int
+    """Runs in the plan; ``records`` has fewer after a Ctrl-C."""
     records: list[RunRecord]
     points: list[PointSummary]
     files: list[Path]
@@ -181,9 +190,19 @@ class SweepSummary:
         return [r for r in self.records if r.error is not None]
 
     @property
+    def stopped(self) -> list[RunRecord]:
+        """Runs that stopped early on an internal error (their report says why)."""
+        return [r for r in self.records if r.metrics is not None and r.metrics.get("stopped")]
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a Ctrl-C left runs of the plan unfinished (the same sweep again runs them)."""
+        return len(self.records) < self.planned
+
+    @property
     def failed(self) -> bool:
-        """Whether a run crashed or an assertion failed somewhere (a CLI's exit status 1)."""
-        return bool(self.errors) or any(p.assertion_counts["fail"] for p in self.points)
+        """Whether an assertion failed or could not be judged somewhere (unknown is not a pass)."""
+        return any(p.assertion_counts["fail"] or p.assertion_counts["unknown"] for p in self.points)
 
 
 class ClusterError(RuntimeError):
@@ -367,10 +386,16 @@ def run_sweep(
     workers: int | None = None,
     cluster: str | None = None,
     progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> SweepSummary:
     """Plan, run what is not done yet (local processes, or the Dask scheduler at ``cluster``),
     and write the sweep's report into ``out``. Raises ``ScenarioError`` before running anything
-    when a point is invalid, ``ClusterError`` when the cluster is unusable."""
+    when a point is invalid, ``ClusterError`` when the cluster is unusable.
+
+    Ctrl-C (in the main thread): the first stops starting runs and waits for those in flight,
+    the second abandons them (local workers are terminated); either way the finished runs are
+    kept, the report covers them, and ``SweepSummary.interrupted`` says so. ``notify`` (default:
+    print to stderr) is told at once what a Ctrl-C does."""
     started = time.perf_counter()
     runs = plan_sweep(path, sets, seeds=seeds, fixed=fixed)
     axes, fixed_overrides = parse_sets(sets, fixed=fixed)
@@ -387,17 +412,20 @@ def run_sweep(
         if progress is not None:
             progress(len(records), len(runs), run, "skipped")
     pending.sort(key=lambda run: run.replicate)  # a first seed of every point comes early
-    results = _on_cluster(pending, cluster) if cluster else _on_processes(pending, workers)
-    for run, files, error in results:
-        if error is None:
-            assert files is not None
-            _store(out / run.rel_dir, files)
-            records[run] = RunRecord(run, json.loads(files["metrics.json"]))
-        else:
-            records[run] = RunRecord(run, None, error=error)
-        if progress is not None:
-            progress(len(records), len(runs), run, "error" if error else "done")
-    ordered = [records[run] for run in runs]
+    if pending:
+        interrupts = _Interrupts()
+        pool = _Cluster(cluster) if cluster else _Local(min(workers or os.cpu_count() or 1, len(pending)))
+        with interrupts.caught(), pool:
+            for run, files, error in _schedule(pending, pool, interrupts, notify or _to_stderr):
+                if error is None:
+                    assert files is not None
+                    _store(out / run.rel_dir, files)
+                    records[run] = RunRecord(run, json.loads(files["metrics.json"]))
+                else:
+                    records[run] = RunRecord(run, None, error=error)
+                if progress is not None:
+                    progress(len(records), len(runs), run, "error" if error else "done")
+    ordered = [records[run] for run in runs if run in records]
     summary = SweepSummary(
         scenario=str(path),
         name=runs[0].scenario.name,
@@ -406,6 +434,7 @@ def run_sweep(
         axes=axes,
         fixed=fixed_overrides,
         out=out,
+        planned=len(runs),
         records=ordered,
         points=summarize_points(ordered),
         files=[],
@@ -457,6 +486,7 @@ def execute(source: Source, overrides: Sequence[str]) -> tuple[dict[str, bytes] 
 
     The core's log (lost gradients, bans, timeouts) goes to the report's `run.log`, as with
     `hivemind-sim run`, instead of flooding the sweep's console from every worker."""
+    from .report import write_run_report
     from .runlog import logs_to
     from .runner import run_scenario  # heavy (torch): imported in the worker, not by the planner
 
@@ -464,7 +494,7 @@ def execute(source: Source, overrides: Sequence[str]) -> tuple[dict[str, bytes] 
         scenario = source.load(overrides)
         with tempfile.TemporaryDirectory(prefix="hivemind-sweep-") as tmp:
             with logs_to(Path(tmp) / "run.log"):
-                run_scenario(scenario, out_dir=Path(tmp))
+                write_run_report(tmp, run_scenario(scenario), overrides=overrides)
             return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}, None
     except Exception:  # reported with the run; the other runs go on
         return None, traceback.format_exc()
@@ -473,45 +503,177 @@ def execute(source: Source, overrides: Sequence[str]) -> tuple[dict[str, bytes] 
 Outcome = tuple[SweepRun, dict[str, bytes] | None, str | None]
 
 
-def _on_processes(runs: Sequence[SweepRun], workers: int | None) -> Iterator[Outcome]:
-    if not runs:
-        return
-    count = max(1, min(workers or os.cpu_count() or 1, len(runs)))
-    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        futures = {pool.submit(execute, run.source, run.overrides): run for run in runs}
-        for future in as_completed(futures):
-            try:
-                files, error = future.result()
-            except Exception as crash:  # a worker killed (out of memory...) takes its run down with it
-                files, error = None, f"the worker process failed: {crash!r}"
-            yield futures[future], files, error
-    finally:  # on Ctrl-C too: the runs not started yet are dropped, not waited for
-        pool.shutdown(wait=True, cancel_futures=True)
+class _Interrupts:
+    """Counts Ctrl-C presses while installed; the sweep's loop acts on the count, so nothing is
+    raised in the middle of storing a run or writing the report."""
+
+    def __init__(self) -> None:
+        self.presses = 0
+
+    @contextlib.contextmanager
+    def caught(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread receives signals: Ctrl-C stays the caller's business
+            return
+        previous = signal.signal(signal.SIGINT, self._press)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _press(self, signum: int, frame: FrameType | None) -> None:
+        self.presses += 1
 
 
-def _on_cluster(runs: Sequence[SweepRun], address: str) -> Iterator[Outcome]:
-    try:
-        from dask.distributed import Client
-        from dask.distributed import as_completed as dask_completed
-    except ImportError:
-        raise ClusterError(
-            "--cluster needs Dask's distributed scheduler: pip install 'hivemind-sim[cluster]'"
-        ) from None
-    if not runs:
-        return
-    try:
-        client = Client(address, timeout=30)
-    except (OSError, TimeoutError) as error:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from None
-    with client:
-        futures = {client.submit(execute, run.source, run.overrides, pure=False): run for run in runs}
-        for future in dask_completed(futures):
-            try:
-                files, error = future.result()
-            except Exception as crash:  # a lost worker, or a scenario the worker cannot unpickle
-                files, error = None, f"the cluster failed this run: {crash!r}"
-            yield futures[future], files, error
+class _Pool(Protocol):
+    """Where runs execute: local worker processes or a Dask cluster."""
+
+    def __enter__(self) -> _Pool: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def slots(self) -> int:
+        """How many runs can execute at once (no more are submitted, so none waits in a queue)."""
+        ...
+
+    def submit(self, run: SweepRun) -> Any: ...
+    def wait(self, futures: Collection[Any], timeout: float) -> set[Any]:
+        """The futures that are done, after waiting up to ``timeout`` for a first one."""
+        ...
+
+    def outcome(self, future: Any) -> tuple[dict[str, bytes] | None, str | None]: ...
+    def abandon(self, futures: Collection[Any]) -> None: ...
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _schedule(
+    runs: Sequence[SweepRun], pool: _Pool, interrupts: _Interrupts, notify: Callable[[str], None]
+) -> Iterator[Outcome]:
+    """Keep ``pool.slots()`` runs in flight and yield each as it finishes; on the first Ctrl-C start
+    no more, on the second abandon those in flight. The loop wakes every ``POLL_S`` to see a press
+    at once (a signal handler may not safely do more than count)."""
+    pending = deque(runs)
+    in_flight: dict[Any, SweepRun] = {}
+    seen = 0
+
+    def fill() -> None:
+        slots = pool.slots()
+        while pending and not interrupts.presses and len(in_flight) < slots:
+            run = pending.popleft()
+            in_flight[pool.submit(run)] = run
+
+    fill()
+    while in_flight:
+        if interrupts.presses > seen:
+            seen = interrupts.presses
+            flight = f"{len(in_flight)} run{'s' if len(in_flight) > 1 else ''} in flight"
+            if seen >= 2:
+                notify(f"abandoning the {flight}")
+                pool.abandon(list(in_flight))
+                return
+            notify(f"stopping: no new runs; waiting for the {flight} (Ctrl-C again to abandon them)")
+        done = pool.wait(list(in_flight), POLL_S)
+        if not done:
+            continue
+        finished = [(in_flight.pop(future), *pool.outcome(future)) for future in done]
+        fill()  # before handing the results on: a free worker starts its next run at once
+        yield from finished
+    if interrupts.presses > seen and pending:  # pressed as the last run in flight finished
+        notify("stopping: no new runs")
+
+
+def _ignore_interrupts(scratch: str) -> None:
+    """A local worker's start: Ctrl-C reaches the whole terminal's process group, but only the
+    sweep decides what stops; temporary files go to the sweep's scratch folder, which is removed
+    even when a worker is terminated mid-run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tempfile.tempdir = scratch
+
+
+class _Local:
+    """Spawned worker processes (each starts clean), ``count`` of them."""
+
+    def __init__(self, count: int) -> None:
+        self.count = max(1, count)
+        self._scratch = tempfile.TemporaryDirectory(prefix="hivemind-sweep-")
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_ignore_interrupts,
+            initargs=(self._scratch.name,),
+        )
+
+    def __enter__(self) -> _Local:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._scratch.cleanup()
+
+    def slots(self) -> int:
+        return self.count
+
+    def submit(self, run: SweepRun) -> Future[tuple[dict[str, bytes] | None, str | None]]:
+        return self._pool.submit(execute, run.source, run.overrides)
+
+    def wait(self, futures: Collection[Any], timeout: float) -> set[Any]:
+        return wait(futures, timeout=timeout, return_when=FIRST_COMPLETED).done
+
+    def outcome(self, future: Any) -> tuple[dict[str, bytes] | None, str | None]:
+        try:
+            return future.result()
+        except Exception as crash:  # a worker killed (out of memory...) takes its run down with it
+            return None, f"the worker process failed: {crash!r}"
+
+    def abandon(self, futures: Collection[Any]) -> None:
+        """Terminate the workers (what Python 3.14's ``terminate_workers`` does; 3.11 has none)."""
+        for process in list((self._pool._processes or {}).values()):
+            process.terminate()
+
+
+class _Cluster:
+    """An existing Dask scheduler's workers; ``abandon`` cancels the runs (the workers are not ours)."""
+
+    def __init__(self, address: str) -> None:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise ClusterError(
+                "--cluster needs Dask's distributed scheduler: pip install 'hivemind-sim[cluster]'"
+            ) from None
+        try:
+            self._client = Client(address, timeout=30)
+        except (OSError, TimeoutError) as error:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+
+    def __enter__(self) -> _Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def slots(self) -> int:
+        return max(1, sum(self._client.nthreads().values()))  # workers may join or leave meanwhile
+
+    def submit(self, run: SweepRun) -> Any:
+        return self._client.submit(execute, run.source, run.overrides, pure=False)
+
+    def wait(self, futures: Collection[Any], timeout: float) -> set[Any]:
+        from dask.distributed import wait as dask_wait
+
+        with contextlib.suppress(TimeoutError):
+            dask_wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
+        return {future for future in futures if future.done()}
+
+    def outcome(self, future: Any) -> tuple[dict[str, bytes] | None, str | None]:
+        try:
+            return future.result()
+        except Exception as crash:  # a lost worker, or a scenario the worker cannot unpickle
+            return None, f"the cluster failed this run: {crash!r}"
+
+    def abandon(self, futures: Collection[Any]) -> None:
+        self._client.cancel(list(futures))
 
 
 # ---- aggregating ---------------------------------------------------------------------------------------
@@ -622,15 +784,19 @@ def _markdown(summary: SweepSummary, plots: Sequence[Path]) -> str:
         lines.append(f"- swept: `{key}` = " + ", ".join(f"`{v}`" for v in values))
     if summary.fixed:
         lines.append("- fixed: " + ", ".join(f"`{o}`" for o in summary.fixed))
+    stopped = summary.stopped
     lines += [
         f"- root seed: `{summary.root_seed}`; each run's seed derives from it, the point and the replicate",
         f"- runs: {runs} ({summary.ran} run now, {summary.skipped} read back from an earlier sweep, "
-        f"{len(errors)} error(s))",
-        f"- wall time: {format_duration(summary.wall_s)}",
-        "",
-        "## Assertions",
-        "",
+        f"{len(errors)} error(s), {len(stopped)} stopped early)",
     ]
+    if summary.interrupted:
+        missing = summary.planned - runs
+        lines.append(
+            f"- **interrupted** (Ctrl-C): {missing} of {summary.planned} runs did not finish and are not "
+            "below; the same command again runs only them"
+        )
+    lines += [f"- wall time: {format_duration(summary.wall_s)}", "", "## Assertions", ""]
     texts = list(dict.fromkeys(text for p in points for text in p.assertions))
     if texts:
         lines += ["Seeds passing each assertion, per point.", ""]
@@ -661,9 +827,20 @@ def _markdown(summary: SweepSummary, plots: Sequence[Path]) -> str:
             lines.append(f"| `{run.label}` | {run.seed} | **error** | - | - |")
             continue
         counts = counts_text(record.metrics.get("assertion_counts", {}))
+        if record.metrics.get("stopped"):
+            counts = f"**stopped early**: {counts}"
         lines.append(
             f"| `{run.label}` | {run.seed} | {counts} | `{record.metrics['digest'][:12]}` | {link} |"
         )
+    for record in stopped:
+        assert record.metrics is not None
+        lines += [
+            "",
+            f"### Stopped early: `{record.run.label}`, seed {record.run.seed}",
+            "",
+            f"{record.metrics['stopped']} (the run's report has what was measured until then; its "
+            "`run.log` has the traceback)",
+        ]
     for record in errors:
         lines += [
             "",
