@@ -296,10 +296,11 @@ def test_sweep_on_a_local_dask_cluster(tiny: Path, tmp_path: Path) -> None:
 @pytest.fixture
 def two_reports(tiny: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A real report, and a copy edited as a worse run would be (compare reads files only)."""
+    from hivemind_sim.scenario.report import write_run_report
     from hivemind_sim.scenario.runner import run_scenario
 
     a, b = tmp_path / "a", tmp_path / "b"
-    run_scenario(load_scenario(tiny), out_dir=a)
+    write_run_report(a, run_scenario(load_scenario(tiny)))
     shutil.copytree(a, b)
     metrics = json.loads((b / "metrics.json").read_text())
     metrics["digest"] = "0" * 64

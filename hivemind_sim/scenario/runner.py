@@ -16,7 +16,6 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,11 +30,10 @@ from . import runlog, schema
 from .assertions import AssertionResult, evaluate
 from .events import Timeline
 from .failures import PeerFailures, RunStopped
-from .loader import dump_resolved, read_churn_trace
+from .loader import read_churn_trace
 from .metrics import Recorder
 from .names import COUNTERS
 from .peers import ScenarioPeers, build_topology
-from .report import write_report
 from .training import make_dataset
 
 logger = logging.getLogger(__name__)
@@ -56,7 +54,6 @@ class RunResult:
     results: list[AssertionResult]
     digest: str
     wall_s: float
-    report: Path | None
     stopped: str | None = None
     """Why the run ended before the end of its window (None: it ran to the end)."""
 
@@ -66,13 +63,11 @@ class RunResult:
         return any(result.status != "pass" for result in self.results)
 
 
-def run_scenario(
-    scenario: schema.Scenario, *, out_dir: Path | None = None, progress: Progress | None = None
-) -> RunResult:
-    """Run ``scenario`` to the end; write its report to ``out_dir`` when given.
+def run_scenario(scenario: schema.Scenario, *, progress: Progress | None = None) -> RunResult:
+    """Run ``scenario`` to the end (``report.write_run_report`` writes its report).
 
     A failure of the runner itself does not raise: the run stops there, ``stopped`` says why
-    (the traceback is logged), and the report holds what was measured until then.
+    (the traceback is logged), and the result holds what was measured until then.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bitwise-reproducible training, whatever the machine's core count
@@ -83,21 +78,7 @@ def run_scenario(
         torch.set_num_threads(threads)
     wall = time.perf_counter() - started
     results = evaluate(scenario.assertions, recorder)
-    report = None
-    if out_dir is not None:
-        report = write_report(
-            out_dir,
-            name=scenario.name,
-            seed=scenario.seed,
-            scenario_yaml=dump_resolved(scenario),
-            recorder=recorder,
-            results=results,
-            digest=digest,
-            wall_s=round(wall, 3),
-            description=scenario.description,
-            stopped=stopped,
-        )
-    return RunResult(scenario, recorder, results, digest, wall, report, stopped)
+    return RunResult(scenario, recorder, results, digest, wall, stopped)
 
 
 def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str, str | None]:
