@@ -212,3 +212,21 @@ def test_default_settings_keep_99_percent_of_keys_through_two_hours_of_heavy_chu
             await swarm.stop()
 
         sim.run(main())
+
+
+def test_lookups_find_the_oracles_nearest_with_peers_behind_nat() -> None:
+    """The oracle leaves out client-mode peers: no routing table holds them, so no lookup can
+    find them, and counting them would make every lookup near one of them look wrong."""
+    with world(seed=5) as sim:
+        swarm = DHTSwarm(sim, links=LINKS)
+
+        async def main() -> tuple[float, float, list[int]]:
+            await swarm.grow(60, concurrency=20)
+            for index in range(30):
+                await swarm.add_peer(address=f"nat{index}", client_mode=True)
+            return await lookup_quality(swarm, samples=40)
+
+        top1, overlap, _ = sim.run(main())
+    nat = {swarm.nodes[f"nat{index}"].node_id for index in range(30)}
+    assert not nat & set(swarm.nearest_live(0, 90)), "the oracle names peers no lookup can find"
+    assert top1 >= 0.95 and overlap >= 0.9, (top1, overlap)

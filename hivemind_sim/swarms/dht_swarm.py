@@ -189,8 +189,13 @@ class DHTSwarm:
             await node.shutdown(handoff_timeout=0)  # the whole world ends
 
     def nearest_live(self, target: int, k: int, *, exclude: int | None = None) -> list[int]:
-        """The oracle: ids of the ``k`` live nodes truly nearest to ``target``."""
-        ids = (node.node_id for node in self.nodes.values() if node.node_id != exclude)
+        """The oracle: ids of the ``k`` live nodes truly nearest to ``target`` that a lookup can
+        find (a client-mode peer takes no requests, so no routing table holds it)."""
+        ids = (
+            node.node_id
+            for address, node in self.nodes.items()
+            if node.node_id != exclude and address not in self.client_mode
+        )
         return heapq.nsmallest(k, ids, key=lambda node_id: node_id ^ target)
 
     def _spawn(self, address: str, what: str, work: Coroutine[Any, Any, None]) -> None:
