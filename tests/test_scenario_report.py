@@ -193,7 +193,8 @@ def test_format_duration() -> None:
     assert format_duration(7200) == "2 h"
 
 
-def _report(tmp_path, rec: Recorder, name: str = "synthetic"):
+def _report(tmp_path, rec: Recorder, name: str = "synthetic", **extra):
+    """A report of ``rec`` with two assertions; ``extra``: more of write_report's keywords."""
     results = evaluate(
         [Assertion("dht.get.success_rate", ">=", 0.9), Assertion("nothing.total", "<", 1)], rec
     )
@@ -207,6 +208,7 @@ def _report(tmp_path, rec: Recorder, name: str = "synthetic"):
         digest="abc123",
         wall_s=1.25,
         description="a synthetic run",
+        **extra,
     )
     return out, results
 
@@ -316,20 +318,8 @@ def test_first_and_final_follow_time_order() -> None:
 
 def test_report_of_a_run_that_stopped_early_says_so_first(tmp_path) -> None:
     rec = synthetic_recorder()
-    results = evaluate([Assertion("dht.get.success_rate", ">=", 0.9)], rec)
     why = "the runner failed at 57.3 s: RuntimeError: boom"
-    out = write_report(
-        tmp_path / "stopped",
-        name="synthetic",
-        seed=7,
-        scenario_yaml="name: synthetic\nseed: 7",
-        recorder=rec,
-        results=results,
-        digest="abc123",
-        wall_s=1.25,
-        stopped=why,
-        overrides=["duration=1m", "seed=7"],
-    )
+    out, _ = _report(tmp_path, rec, "stopped", stopped=why, overrides=["duration=1m", "seed=7"])
     assert json.loads((out / "metrics.json").read_text())["stopped"] == why
     lines = (out / "report.md").read_text().splitlines()
     assert lines[2:4] == [

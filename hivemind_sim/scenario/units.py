@@ -307,26 +307,49 @@ MIN_BARE_BANDWIDTH = 1e4
 is a Mbit/s (or kbit/s) value without its unit."""
 
 
-def parse_link_bandwidth(value: object) -> float:
-    """Bits per second, as ``parse_bandwidth``; a bare number under 10 kbit/s is refused."""
-    bits = parse_bandwidth(value)
-    if bare_number(value) is not None and bits < MIN_BARE_BANDWIDTH:
-        why = "far too slow for a link"
-        raise bare_slip(value, format_bandwidth(bits), why, ("Mbit/s", "kbit/s"), "bit/s")
-    return bits
+def _small_bare_refused(
+    parse: Callable[[object], float],
+    minimum: float,
+    fmt: Callable[[float], str],
+    why: str,
+    meant: tuple[str, ...],
+    base: str,
+) -> Callable[[object], float]:
+    """``parse``, refusing a bare number whose value in the base unit is under ``minimum``."""
+
+    def parse_checked(value: object) -> float:
+        number = parse(value)
+        if bare_number(value) is not None and number < minimum:
+            raise bare_slip(value, fmt(number), why, meant, base)
+        return number
+
+    return parse_checked
+
+
+parse_link_bandwidth = _small_bare_refused(
+    parse_bandwidth,
+    MIN_BARE_BANDWIDTH,
+    format_bandwidth,
+    "far too slow for a link",
+    ("Mbit/s", "kbit/s"),
+    "bit/s",
+)
+"""Bits per second, as ``parse_bandwidth``; a bare number under 10 kbit/s is refused."""
 
 
 MIN_BARE_COMPUTE = 1e6
 """No device computes under 1 MFLOP/s: a bare number that small is GFLOP/s or TFLOP/s without its unit."""
 
 
-def parse_device_compute(value: object) -> float:
-    """FLOP/s, as ``parse_compute``; a bare number under 1 MFLOP/s is refused."""
-    flops = parse_compute(value)
-    if bare_number(value) is not None and flops < MIN_BARE_COMPUTE:
-        why = "far slower than any device"
-        raise bare_slip(value, format_compute(flops), why, ("TFLOP/s", "GFLOP/s"), "FLOP/s")
-    return flops
+parse_device_compute = _small_bare_refused(
+    parse_compute,
+    MIN_BARE_COMPUTE,
+    format_compute,
+    "far slower than any device",
+    ("TFLOP/s", "GFLOP/s"),
+    "FLOP/s",
+)
+"""FLOP/s, as ``parse_compute``; a bare number under 1 MFLOP/s is refused."""
 
 
 # ---- pydantic types: parsed on the way in, written with their unit on the way out ----------------
