@@ -307,3 +307,23 @@ def test_report_names_the_overrides_and_metrics_json_does_not(tmp_path: Path) ->
     plain = tmp_path / "plain"
     assert run_cli(str(scenario), "--out", str(plain)) == 0
     assert "overrides" not in (plain / "report.md").read_text()
+
+
+def test_a_partition_before_a_flash_crowd_puts_the_crowd_on_its_side(tmp_path: Path) -> None:
+    """The crowd is not on the network when the cut begins; it joins on its side of it."""
+    text = TINY.replace(
+        "peers:\n",
+        "peers:\n  - {group: crowd, role: dht, count: 4, join_at: 8s}\n",
+        1,
+    ).replace(
+        TINY[TINY.index("events:") : TINY.index("workload:")],
+        "events:\n  - {name: split, at: 5s, duration: 10s, action: partition, sides: [{group: crowd}]}\n",
+    )
+    scenario = tmp_path / "crowd.yaml"
+    scenario.write_text(text)
+    out = tmp_path / "crowd"
+    assert run_cli(str(scenario), "--out", str(out), "--set", "duration=20s") in (0, 1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped"] is None
+    assert metrics["summary"]["peers.alive.crowd.final"] == 0, "cut off from everyone it could join"
+    assert metrics["summary"]["peers.join_failures.total"] == 4

@@ -11,21 +11,26 @@ logger = logging.getLogger(__name__)
 
 
 class Background:
-    """The node's background tasks: started with :meth:`spawn`, all cancelled by :meth:`cancel_all`."""
+    """The node's background tasks: started with :meth:`spawn`, all cancelled by :meth:`cancel_all`.
+
+    Kept in the order they were spawned (a dict, not a set): a cancelled request writes a CANCEL
+    frame, so the order of cancellation is the order of frames on the wire, and a set of tasks
+    iterates in the order of their memory addresses, which differ from run to run.
+    """
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[asyncio.Task[Any], None] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
+        self._tasks[task] = None
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             logger.error("DHT background task failed", exc_info=task.exception())
 

@@ -5,15 +5,27 @@ waiting for sockets, this one steps simpy events (network deliveries, churn, fai
 the next asyncio timer instead, stopping early as soon as one of them wakes asyncio code. So
 asyncio timers and simpy events form one queue ordered by virtual time, and sleeping a
 simulated day costs microseconds. Nothing here reads the wall clock.
+
+Nothing may depend on memory addresses, the garbage collector's timing or other threads
+either, so the loop holds every unfinished task (and every started asynchronous generator) in
+creation order: one is never collected while pending, which would run its ``finally`` blocks
+at whatever moment the collector happens to run, and whatever cancels "all tasks" does so in
+an order that repeats. ``run_in_executor`` is refused: a thread's result would arrive at a
+moment set by the wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import simpy
+
+T = TypeVar("T")
 
 
 class SimulationStuck(RuntimeError):
@@ -60,12 +72,65 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self.env = env
         self._selector = _VirtualSelector(self, env)
         self.simulation: Any = None
+        self._unfinished: dict[asyncio.Task[Any], None] = {}
+        self._generators: dict[AsyncGenerator[Any, Any], None] = {}
+        self._prune_generators_at = 64
 
     def time(self) -> float:
         return self.env.now
 
     def _process_events(self, event_list: list[Any]) -> None:
         pass
+
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, T] | Generator[Any, None, T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[T]:
+        """A task, held until it is done (see the module docstring)."""
+        task = super().create_task(coro, name=name, context=context)
+        self._unfinished[task] = None
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._unfinished.pop(task, None)
+
+    def unfinished_tasks(self) -> list[asyncio.Task[Any]]:
+        """Tasks not done yet, in the order they were created (``asyncio.all_tasks`` is a set:
+        it iterates in the order of memory addresses)."""
+        return [task for task in self._unfinished if not task.done()]
+
+    def _asyncgen_firstiter_hook(self, agen: AsyncGenerator[Any, Any]) -> None:
+        super()._asyncgen_firstiter_hook(agen)
+        if len(self._generators) >= self._prune_generators_at:  # forget finished ones now and then
+            self._generators = {g: None for g in self._generators if g.ag_frame is not None}
+            self._prune_generators_at = max(64, 2 * len(self._generators))
+        self._generators[agen] = None  # never collected unfinished: its aclose() would run at GC time
+
+    async def shutdown_asyncgens(self) -> None:
+        """Close unfinished asynchronous generators in the order they started."""
+        self._asyncgens_shutdown_called = True
+        generators = [g for g in self._generators if g.ag_frame is not None]
+        self._generators.clear()
+        self._asyncgens.clear()
+        for generator in generators:
+            try:
+                await generator.aclose()
+            except Exception as error:
+                self.call_exception_handler(
+                    {"message": f"closing {generator!r} failed", "exception": error, "asyncgen": generator}
+                )
+
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        raise RuntimeError(
+            "run_in_executor in a simulation: a thread's result would arrive at a wall-clock moment "
+            "and break reproducibility; run the work inline (see hivemind_sim.swarms.compute)"
+        )
 
     def _write_to_self(self) -> None:
         # call_soon_threadsafe lands in the ready queue, which the next iteration picks up:

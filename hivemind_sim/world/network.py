@@ -248,11 +248,14 @@ class SimNetwork:
         self.loss = loss
 
     def partition(self, groups: Iterable[Collection[str]]) -> None:
-        """Cut the listed groups apart; peers in no group form one more group together."""
+        """Cut the listed groups apart; peers in no group form one more group together.
+
+        A group may name peers not on the network yet (a crowd that joins later): they join on
+        their side of the cut.
+        """
         group_of: dict[str, int] = {}
         for index, group in enumerate(groups):
             for address in group:
-                self._peer(address)
                 if address in group_of:
                     raise ValueError(f"peer {address!r} is in more than one partition group")
                 group_of[address] = index

@@ -88,11 +88,12 @@ class Simulation:
         """Cancel whatever is still running and close the loop."""
         if self.loop.is_closed():
             return
-        tasks = asyncio.all_tasks(self.loop)
+        tasks = self.loop.unfinished_tasks()  # in creation order: the same on every run
         for task in tasks:
             task.cancel()
         if tasks:
             self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
     def __enter__(self) -> Simulation:

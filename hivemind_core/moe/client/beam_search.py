@@ -170,7 +170,9 @@ class MoEBeamSearcher:
             self._refreshing.update(dict.fromkeys(idle, task))
             task.add_done_callback(lambda done, idle=idle: self._forget(idle, done))
         if needed:
-            waits = {self._refreshing[prefix] for prefix in needed}
+            # deduplicated in the order of ``needed``: a set would raise whichever failure sits
+            # first in memory, a different one from run to run
+            waits = list(dict.fromkeys(self._refreshing[prefix] for prefix in needed))
             await asyncio.wait(waits)  # a shared fetch: a cancelled caller leaves it running for others
             for task in waits:
                 if task.cancelled():

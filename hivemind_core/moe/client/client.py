@@ -50,7 +50,9 @@ class MoEClient:
         self.ban_time = ban_time
         self._banned: dict[str, float] = {}  # endpoint -> until; insertion order = expiry order
         self.bans = 0  # servers banned so far (a server banned twice counts twice)
-        self._background: set[asyncio.Task[Any]] = set()
+        # in spawn order, not a set (address order): close() cancels them, and a cancelled request
+        # writes a CANCEL frame, so this order is the order of frames on the wire
+        self._background: dict[asyncio.Task[Any], None] = {}
 
     @classmethod
     def from_dht(cls, dht: DHT, **options: Any) -> MoEClient:
@@ -81,7 +83,7 @@ class MoEClient:
         Its failure is logged, never left unretrieved; awaiting the task still sees it.
         """
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
-        self._background.add(task)
+        self._background[task] = None
         task.add_done_callback(self._finished)
         return task
 
@@ -93,7 +95,7 @@ class MoEClient:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
+        self._background.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("background task %s failed: %r", task.get_name(), task.exception())
 
