@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,23 +121,6 @@ def test_set_overrides_reach_the_run(tiny: Path, tmp_path: Path) -> None:
     assert metrics["duration_s"] == 20
 
 
-def run_in_a_process(scenario: Path, out: Path, *, hash_seed: str, seed: int) -> dict:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    command = [sys.executable, "-m", "hivemind_sim.cli", "run", str(scenario), "--quiet"]
-    command += ["--out", str(out), "--seed", str(seed), "--set", "duration=10s", "--set", "events.0.at=5s"]
-    subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
-    return deterministic_metrics(out / "metrics.json")
-
-
-def test_one_seed_gives_one_digest_and_the_same_metrics_in_any_process(tiny: Path, tmp_path: Path) -> None:
-    first = run_in_a_process(tiny, tmp_path / "a", hash_seed="0", seed=5)
-    again = run_in_a_process(tiny, tmp_path / "b", hash_seed="4242", seed=5)
-    assert first == again
-    short = ["--set", "duration=10s", "--set", "events.0.at=5s"]
-    assert run_cli(str(tiny), "--out", str(tmp_path / "c"), "--seed", "6", *short) == 0
-    assert deterministic_metrics(tmp_path / "c" / "metrics.json")["digest"] != first["digest"]
-
-
 def test_the_resolved_scenario_reruns_to_the_same_digest(tiny: Path, tmp_path: Path) -> None:
     short = ["--set", "duration=10s", "--set", "events.0.at=5s"]
     assert run_cli(str(tiny), "--out", str(tmp_path / "first"), *short, "--seed", "5") == 0
@@ -148,53 +128,14 @@ def test_the_resolved_scenario_reruns_to_the_same_digest(tiny: Path, tmp_path: P
     assert run_cli(str(resolved), "--out", str(tmp_path / "again")) == 0
     first = deterministic_metrics(tmp_path / "first" / "metrics.json")
     assert deterministic_metrics(tmp_path / "again" / "metrics.json") == first
+    # (tests/test_scenario_every_feature.py runs one seed in other processes and hash seeds)
+    assert run_cli(str(tiny), "--out", str(tmp_path / "other"), *short, "--seed", "6") == 0
+    assert deterministic_metrics(tmp_path / "other" / "metrics.json")["digest"] != first["digest"]
 
 
 def test_validate_checks_without_running(tiny: Path, capsys) -> None:
     assert main(["validate", str(tiny)]) == 0
     assert "valid: 10 peers in 2 groups, 1 events, 3 assertions" in capsys.readouterr().out
-
-
-EVERY_EVENT = """\
-events:
-  - {name: freeze, at: 2s, duration: 4s, action: freeze, select: {group: workers, count: 1}}
-  - {name: degrade, at: 3s, duration: 5s, action: degrade, select: {group: dht},
-     latency: 100ms, loss: 5%, bandwidth: 1Mbit/s}
-  - {name: slow, at: 4s, duration: 5s, action: slow_compute, select: {group: workers}, factor: 20}
-  - {name: nan, at: 5s, duration: 5s, action: misbehave, select: {group: workers, count: 1}, output: nan}
-  - {name: garbage, at: 6s, duration: 4s, action: misbehave, select: {group: workers, count: 1},
-     output: garbage}
-  - {name: split, at: 8s, duration: 4s, action: partition, sides: [{group: workers}]}
-  - {name: leave, at: 13s, duration: 3s, action: leave, select: {group: dht, count: 2}}
-  - {name: restart, at: 14s, action: restart, select: {group: workers, count: 1}}
-  - {name: cut, at: 16s, action: partition, sides: [{regions: [us-east, us-west, sa-east]}]}
-  - {name: heal, at: 18s, action: heal}
-"""
-
-
-def test_every_kind_of_event_runs_and_is_undone(tiny: Path, tmp_path: Path) -> None:
-    text = TINY.replace(TINY[TINY.index("events:") : TINY.index("workload:")], EVERY_EVENT)
-    text = text.replace("  - peers.alive.min >= 4\n", "  - moe.step.success_rate >= 0.5 during nan\n")
-    scenario = tmp_path / "every.yaml"
-    scenario.write_text(text)
-    out = tmp_path / "every"
-    assert run_cli(str(scenario), "--out", str(out), "--set", "duration=20s") == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    windows = {w["name"]: (w["start_s"], w["end_s"]) for w in metrics["windows"]}
-    assert windows["freeze"] == (2, 6) and windows["restart"] == (14, 14) and windows["heal"] == (18, 18)
-    assert set(windows) == {
-        "freeze",
-        "degrade",
-        "slow",
-        "nan",
-        "garbage",
-        "split",
-        "leave",
-        "restart",
-        "cut",
-        "heal",
-    }
-    assert metrics["summary"]["peers.alive.workers.final"] == 4, "every fault was undone by the end"
 
 
 def test_a_gml_topology_file_and_backbone_bandwidth(tmp_path: Path) -> None:
