@@ -15,7 +15,7 @@ import pytest
 from hivemind_core.dht import DHTNode
 from hivemind_core.moe.server import ExpertServer
 from hivemind_sim.cli import main
-from hivemind_sim.scenario import runner
+from hivemind_sim.scenario import report, runner
 from hivemind_sim.scenario.loader import parse_scenario
 from hivemind_sim.scenario.runner import run_scenario
 from hivemind_sim.scenario.training import Trainer
@@ -56,6 +56,12 @@ peers:
 workload:
   training: {model: {hidden_dim: 8}, grid: [3, 2], k_best: 2, batch_size: 8}
 """
+
+
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports here are read for their metrics and logs; drawing their plots is most of their cost."""
+    monkeypatch.setattr(report, "write_plots", lambda *args, **kwargs: None)
 
 
 def write(tmp_path: Path, text: str) -> Path:
