@@ -178,8 +178,8 @@ def test_sweep_and_compare_from_the_command_line(tiny: Path, tmp_path: Path, cap
     assert exit_.value.code == 2 and "argument --seeds: must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_a_warmup_too_short_for_the_joins_is_an_error(tiny: Path, capsys) -> None:
-    assert run_cli(str(tiny), "--set", "warmup=0s") == 2
+def test_a_warmup_too_short_for_the_joins_is_an_error(tiny: Path, tmp_path: Path, capsys) -> None:
+    assert run_cli(str(tiny), "--out", str(tmp_path / "report"), "--set", "warmup=0s") == 2
     assert "longer than the 0 s warmup: raise `warmup`" in capsys.readouterr().err
 
 
