@@ -137,18 +137,8 @@ class Timeline:
     def _select(self, index: int, selector: schema.Selector, *, alive: bool) -> list[str]:
         peers = self.peers
         names = peers.alive() if alive else list(peers.placements)
-        if selector.group is not None:
-            names = [n for n in names if peers.placements[n].group.group == selector.group]
-        if selector.role is not None:
-            names = [n for n in names if peers.placements[n].group.role == selector.role]
-        if selector.region is not None:
-            names = [n for n in names if str(peers.placements[n].region) == str(selector.region)]
-        if selector.regions is not None:
-            wanted_regions = {str(region) for region in selector.regions}
-            names = [n for n in names if str(peers.placements[n].region) in wanted_regions]
-        if selector.peers is not None:
-            wanted = set(selector.peers)
-            names = [n for n in names if n in wanted]
+        placed = [(name, peers.placements[name].group, str(peers.placements[name].region)) for name in names]
+        names = [name for name, _, _ in selector.matching(placed)]
         rng = self.sim.random(f"event/{index}")
         if selector.fraction is not None:
             names = sorted(rng.sample(names, round(selector.fraction * len(names))))

@@ -97,8 +97,8 @@ class ScenarioPeers:
         self.swarm.hooks = self
         self.swarm.on_error = failures.record
         self.placements = self._place()
-        self.groups = {group.group: group.peer_names() for group in scenario.peers}
-        self.live_count = dict.fromkeys(self.groups, 0)  # live peers per group, kept at each change
+        # live peers per group, kept at each change (the swarm's nodes say who, these how many)
+        self.live_count = {group.group: 0 for group in scenario.peers}
         self.on_change: Callable[[str], None] = lambda name: None  # a peer just went up or down
         self.servers: dict[str, ExpertServer] = {}
         self.devices: dict[str, SimulatedDevice] = {}
@@ -110,11 +110,10 @@ class ScenarioPeers:
 
     def _place(self) -> dict[str, Placement]:
         placements: dict[str, Placement] = {}
-        nodes = self.sim.network.topology.nodes
-        by_name = {str(node): node for node in nodes}
+        by_name = {str(node): node for node in self.sim.network.topology.nodes}
         for group in self.scenario.peers:
             rng = self.sim.random(f"placement/{group.group}")
-            regions = [by_name[str(r)] for r in group.regions] if group.regions else nodes
+            regions = group.placed_on(list(by_name))
             behind_nat = set(rng.sample(range(group.count), round(group.client_mode * group.count)))
             link, hardware = group.link, group.hardware
             for index, name in enumerate(group.peer_names()):
@@ -127,7 +126,7 @@ class ScenarioPeers:
                 device = hardware.device.sample(rng)
                 trainer = hardware.trainer_device.sample(rng) if hardware.trainer_device else device
                 placements[name] = Placement(
-                    group, regions[index % len(regions)], access, index in behind_nat, device, trainer
+                    group, by_name[regions[index]], access, index in behind_nat, device, trainer
                 )
         return placements
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
@@ -330,6 +330,12 @@ class PeerGroup(FrozenModel):
     def peer_names(self) -> list[str]:
         return [f"{self.group}-{index}" for index in range(self.count)]
 
+    def placed_on(self, nodes: Sequence[str]) -> list[str]:
+        """Each peer's topology node (as text), in peer order: round-robin on `regions`, default
+        all ``nodes`` (the runner places them so, and the checks reason about where they are)."""
+        regions = [str(region) for region in self.regions] if self.regions else list(nodes)
+        return [regions[index % len(regions)] for index in range(self.count)]
+
     @model_validator(mode="after")
     def _role_fields(self) -> Self:
         problems: list[tuple[Loc, str]] = []
@@ -354,6 +360,10 @@ class PeerGroup(FrozenModel):
 # ---- events ----------------------------------------------------------------------------------------
 
 
+Candidate = tuple[str, "PeerGroup", str]
+"""A peer a selector may pick: its name, its group and its topology node (as text)."""
+
+
 class Selector(FrozenModel):
     """Which peers an event acts on; the keys given intersect (`{group: servers, region: eu-west}`)."""
 
@@ -371,6 +381,32 @@ class Selector(FrozenModel):
     """A random fraction of the peers matched so far (rounded to nearest, drawn from the seed)."""
     count: int | None = Field(default=None, ge=1)
     """Instead of `fraction`: this many random peers of those matched."""
+
+    def narrow(self, peers: list[Candidate]) -> Iterator[tuple[str, list[Candidate]]]:
+        """For each key given (group, role, region, regions, peers, in that order), the key and
+        the peers it keeps of those the keys before it kept."""
+        tests: list[tuple[str, Callable[[Candidate], bool]]] = []
+        if self.group is not None:
+            tests.append(("group", lambda peer: peer[1].group == self.group))
+        if self.role is not None:
+            tests.append(("role", lambda peer: peer[1].role == self.role))
+        if self.region is not None:
+            tests.append(("region", lambda peer: peer[2] == str(self.region)))
+        if self.regions is not None:
+            wanted = {str(region) for region in self.regions}
+            tests.append(("regions", lambda peer: peer[2] in wanted))
+        if self.peers is not None:
+            named = set(self.peers)
+            tests.append(("peers", lambda peer: peer[0] in named))
+        for key, test in tests:
+            peers = [peer for peer in peers if test(peer)]
+            yield key, peers
+
+    def matching(self, peers: list[Candidate]) -> list[Candidate]:
+        """The peers that every key given keeps (``fraction`` and ``count`` then draw from them)."""
+        for _, kept in self.narrow(peers):
+            peers = kept
+        return peers
 
     @model_validator(mode="after")
     def _some_and_not_both(self) -> Self:
@@ -872,11 +908,9 @@ class Scenario(FrozenModel):
         exist (reported on its own)."""
         placed: dict[str, str] = {}
         for group in self.peers:
-            regions = [str(region) for region in group.regions] if group.regions else nodes
-            if not set(regions) <= set(nodes):
+            if group.regions and not {str(region) for region in group.regions} <= set(nodes):
                 return None
-            for index, name in enumerate(group.peer_names()):
-                placed[name] = regions[index % len(regions)]
+            placed.update(zip(group.peer_names(), group.placed_on(nodes), strict=True))
         return placed
 
     def _check_events(self) -> Iterator[tuple[Loc, str]]:
@@ -931,56 +965,28 @@ class Scenario(FrozenModel):
         """An event must act on some peer: its selector's keys, intersected over the peers as they
         are ``placed`` (regions unchecked when unknown), must leave one; else the run does nothing
         and still shades the event's window on every plot."""
-        matched = [(name, group) for group in self.peers for name in group.peer_names()]
-        scope: list[str] = []  # what narrowed the peers so far: "group `servers`", "region `eu-west`"
-        if selector.group is not None:
-            matched = [(name, group) for name, group in matched if group.group == selector.group]
-            scope.append(f"group `{selector.group}`")
-        if selector.role is not None:
-            kept = [(name, group) for name, group in matched if group.role == selector.role]
-            if not kept:
-                role = self.group(str(selector.group)).role
-                message = f"group `{selector.group}` has role `{role}`, not `{selector.role}`"
-                yield (*loc, "role"), f"picks no peer: {message} (drop `role` or `group`)"
-                return
-            matched = kept
-            scope.append(f"role `{selector.role}`")
-        for key, wanted in (
-            ("region", None if selector.region is None else (selector.region,)),
-            ("regions", selector.regions),
+        unknown: dict[str, None] = {}  # regions placement cannot judge here: reported on their own
+        if selector.region is not None and (placed is None or str(selector.region) not in nodes):
+            unknown["region"] = None
+        if selector.regions is not None and (
+            placed is None or not {str(r) for r in selector.regions} <= nodes
         ):
-            texts = {str(region) for region in wanted or ()}
-            if wanted is None or placed is None or not texts <= nodes:  # unknown nodes: reported already
-                continue
-            kept = [(name, group) for name, group in matched if placed[name] in texts]
-            where = f"`{wanted[0]}`" if key == "region" else "any of " + ", ".join(f"`{r}`" for r in wanted)
+            unknown["regions"] = None
+        judged = selector.model_copy(update=unknown)
+        matched = [
+            (name, group, (placed or {}).get(name, "")) for group in self.peers for name in group.peer_names()
+        ]
+        scope: list[str] = []  # what narrowed the peers so far: "group `servers`", "region `eu-west`"
+        for key, kept in judged.narrow(matched):
             if not kept:
-                whose = f" of {' with '.join(scope)}" if scope else ""
-                occupied = ", ".join(dict.fromkeys(placed[name] for name, _ in matched))
-                fix = (
-                    f"select one of those, or add it to {'the' if selector.group else 'a'} group's `regions`"
-                )
-                yield (
-                    (*loc, key),
-                    f"picks no peer: no peer{whose} is placed on {where};"
-                    f" {'they' if scope else 'peers'} are on {occupied} ({fix})",
-                )
+                yield (*loc, key), f"picks no peer: {self._picks_none(key, judged, scope, matched)}"
                 return
             matched = kept
-            scope.append(f"{key} " + ", ".join(f"`{region}`" for region in wanted))
-        if selector.peers is not None:
-            named = set(selector.peers)
-            kept = [(name, group) for name, group in matched if name in named]
-            if not kept:
-                listed = ", ".join(name for name, _ in matched[:3]) + ", ..." * (len(matched) > 3)
-                yield (
-                    (*loc, "peers"),
-                    f"picks no peer: {' with '.join(scope)} matches {len(matched)} peer(s) ({listed})"
-                    " and `peers` names none of them",
-                )
-                return
-            matched = kept
-        groups = list({id(group): group for _, group in matched}.values())
+            if key == "regions":
+                scope.append("regions " + ", ".join(f"`{region}`" for region in judged.regions or ()))
+            elif key != "peers":
+                scope.append(f"{key} `{getattr(judged, key)}`")
+        groups = list({id(group): group for _, group, _ in matched}.values())
         if isinstance(event, MisbehaveEvent | SlowComputeEvent) and not any(g.hosts_experts for g in groups):
             yield loc, f"{event.action} needs peers that host experts (role server or peer)"
         late = [g for g in groups if g.join_at is not None and g.join_at > event.at]
@@ -999,6 +1005,26 @@ class Scenario(FrozenModel):
                 f"picks no peer: {format_fraction(selector.fraction)} of the {len(matched)} peer(s) matched"
                 " rounds to 0 (write `count: 1`, or a larger fraction)",
             )
+
+    def _picks_none(self, key: str, selector: Selector, scope: list[str], matched: list[Candidate]) -> str:
+        """Why ``key`` leaves none of the peers ``matched`` by the keys before it, with the fix."""
+        if key == "role":
+            role = self.group(str(selector.group)).role
+            return (
+                f"group `{selector.group}` has role `{role}`, not `{selector.role}` (drop `role` or `group`)"
+            )
+        if key in ("region", "regions"):
+            wanted = [selector.region] if key == "region" else list(selector.regions or ())
+            where = f"`{wanted[0]}`" if key == "region" else "any of " + ", ".join(f"`{r}`" for r in wanted)
+            whose = f" of {' with '.join(scope)}" if scope else ""
+            occupied = ", ".join(dict.fromkeys(node for _, _, node in matched))
+            fix = f"select one of those, or add it to {'the' if selector.group else 'a'} group's `regions`"
+            who = "they" if scope else "peers"
+            return f"no peer{whose} is placed on {where}; {who} are on {occupied} ({fix})"
+        listed = ", ".join(name for name, _, _ in matched[:3]) + ", ..." * (len(matched) > 3)
+        return (
+            f"{' with '.join(scope)} matches {len(matched)} peer(s) ({listed}) and `{key}` names none of them"
+        )
 
     def _unobservable(self, metric: str) -> str | None:
         """Why a known metric can never be observed in this scenario (with the fix), or None."""
