@@ -267,7 +267,7 @@ class Recorder:
                 out[f"{name}.per_peer"] = total / len(self._peers)
         for name, series in self._gauges.items():
             t, v = series.columns()
-            levels = _levels(t, v, self.end_time(), windows)
+            levels = _levels(t, v, self.end_time(), windows, self._mask(t, windows))
             if levels is not None:
                 out[f"{name}.min"], out[f"{name}.mean"], out[f"{name}.final"] = levels
         return dict(sorted(out.items()))
@@ -372,28 +372,30 @@ class Recorder:
 
 
 def _levels(
-    t: np.ndarray, v: np.ndarray, end: float, windows: list[Window] | None
+    t: np.ndarray, v: np.ndarray, end: float, windows: list[Window] | None, inside: np.ndarray | None
 ) -> tuple[float, float, float] | None:
-    """A gauge's min, time-weighted mean and final level over ``windows`` (None: the whole run).
+    """A gauge's min, time-weighted mean and final level over ``windows`` (None: the whole run),
+    whose samples ``inside`` marks (None: all).
 
     Each sample holds until the next one (the last until ``end``): the runner samples at every
     change as well as every interval, so a plain mean over samples would count busy moments
     more. Levels that held for no time (several changes at one instant) do not count; if only
     such instants fall in the windows, the samples taken in them are used as they are.
     """
-    spans = [(-math.inf, math.inf)] if windows is None else [(w.start, w.stop()) for w in windows]
     if not t.size:
         return None
+    spans = [(-math.inf, math.inf)] if windows is None else [(w.start, w.stop()) for w in windows]
     stops = np.append(t[1:], max(end, t[-1]))
     held = sum(np.clip(np.minimum(stops, b) - np.maximum(t, a), 0.0, None) for a, b in spans)
     if held.sum() > 0:
         counted = held > 0
         final = v[t < max(b for _, b in spans)][-1]  # the level when the last window ends
         return float(v[counted].min()), float((v * held).sum() / held.sum()), float(final)
-    inside = np.logical_or.reduce([(t >= a) & (t < b) for a, b in spans])
-    if not inside.any():
+    if inside is not None:
+        v = v[inside]
+    if not v.size:
         return None
-    return float(v[inside].min()), float(v[inside].mean()), float(v[inside][-1])
+    return float(v.min()), float(v.mean()), float(v[-1])
 
 
 def _per_slot_median(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

@@ -375,8 +375,8 @@ class _Run:
         for name in alive:
             self.recorder.mark_peer(name)
         self.recorder.gauge("peers.alive", t, len(alive))
-        for group, names in self.peers.groups.items():
-            self.recorder.gauge(f"peers.alive.{group}", t, len(self.peers.alive(names)))
+        for group, count in self.peers.live_count.items():
+            self.recorder.gauge(f"peers.alive.{group}", t, count)
         # what was delivered since the last sample belongs to the interval that began then
         stats, (delivered, delivered_bytes) = self.sim.network.stats, self._delivered
         self.recorder.count("rpc.messages", self._sampled, stats.delivered - delivered)

@@ -252,7 +252,7 @@ class RemoteMixtureOfExperts(nn.Module):
                     except REMOTE_FAILURES as error:  # refused, timed out, remote error, bad answer
                         self._forward_failed(assignment, f"{type(error).__name__}: {error}", began)
                         continue
-                    self._observe("forward", assignment, ok=True, began=began)
+                    self._observe("forward", assignment, ok=True, ended=loop.time(), began=began)
                     for sample in assignment.samples:
                         answered[sample].append(assignment)
                 if not shortened and all(len(answered[s]) >= self.k_min for a in round_ for s in a.samples):
@@ -273,15 +273,20 @@ class RemoteMixtureOfExperts(nn.Module):
         assignment.error = error
         self.stats.forward_failures += 1
         self.stats.record_failure(assignment.choice.uid)
-        self._observe("forward", assignment, ok=False, began=began)
+        self._observe("forward", assignment, ok=False, ended=asyncio.get_running_loop().time(), began=began)
         logger.debug("expert %s failed: %s", assignment.choice.uid, error)
 
     def _observe(
-        self, kind: Literal["forward", "backward"], assignment: _Assignment, *, ok: bool, began: float
+        self,
+        kind: Literal["forward", "backward"],
+        assignment: _Assignment,
+        *,
+        ok: bool,
+        ended: float,
+        began: float,
     ) -> None:
-        seconds = asyncio.get_running_loop().time() - began
         choice = assignment.choice
-        self.stats.observe(ExpertCall(kind, choice.uid, choice.endpoint, ok, seconds))
+        self.stats.observe(ExpertCall(kind, choice.uid, choice.endpoint, ok, ended - began))
 
     def _assemble(
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
@@ -342,8 +347,8 @@ class RemoteMixtureOfExperts(nn.Module):
                 self._backward_failed(assignment, result)
             else:
                 grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
-            choice, ok = assignment.choice, not isinstance(result, BaseException)
-            self.stats.observe(ExpertCall("backward", choice.uid, choice.endpoint, ok, ended - began))
+            ok = not isinstance(result, BaseException)
+            self._observe("backward", assignment, ok=ok, ended=ended, began=began)
         return grad_x
 
     def _backward_failed(self, assignment: _Assignment, error: BaseException) -> None:
