@@ -324,7 +324,7 @@ def test_report_of_a_run_that_stopped_early_says_so_first(tmp_path) -> None:
     lines = (out / "report.md").read_text().splitlines()
     assert lines[2:4] == [
         f"> **This run stopped early**: {why}. The assertions judged only what was measured",
-        "> until then; `run.log` has the traceback.",
+        "> until then; `run.log` has the details.",
     ], "right under the title, before any figure"
     assert (
         "- overrides of the scenario file: `duration=1m`, `seed=7` (`scenario.yaml` has them applied)"

@@ -179,7 +179,7 @@ def _markdown(
         why = metrics["stopped"].rstrip(".")
         lines += [
             f"> **This run stopped early**: {why}. The assertions judged only what was measured",
-            "> until then; `run.log` has the traceback.",
+            "> until then; `run.log` has the details.",
             "",
         ]
     if metrics["description"]:

@@ -839,7 +839,7 @@ def _markdown(summary: SweepSummary, plots: Sequence[Path]) -> str:
             f"### Stopped early: `{record.run.label}`, seed {record.run.seed}",
             "",
             f"{record.metrics['stopped']} (the run's report has what was measured until then; its "
-            "`run.log` has the traceback)",
+            "`run.log` has the details)",
         ]
     for record in errors:
         lines += [
