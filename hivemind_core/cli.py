@@ -22,7 +22,8 @@ from typing import Any
 from . import __version__
 from .dht import DHTConfig, DHTNode, Identity
 from .moe.uid import expand_pattern, pattern_size
-from .net import RPC, TcpTransport, TransportError, parse_endpoint
+from .net import RPC, TcpTransport, TransportError
+from .net.tcp import resolve_endpoint
 
 # torch takes about a second to import: only the subcommand that hosts experts loads it (with the
 # expert modules), so that ping, serve and dht start at once.
@@ -272,11 +273,11 @@ def _learning_rate(text: str) -> float:
 
 
 def _endpoint(text: str) -> str:
+    """A peer's endpoint; a host name is resolved here, since peers accept only addresses."""
     try:
-        parse_endpoint(text)
+        return resolve_endpoint(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return text
 
 
 def _expert_pattern(text: str) -> str:

@@ -110,7 +110,10 @@ def test_closing_a_loop_thread_cancels_what_still_runs_on_it() -> None:
     bridge = LoopThread()
     cancelled = threading.Event()
 
+    started = threading.Event()
+
     async def forever() -> None:
+        started.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -118,6 +121,6 @@ def test_closing_a_loop_thread_cancels_what_still_runs_on_it() -> None:
             raise
 
     bridge.loop.call_soon_threadsafe(lambda: bridge.loop.create_task(forever()))
-    bridge.run(asyncio.sleep(0))  # the task above has started by now
+    assert started.wait(timeout=60)
     bridge.close()
     assert cancelled.is_set() and bridge.loop.is_closed()

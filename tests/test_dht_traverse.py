@@ -254,7 +254,8 @@ async def test_slow_node_does_not_stall_the_lookup() -> None:
     assert net.calls[1][0] - start == pytest.approx(0.5), "the next is asked after straggler_delay"
     assert elapsed < 10.0, "the lookup finished long before the slow node would answer"
     assert nearest_ids(result[target]) == ranked[:K]
-    await asyncio.sleep(0)  # let the cancellation reach the task
+    if rpcs := asyncio.all_tasks() - {asyncio.current_task()}:  # until the cancelled RPC has ended
+        await asyncio.wait(rpcs, timeout=60)
     assert net.cancelled == [slow], "the straggler's RPC is cancelled once it is useless"
 
 
@@ -320,7 +321,8 @@ async def test_deadline_returns_partial_results() -> None:
     assert partial.nearest, "what was learned before the deadline is returned"
     answered_in_time = {node_id for t, node_id, _ in net.calls if t - start <= 1.5}
     assert set(nearest_ids(partial)) <= answered_in_time
-    await asyncio.sleep(0)  # let the cancellations reach the tasks
+    if rpcs := asyncio.all_tasks() - {asyncio.current_task()}:  # until the cancelled RPCs have ended
+        await asyncio.wait(rpcs, timeout=60)
     in_flight = {node_id for t, node_id, _ in net.calls if t - start > 1.5}
     assert in_flight and set(net.cancelled) == in_flight, "RPCs in flight at the deadline are cancelled"
     assert nearest_ids(partial) != nearest_ids(full)

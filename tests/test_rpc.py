@@ -96,7 +96,11 @@ async def test_timeout_raises_and_cancels_the_remote_work(world) -> None:
     started = loop.time()
     with pytest.raises(RequestTimeout):
         await client.call(server.endpoint, "stall", timeout=0.3)
-    assert 0.3 <= loop.time() - started < 1.0
+    elapsed = loop.time() - started
+    if world.sim is not None:
+        assert elapsed == pytest.approx(0.3), "in virtual time the deadline is exact"
+    else:  # the timeout is what is tested: not before it, and (generously, for a loaded machine) soon after
+        assert 0.3 <= elapsed < 10
     await asyncio.wait_for(stall.cancelled.wait(), timeout=5)
 
 

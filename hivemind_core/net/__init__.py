@@ -1,5 +1,12 @@
 """Networking: the Transport interface, the TCP transport, and the RPC layer."""
 
+from .endpoints import (
+    canonical_endpoint,
+    check_remote_endpoint,
+    format_endpoint,
+    is_canonical_endpoint,
+    parse_endpoint,
+)
 from .errors import (
     FrameTooLarge,
     PeerUnavailable,
@@ -12,7 +19,7 @@ from .errors import (
 )
 from .multiplex import FramedTransport
 from .rpc import RPC
-from .tcp import DropReason, TcpStats, TcpTransport, format_endpoint, parse_endpoint
+from .tcp import DropReason, TcpStats, TcpTransport
 from .transport import Endpoint, RequestHandler, Transport
 
 __all__ = [
@@ -32,6 +39,9 @@ __all__ = [
     "TransportClosed",
     "TransportError",
     "UnknownMethodError",
+    "canonical_endpoint",
+    "check_remote_endpoint",
     "format_endpoint",
+    "is_canonical_endpoint",
     "parse_endpoint",
 ]

@@ -52,6 +52,7 @@ class FramedTransport(Transport):
         self._serving: dict[tuple[Link, int], asyncio.Task[None]] = {}
         self._request_ids = itertools.count(1)
         self._closing = False
+        self._closed: asyncio.Future[None] | None = None  # done once close() has released everything
 
     # ---- what a concrete transport provides ------------------------------------------------
 
@@ -84,7 +85,7 @@ class FramedTransport(Transport):
 
     @abc.abstractmethod
     async def _close_links(self) -> None:
-        """Release every link (last step of closing)."""
+        """Release every link (last step of closing), even if cancelled while at it."""
 
     def _on_inflight(self, link: Link, *, serving: bool, delta: int) -> None:
         """Told whenever a request starts (+1) or ends (-1) on ``link``; for bookkeeping."""
@@ -124,15 +125,29 @@ class FramedTransport(Transport):
             self._on_inflight(link, serving=False, delta=-1)
 
     async def close(self, *, grace: float = 1.0) -> None:
-        if self._closing:
+        """Close once; a second call waits until the first has finished.
+
+        A caller cancelled during the grace still fails the requests and closes the links
+        before the cancellation goes on, so nothing is left open.
+        """
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
             return
+        if self._closing:
+            return  # closed without a goodbye (a simulated crash): nothing left to release
         self._closing = True
-        self._stop_accepting()
-        serving = list(self._serving.values())
-        if serving and grace > 0:
-            await asyncio.wait(serving, timeout=grace)
-        self._abandon("transport closed while a request to {peer} was in flight")
-        await self._close_links()
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            self._stop_accepting()
+            serving = list(self._serving.values())
+            if serving and grace > 0:
+                await asyncio.wait(serving, timeout=grace)
+        finally:
+            self._abandon("transport closed while a request to {peer} was in flight")
+            try:
+                await self._close_links()
+            finally:
+                self._closed.set_result(None)
 
     def _abandon(self, reason: str) -> None:
         """Stop serving and fail this side's pending requests (``reason`` may name ``{peer}``)."""
@@ -171,14 +186,21 @@ class FramedTransport(Transport):
         else:
             self._reject(link, request_id, f"unknown frame kind {kind}")
 
-    def _link_lost(self, link: Link, reason: str) -> None:
-        """Fail this side's requests on ``link`` and stop serving the other side's."""
-        for pending in self._pending.values():
-            if pending.link == link and not pending.future.done():
-                pending.future.set_exception(PeerUnavailable(reason))
-        for (served_link, _), task in list(self._serving.items()):
-            if served_link == link:
-                task.cancel()
+    def _link_lost(self, link: Link, reason: str, *, own_requests: bool = True, serving: bool = True) -> None:
+        """Fail this side's requests on ``link`` and stop serving the other side's.
+
+        A transport whose link stands for several connections (simulation: one per direction)
+        says which of the two went: ``own_requests`` (the one we dialled) and ``serving`` (the
+        one the peer dialled).
+        """
+        if own_requests:
+            for pending in self._pending.values():
+                if pending.link == link and not pending.future.done():
+                    pending.future.set_exception(PeerUnavailable(reason))
+        if serving:
+            for (served_link, _), task in list(self._serving.items()):
+                if served_link == link:
+                    task.cancel()
 
     # ---- internals ------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import functools
 import ipaddress
@@ -29,6 +30,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .endpoints import canonical_host, check_remote_endpoint, format_endpoint, parse_endpoint
 from .errors import PeerUnavailable, RequestTimeout, TransportClosed
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, KIND_AND_ID, PREFIX, FrameKind, encode_header
 from .multiplex import FramedTransport, Link
@@ -47,6 +49,11 @@ _PRESSURE_BACKLOG = 16 * 1024  # per-connection backlog while the total is over 
 # peer that never reads soon stops being read.
 _SERVING_WHILE_BACKLOGGED = 4
 _REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about connections refused over a limit
+# Unsent bytes the kernel may hold for a connection. Without a cap, Linux grows a socket's send
+# buffer up to tcp_wmem's maximum (4 MiB): a peer that never reads got ~190,000 small replies
+# computed for it, over 20 s of the loop, before its backlog even began to count. Bytes in flight
+# are not capped, so throughput does not suffer.
+_KERNEL_UNSENT_LIMIT = 64 * 1024
 
 
 class DropReason(enum.StrEnum):
@@ -80,41 +87,26 @@ class TcpStats:
     """Connections closed by this side, by reason."""
 
 
-@functools.lru_cache(maxsize=4096)
-def parse_endpoint(endpoint: Endpoint) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6addr]:port"`` to (host, port), with a clear error if malformed."""
-    host, sep, port_text = endpoint.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"invalid endpoint {endpoint!r}: expected 'host:port' or '[ipv6]:port'")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
+def resolve_endpoint(endpoint: Endpoint) -> Endpoint:
+    """An operator's ``name:port`` as the canonical endpoint of its first address (blocking).
 
-
-def format_endpoint(host: str, port: int) -> Endpoint:
+    Peers accept only IP addresses from one another (``check_remote_endpoint``), so a name
+    typed on a command line is looked up once, where it is typed.
+    """
+    host, port = parse_endpoint(endpoint)
+    if _ip(host) is not None:
+        return endpoint
     try:
-        is_v6 = ipaddress.ip_address(host).version == 6
-    except ValueError:
-        is_v6 = False
-    return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _canonical_host(host: str) -> str:
-    """One spelling per address (an IPv4-mapped IPv6 address is its IPv4 address); names as given."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host.lower()
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ValueError(f"cannot resolve {host!r}: {error.strerror or error}") from None
+    return format_endpoint(str(infos[0][4][0]), port)
 
 
 @functools.lru_cache(maxsize=4096)
 def _host_key(host: str) -> str:
     """Whom a connection counts against: its address, or its /64 for IPv6 (one site's block)."""
-    host = _canonical_host(host)
+    host = canonical_host(host)
     address = _ip(host)
     if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:
         return f"{ipaddress.IPv6Network((address, 64), strict=False).network_address}/64"
@@ -167,6 +159,8 @@ class _Connection(asyncio.Protocol):
         self._frame_started: float | None = None  # when the incomplete frame in the buffer began
         self._stalled_since: float | None = None  # backlogged since (or since the last check)
         self._stall_mark = 0  # backlog then
+        if incoming:  # accepted: its socket is open already, before connection_made
+            owner._sockets[self] = None
 
     @property
     def writable(self) -> bool:
@@ -189,6 +183,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.owner._sockets[self] = None
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _KERNEL_UNSENT_LIMIT)
         peername = transport.get_extra_info("peername")
         if peername:
             self.host = _host_key(peername[0])
@@ -209,6 +208,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.owner._sockets.pop(self, None)
         self._frame_started = self._stalled_since = None
         self._wake_drain_waiters()
         self.owner._connection_lost(self, exc)
@@ -474,6 +474,7 @@ class TcpTransport(FramedTransport):
         self._outgoing: dict[Endpoint, _Connection] = {}
         self._connecting: dict[Endpoint, asyncio.Task[_Connection]] = {}
         self._incoming: dict[_Connection, None] = {}
+        self._sockets: dict[_Connection, None] = {}  # every connection whose socket may be open
         self._sweeper: asyncio.Task[None] | None = None
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._dial_waiters: collections.Counter[Endpoint] = collections.Counter()  # requests awaiting a dial
@@ -494,14 +495,14 @@ class TcpTransport(FramedTransport):
         return self._endpoint
 
     def check_endpoint(self, endpoint: Endpoint) -> None:
-        parse_endpoint(endpoint)
+        check_remote_endpoint(endpoint)
 
     def same_host(self, announced: Endpoint, caller: Endpoint) -> bool:
         try:
             hosts = parse_endpoint(announced)[0], parse_endpoint(caller)[0]
         except ValueError:
             return False
-        return _canonical_host(hosts[0]) == _canonical_host(hosts[1])
+        return canonical_host(hosts[0]) == canonical_host(hosts[1])
 
     @property
     def connection_count(self) -> int:
@@ -526,9 +527,13 @@ class TcpTransport(FramedTransport):
         if self._server is not None:
             raise RuntimeError(f"already listening on {self._endpoint}")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        server = await loop.create_server(
             lambda: _Connection(self, None, incoming=True), self.host, self.port, backlog=self.backlog
         )
+        if self._closing:  # closed while the socket was being bound
+            server.close()
+            raise TransportClosed("cannot listen: this transport was closed meanwhile")
+        self._server = server
         self._handler = handler
         bound_host, bound_port = self._server.sockets[0].getsockname()[:2]
         self._endpoint = format_endpoint(bound_host, bound_port)
@@ -607,23 +612,41 @@ class TcpTransport(FramedTransport):
             self._wake_slot_waiter()
 
     def _stop_accepting(self) -> None:
+        """Stop taking connections; close the server once those accepted already are set up.
+
+        The loop sets up each connection it accepts in a task of its own, which fails (leaking
+        the accepted socket) if the server is closed first. Those tasks are queued already, so
+        the server closes just after them; ``_connection_made`` aborts what they set up.
+        """
         if self._server is not None:
-            self._server.close()
+            loop = asyncio.get_running_loop()
+            for sock in self._server.sockets:
+                loop.remove_reader(sock.fileno())
+            loop.call_soon(self._server.close)
 
     async def _close_links(self) -> None:
-        for task in self._connecting.values():
-            task.cancel()
-        connections = [*self._incoming, *self._outgoing.values()]
-        for connection in connections:
-            if connection.transport is not None:
-                connection.transport.close()
-        if connections:
-            await asyncio.wait([c.lost for c in connections], timeout=1.0)
-        for connection in connections:  # whatever did not finish flushing in time
-            if connection.transport is not None:
-                connection.transport.abort()
+        """Close every socket: dials in progress, and connections accepted but not yet set up
+        (one pass of the loop lets the tasks setting those up reach ``_sockets``)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        dials = list(self._connecting.values())
+        for task in dials:
+            task.cancel()
+        try:
+            await asyncio.sleep(0)
+            if dials:
+                await asyncio.wait(dials, timeout=self.connect_timeout)
+            for connection in self._sockets:
+                if connection.transport is not None:
+                    connection.transport.close()
+            if self._sockets:
+                await asyncio.wait([c.lost for c in self._sockets], timeout=1.0)
+        finally:
+            if self._server is not None:
+                self._server.close()
+            for connection in list(self._sockets):  # whatever did not finish flushing in time
+                if connection.transport is not None:
+                    connection.transport.abort()
 
     # ---- turns: hosts hand frames over in rounds ------------------------------------------
     #
@@ -850,6 +873,7 @@ class TcpTransport(FramedTransport):
         self._hosts[connection.host] = host
         host.connections += 1
         connection.host_state = host
+        self._ensure_sweeper()
 
     def _connection_lost(self, connection: _Connection, exc: Exception | None) -> None:
         if connection.incoming:
@@ -900,7 +924,8 @@ class TcpTransport(FramedTransport):
         self._drop(connection, reason + more, why)
 
     def _ensure_sweeper(self) -> None:
-        if self._sweeper is None:
+        """Start the sweeper, or start it again if it ever stopped."""
+        if (self._sweeper is None or self._sweeper.done()) and not self._closing:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -913,15 +938,22 @@ class TcpTransport(FramedTransport):
             await asyncio.sleep(period)
             now = loop.time()
             for connection in [*self._outgoing.values(), *self._incoming]:
-                if connection.dropped or connection.transport is None:
-                    continue
-                connection.check_deadlines(now)
-                limit = self.idle_timeout * (2 if connection.incoming else 1)
-                if (
-                    self.idle_timeout > 0
-                    and connection.idle
-                    and now - connection.last_active > limit
-                    and connection.transport is not None
-                ):
-                    logger.debug("closing connection %s after %.0f s idle", connection.peer, limit)
-                    connection.transport.close()
+                try:
+                    self._sweep_one(connection, now)
+                except Exception:  # one connection's surprise must not end the limits for all
+                    logger.exception("sweeping connection %s failed; dropping it", connection.peer)
+                    self._drop(connection, "its deadlines could not be checked", log=False)
+
+    def _sweep_one(self, connection: _Connection, now: float) -> None:
+        if connection.dropped or connection.transport is None:
+            return
+        connection.check_deadlines(now)
+        limit = self.idle_timeout * (2 if connection.incoming else 1)
+        if (
+            self.idle_timeout > 0
+            and connection.idle
+            and now - connection.last_active > limit
+            and connection.transport is not None
+        ):
+            logger.debug("closing connection %s after %.0f s idle", connection.peer, limit)
+            connection.transport.close()

@@ -43,6 +43,10 @@ class Receiver(Protocol):
     def reset_received(self, src: str) -> None:
         """``src`` closed or refused every exchange with this peer (a TCP reset)."""
 
+    def connection_dropped(self, src: str) -> None:
+        """``src`` dropped the connection this peer dialled to it (a protocol violation): this
+        peer's requests to ``src`` are over, ``src``'s requests to this peer are not."""
+
     def crash(self) -> None:
         """The machine died: stop everything at once and tell nobody."""
 
@@ -85,6 +89,19 @@ class AccessLink:
         )
 
 
+class Signal(enum.Enum):
+    """A connection event the network carries besides frames."""
+
+    RESET = "reset"
+    """Every exchange between the two peers is over (``SimNetwork.reset``)."""
+    DROP = "drop"
+    """The connection the receiver dialled to the sender is over (``SimNetwork.drop``)."""
+
+
+Held = tuple[str, "bytes | Signal"]
+"""(peer, frame or connection event) held by a frozen peer's kernel."""
+
+
 DEFAULT_FROZEN_BUFFER = 64 * 1024 * 1024
 """Bytes a frozen peer's kernel holds for it (both directions together) before dropping frames."""
 
@@ -114,14 +131,14 @@ class _Frozen:
 
     transport: Receiver
     buffer_bytes: int
-    inbox: list[tuple[str, bytes | None]] = field(default_factory=list)
-    """(source, frame) in arrival order; ``None`` is a reset."""
-    outbox: list[tuple[str, bytes | None]] = field(default_factory=list)
-    """(destination, frame) in the order the peer's code wrote them; ``None`` is a reset."""
+    inbox: list[Held] = field(default_factory=list)
+    """(source, frame or signal) in arrival order."""
+    outbox: list[Held] = field(default_factory=list)
+    """(destination, frame or signal) in the order the peer's code wrote them."""
     held_bytes: int = 0
 
-    def hold(self, box: list[tuple[str, bytes | None]], address: str, frame: bytes | None) -> bool:
-        size = len(frame) if frame is not None else 0
+    def hold(self, box: list[Held], address: str, frame: bytes | Signal) -> bool:
+        size = len(frame) if isinstance(frame, bytes) else 0
         if self.held_bytes + size > self.buffer_bytes:
             return False
         self.held_bytes += size
@@ -302,15 +319,15 @@ class SimNetwork:
         peer.transport = frozen.transport
         peer.state = PeerState.UP
         for dst, frame in frozen.outbox:
-            if frame is None:
-                self.reset(address, dst)
+            if isinstance(frame, Signal):
+                self._signal(address, dst, frame)
             else:
                 self.send(address, dst, frame)
         for src, frame in frozen.inbox:
             if peer.transport is not frozen.transport:
                 break  # what it just received made it crash or close
-            if frame is None:
-                self._deliver_reset(src, peer, None)
+            if isinstance(frame, Signal):
+                self._deliver_signal(src, peer, frame, None)
             else:
                 self._deliver(src, peer, frame, None)
         return True
@@ -367,15 +384,23 @@ class SimNetwork:
 
     def reset(self, src: str, dst: str) -> None:
         """Tell ``dst`` that every exchange it has with ``src`` is over (a TCP reset)."""
+        self._signal(src, dst, Signal.RESET)
+
+    def drop(self, src: str, dst: str) -> None:
+        """Tell ``dst`` that ``src`` dropped the connection ``dst`` dialled to it, as TCP's abort
+        of that one connection would: ``dst``'s requests to ``src`` fail, nothing else does."""
+        self._signal(src, dst, Signal.DROP)
+
+    def _signal(self, src: str, dst: str, signal: Signal) -> None:
         sender = self._peers.get(src)
         if sender is not None and sender.frozen is not None:
-            self._hold(sender.frozen, sender.frozen.outbox, dst, None)
+            self._hold(sender.frozen, sender.frozen.outbox, dst, signal)
             return
         receiver = self._peers.get(dst)
         if receiver is None or self._cut(src, dst):
             return
         arrival = self.env.timeout(self.path_latency(src, dst))
-        arrival.callbacks.append(partial(self._deliver_reset, src, receiver))
+        arrival.callbacks.append(partial(self._deliver_signal, src, receiver, signal))
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -419,9 +444,7 @@ class SimNetwork:
         else:
             self._deliver(src, receiver, frame, None)
 
-    def _hold(
-        self, frozen: _Frozen, box: list[tuple[str, bytes | None]], address: str, frame: bytes | None
-    ) -> None:
+    def _hold(self, frozen: _Frozen, box: list[Held], address: str, frame: bytes | Signal) -> None:
         if not frozen.hold(box, address, frame):
             self.stats.dropped_frozen += 1
 
@@ -441,12 +464,15 @@ class SimNetwork:
             self.trace.record(self.env.now, src, receiver.address, frame)
         transport.frame_arrived(src, frame)
 
-    def _deliver_reset(self, src: str, receiver: _Peer, _event: simpy.Event | None) -> None:
+    def _deliver_signal(self, src: str, receiver: _Peer, signal: Signal, _event: simpy.Event | None) -> None:
         transport = receiver.transport
         if transport is None:
             if receiver.frozen is not None:
-                self._hold(receiver.frozen, receiver.frozen.inbox, src, None)
+                self._hold(receiver.frozen, receiver.frozen.inbox, src, signal)
             return
         if self.trace is not None:
-            self.trace.record(self.env.now, src, receiver.address, b"", kind="reset")
-        transport.reset_received(src)
+            self.trace.record(self.env.now, src, receiver.address, b"", kind=signal.value)
+        if signal is Signal.RESET:
+            transport.reset_received(src)
+        else:
+            transport.connection_dropped(src)

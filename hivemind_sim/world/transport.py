@@ -3,7 +3,10 @@
 It moves the very frames the TCP transport would put on a socket, so message sizes (and
 bandwidth costs) are real. There are no connections: the link to a peer is its address, a
 graceful close sends resets to the peers it was exchanging with (as TCP would), and a crash
-sends nothing at all.
+sends nothing at all. A protocol violation (a malformed or oversized frame, an unknown kind,
+a duplicate request id, a body the handler refuses) is answered as TCP answers it: the link is
+dropped, on both sides, so the offender's requests fail with ``PeerUnavailable`` and whatever
+was being served for it is cancelled, never with an error frame.
 """
 
 from __future__ import annotations
@@ -61,11 +64,18 @@ class SimTransport(FramedTransport):
     # ---- called by the network ------------------------------------------------------------
 
     def frame_arrived(self, src: str, frame: bytes) -> None:
+        problem = self._malformed(frame)
+        if problem is not None:
+            self._reject(src, 0, problem)
+            return
         kind, request_id = KIND_AND_ID.unpack_from(frame, PREFIX.size)
         self._frame_received(src, kind, request_id, frame[HEADER_SIZE:])
 
     def reset_received(self, src: str) -> None:
         self._link_lost(src, f"connection to {src} lost: the peer closed or refused it")
+
+    def connection_dropped(self, src: str) -> None:
+        self._link_lost(src, f"connection to {src} lost: the peer dropped it", serving=False)
 
     # ---- FramedTransport hooks ------------------------------------------------------------
 
@@ -79,8 +89,24 @@ class SimTransport(FramedTransport):
         return link
 
     def _reject(self, link: Link, request_id: int, reason: str) -> None:
-        logger.warning("rejecting request %d from %s: %s", request_id, link, reason)
-        self._write_error(link, request_id, f"protocol violation: {reason}")
+        """Drop the connection the offender dialled, as TCP does: what we serve for it is
+        cancelled and its requests to us fail; our own requests to it (another connection) go on."""
+        logger.warning("closing connection %s: %s", link, reason)
+        self.network.drop(self.address, link)
+        self._link_lost(link, f"connection from {link} dropped: {reason}", own_requests=False)
+
+    def _malformed(self, frame: bytes) -> str | None:
+        """What TCP's framing would refuse in ``frame`` (the same checks, the same words), if anything."""
+        if len(frame) < PREFIX.size:
+            return f"frame of {len(frame)} bytes is shorter than its length prefix"
+        (length,) = PREFIX.unpack_from(frame)
+        if length + PREFIX.size > self.max_frame_size:
+            return f"frame of {length + PREFIX.size} bytes exceeds the {self.max_frame_size}-byte limit"
+        if length < KIND_AND_ID.size:
+            return f"frame length {length} is shorter than the frame header"
+        if length + PREFIX.size != len(frame):
+            return f"frame length {length} does not match the {len(frame) - PREFIX.size} bytes that follow"
+        return None
 
     def _stop_accepting(self) -> None:
         pass  # new requests are answered with an error once _closing is set
