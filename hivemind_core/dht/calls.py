@@ -42,6 +42,8 @@ class FindResult:
 
     nearest: list[Contact]
     entry: StoredEntry | None
+    left_out: bool = False
+    """The node holds an entry but left it out to keep its answer within its byte budget."""
 
 
 class PeerCalls:
@@ -155,18 +157,28 @@ class PeerCalls:
                 and len(raw_results) == len(targets),
                 "find response has the wrong shape",
             )
+            k = self.config.k
+            # lengths are checked on the raw answer before any item is decoded: a peer answering
+            # with 300,000 contacts made every lookup through it decode them all on the loop
+            if len(raw_contacts) > k * len(targets):
+                raise ValueError(f"{len(raw_contacts)} contacts for {len(targets)} ids; at most {k} each")
+            for i, raw in enumerate(raw_results):
+                # messages are formatted only on failure: this loop runs for every target of every answer
+                if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list)):
+                    raise ValueError(f"results[{i}] must be [entry, indices]")
+                if len(raw[1]) > k:
+                    raise ValueError(f"results[{i}] names {len(raw[1])} contacts; {k} were asked for")
             contacts = [self._contact_or_none(raw, contact) for raw in raw_contacts]
             count = len(contacts)
             found: dict[int, FindResult] = {}
             for i, (target, raw) in enumerate(zip(targets, raw_results, strict=True)):
-                # messages are formatted only on failure: this loop runs for every target of every answer
-                if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[1], list)):
-                    raise ValueError(f"results[{i}] must be [entry, indices]")
                 if not all(isinstance(j, int) and 0 <= j < count for j in raw[1]):
                     raise ValueError(f"results[{i}] has a contact index out of range")
-                entry = None if raw[0] is None else decode_entry(raw[0], f"results[{i}].entry")
+                entry = None
+                if raw[0] is not None and raw[0] is not False:
+                    entry = decode_entry(raw[0], f"results[{i}].entry", first_subkeys=self.config.max_subkeys)
                 nearest = [c for c in (contacts[j] for j in raw[1]) if c is not None]
-                found[target] = FindResult(nearest, entry)
+                found[target] = FindResult(nearest, entry, raw[0] is False)
             return found
         except ValueError as error:
             self.stats.rpc_failures += 1

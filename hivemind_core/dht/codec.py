@@ -9,7 +9,10 @@ each other. Bodies are compact msgpack arrays:
   -> ``[responder, [[stored, reason|nil], ...]]``
 * ``dht.find``  ``[sender, [id, ...], count]``
   -> ``[responder, [contact, ...], [[entry|nil, [contact index, ...]], ...]]`` where an entry
-  is ``[key, value|nil, expiration, [[subkey, value, expiration], ...]|nil]``
+  is ``[key, value|nil, expiration, [[subkey, value, expiration], ...]|nil]``. Ids must be
+  distinct; an answer names at most ``count`` contacts per id (so at most ``count`` times as
+  many contacts as ids), and answers ``false`` instead of an entry it holds but left out to stay
+  within its byte budget (ask for that id again).
 
 Decoders raise ``ValueError`` naming the field at fault. Bodies are validated by hand, not by
 pydantic: at 10,000 simulated peers a model per RPC costs too much.
@@ -98,9 +101,13 @@ def encode_entry(entry: StoredEntry) -> list[Any]:
     return [entry.key, entry.value, entry.expiration_time, subkeys]
 
 
-def decode_entry(raw: Any, where: str, *, max_subkeys: int | None = None) -> StoredEntry:
+def decode_entry(
+    raw: Any, where: str, *, max_subkeys: int | None = None, first_subkeys: int | None = None
+) -> StoredEntry:
     """A stored entry from a find answer; one with more than ``max_subkeys`` subkeys is refused
-    before they are decoded (no honest node holds more)."""
+    before they are decoded (no honest node holds more). With ``first_subkeys``, only that many
+    are decoded and the rest ignored: a peer configured for more may hold more, but reading
+    them all would let one answer of millions of tiny subkeys stall the loop."""
     require(isinstance(raw, list) and len(raw) == 4, f"{where} must be [key, value, expiration, subkeys]")
     key, value, expiration, subkeys = raw
     require(isinstance(key, bytes), f"{where}: key must be bytes")
@@ -114,6 +121,8 @@ def decode_entry(raw: Any, where: str, *, max_subkeys: int | None = None) -> Sto
         f"{where} has {len(subkeys)} subkeys; the limit is {max_subkeys}",
     )
     parsed: dict[bytes, tuple[bytes, float]] = {}
+    if first_subkeys is not None and len(subkeys) > first_subkeys:
+        subkeys = subkeys[:first_subkeys]
     for i, item in enumerate(subkeys):
         require(
             isinstance(item, list) and len(item) == 3, f"{where}.subkeys[{i}] must be [subkey, value, exp]"

@@ -64,6 +64,10 @@ class DHTConfig:
     """Most subkeys one key holds; an expert grid of 8192 coordinates per dimension still fits."""
     max_entry_bytes: int = 8 * 1024 * 1024
     """Most bytes one key holds (all its subkeys), so a find answer for it fits in a frame."""
+    max_answer_bytes: int = 16 * 1024 * 1024
+    """Most bytes one find answer carries: entries that would go past it are left out (marked so,
+    and the requester asks for them again), so a request naming many big keys costs this at most,
+    decided before anything is built. At least ``max_entry_bytes``, so any one entry fits."""
     max_storage_bytes: int = 128 * 1024 * 1024
     """Most bytes held as a replica (see ``storage.record_size``); when full, new records are
     refused, never evicted for newcomers."""
@@ -83,6 +87,7 @@ class DHTConfig:
             "max_batch",
             "max_subkeys",
             "max_entry_bytes",
+            "max_answer_bytes",
             "max_storage_bytes",
             "max_cache_bytes",
             "max_bytes_per_source",
@@ -109,6 +114,11 @@ class DHTConfig:
             raise ValueError(
                 f"DHTConfig.reconnect_delay ({self.reconnect_delay}) cannot exceed "
                 f"reconnect_max_delay ({self.reconnect_max_delay})"
+            )
+        if self.max_answer_bytes < self.max_entry_bytes:
+            raise ValueError(
+                f"DHTConfig.max_answer_bytes ({self.max_answer_bytes}) cannot be less than "
+                f"max_entry_bytes ({self.max_entry_bytes}): an entry that fits could never be read"
             )
         if self.replicas > self.k:
             raise ValueError(f"DHTConfig.replicas ({self.replicas}) cannot exceed k ({self.k})")

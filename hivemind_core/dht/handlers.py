@@ -14,7 +14,7 @@ from typing import Any
 from ..net import RPC
 from .codec import decode_record, encode_entry, encode_node, require
 from .config import DHTConfig
-from .ids import ID_BYTES, id_from_bytes, key_id
+from .ids import ID_BYTES, key_id
 from .membership import Membership
 from .storage import LocalStorage, source_of
 from .validation import RecordRules
@@ -74,6 +74,9 @@ class DHTHandlers:
         return [self.me(), results]
 
     async def find(self, peer: str, body: Any) -> Any:
+        """The nearest contacts to each id, and the entry held under it while the answer's
+        budget lasts (``max_answer_bytes``, checked before an entry is copied or encoded);
+        an entry left out is answered ``false``."""
         require(isinstance(body, list) and len(body) == 3, "find body must be [sender, ids, count]")
         sender, raw_ids, count = body
         require(
@@ -84,26 +87,60 @@ class DHTHandlers:
             isinstance(count, int) and not isinstance(count, bool) and 0 < count <= self.config.k,
             f"find count must be in 1..{self.config.k}",
         )
-        bad = next((i for i, raw in enumerate(raw_ids) if not _is_id(raw)), None)
-        if bad is not None:
+        if not ({*map(type, raw_ids)} <= {bytes} and {*map(len, raw_ids)} <= {ID_BYTES}):  # C speed
+            bad = next(i for i, raw in enumerate(raw_ids) if not _is_id(raw))
             raise ValueError(f"ids[{bad}] must be {ID_BYTES} bytes")  # formatted only on failure
-        ids = [id_from_bytes(raw) for raw in raw_ids]
+        if len(set(raw_ids)) != len(raw_ids):  # one big entry named 500 times made a 3.9 GB answer
+            first: dict[bytes, int] = {}
+            repeat = next(i for i, raw in enumerate(raw_ids) if first.setdefault(raw, i) != i)
+            raise ValueError(f"ids[{repeat}] repeats ids[{first[raw_ids[repeat]]}]")
+        ids = [int.from_bytes(raw, "big") for raw in raw_ids]
         sender_id = self.membership.observe_requester(peer, sender)
         now = self.clock()
         table = self.membership.routing_table
         contacts: list[list[Any]] = []
         index_of: dict[int, int] = {}
-        results = []
+        all_indices = []
+        budget = self.config.max_answer_bytes - _ANSWER_FRAME - _node_bytes(self.me())
         for target in ids:
             indices = []
             for contact in table.nearest(target, count, exclude=sender_id):
                 if contact.node_id not in index_of:
                     index_of[contact.node_id] = len(contacts)
                     contacts.append(encode_node(contact.public_key, contact.endpoint))
+                    budget -= _node_bytes(contacts[-1])
                 indices.append(index_of[contact.node_id])
-            entry = self.storage.get(target, now) or self.cache.get(target, now)
-            results.append([encode_entry(entry) if entry is not None else None, indices])
+            budget -= _RESULT_FRAME + _INDEX_BYTES * len(indices)
+            all_indices.append(indices)
+        results = []
+        for target, indices in zip(ids, all_indices, strict=True):
+            entry: list[Any] | bool | None = None
+            for storage in (self.storage, self.cache):
+                size = storage.size_of(target, now)  # the charged size bounds the encoded one
+                if size:
+                    if size <= budget:
+                        budget -= size
+                        held = storage.get(target, now)
+                        entry = None if held is None else encode_entry(held)
+                    else:
+                        entry = False  # held, but left out: the requester asks for it again
+                    break
+            results.append([entry, indices])
         return [self.me(), contacts, results]
+
+
+_ANSWER_FRAME = 16
+"""Bytes of msgpack framing around a find answer's three parts, at most."""
+_RESULT_FRAME = 8
+"""Framing of one ``[entry|nil|false, [index, ...]]`` result besides its entry and indices."""
+_INDEX_BYTES = 5
+"""Largest packed contact index (a msgpack uint32)."""
+
+
+def _node_bytes(node: list[Any]) -> int:
+    """An upper bound on a packed ``[public_key, endpoint]``."""
+    public_key, endpoint = node
+    return 16 + len(public_key) + (0 if endpoint is None else len(endpoint.encode()))
 
 
 def _is_id(raw: Any) -> bool:

@@ -126,6 +126,7 @@ class DHTNode:
             clock=clock,
             rng=rng,
             spawn=self._background.spawn,
+            stats=self.stats,
         )
         self.membership.on_new_contact = self.maintenance.newcomer
         self._maintenance: asyncio.Task[None] | None = None
@@ -466,10 +467,16 @@ class DHTNode:
     async def _ask(self, contact: Contact, targets: list[int]) -> dict[int, tuple[list[Contact], Any]] | None:
         results: list[dict[int, FindResult]] = []
         for start in range(0, len(targets), self.config.max_batch):
-            answer = await self.calls.find(contact, targets[start : start + self.config.max_batch])
-            if answer is None:
-                return None
-            results.append(answer)
+            batch = targets[start : start + self.config.max_batch]
+            while batch:  # entries left out to keep an answer small are asked for again
+                answer = await self.calls.find(contact, batch)
+                if answer is None:
+                    return None
+                results.append(answer)
+                left_out = [target for target, r in answer.items() if r.left_out]
+                if len(left_out) == len(batch):  # not one fitted: ask no more
+                    break
+                batch = left_out
         return {target: (r.nearest, r.entry) for answer in results for target, r in answer.items()}
 
     def _prepare(self, item: StoreItem) -> DHTRecord:

@@ -19,3 +19,6 @@ class DHTStats:
     """Times the node lost every responsive contact (``DHTNode.connected`` turned False)."""
     reconnect_attempts: int = 0
     """Times a disconnected node asked its initial peers again."""
+    handovers_skipped: int = 0
+    """Newcomers handed nothing because too many were already waiting for their hand-over (the
+    next republish reaches them instead)."""

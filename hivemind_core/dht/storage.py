@@ -220,6 +220,16 @@ class LocalStorage:
         slot = self._live(key_id, now)
         return None if slot is None else slot.snapshot()
 
+    def size_of(self, key_id: int, now: float) -> int:
+        """Bytes charged for what ``key_id`` holds (0 if nothing): an upper bound on the size of
+        its entry on the wire, known before the entry is copied or encoded."""
+        slot = self._live(key_id, now)
+        return 0 if slot is None else slot.size
+
+    def key_ids(self) -> list[int]:
+        """Ids of the keys held (expired ones included until swept), least recently stored first."""
+        return list(self._slots)
+
     def remove_expired(self, now: float) -> None:
         for key_id in list(self._slots):
             self._live(key_id, now)
