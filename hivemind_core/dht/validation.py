@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import base64
 import dataclasses
+import hashlib
 import math
 import re
 from collections.abc import Iterable
@@ -25,6 +26,10 @@ from .ids import deserialize_key
 from .storage import DHTRecord
 
 _OWNER_MARKER = re.compile(rb"\[owner:([A-Za-z0-9_\-]{43}=)\]")
+MAX_VERIFIED = 1 << 15
+"""Signed records remembered as verified. One record arrives from every replica a read asks and
+again on every read (an expert declaration, every beam-search refresh), and an Ed25519 check
+costs ~100x the hash that recognises it."""
 
 
 class RecordValidator(abc.ABC):
@@ -83,11 +88,17 @@ def _signed_payload(record: DHTRecord, value: bytes) -> bytes:
     return msgpack.packb([record.key, record.subkey, value, record.expiration_time], use_bin_type=True)
 
 
+def _digest(owner: bytes, signature: bytes, payload: bytes) -> bytes:
+    """Names one signed record: equal only for the same owner, signature and signed content."""
+    return hashlib.blake2b(b"".join((owner, signature, payload)), digest_size=16).digest()
+
+
 class SignatureValidator(RecordValidator):
     """Only the owner named in a key or subkey may write it; see the module docstring."""
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
+        self._verified: dict[bytes, None] = {}  # digests of (owner, signature, payload), oldest first
 
     def sign(self, record: DHTRecord) -> bytes:
         owners = owners_of(record)
@@ -97,7 +108,9 @@ class SignatureValidator(RecordValidator):
         if strangers:
             marker = f"[owner:{base64.urlsafe_b64encode(strangers[0]).decode()}]"
             raise ValueError(f"only the owner may write this record: it is marked {marker}")
-        signature = self.identity.sign(_signed_payload(record, record.value))
+        payload = _signed_payload(record, record.value)
+        signature = self.identity.sign(payload)
+        self._remember(_digest(self.identity.public_key, signature, payload))
         return msgpack.packb([record.value, signature], use_bin_type=True)
 
     def validate(self, record: DHTRecord) -> str | None:
@@ -112,9 +125,19 @@ class SignatureValidator(RecordValidator):
             return "record is owned but carries no signature"
         if not isinstance(value, bytes) or not isinstance(signature, bytes):
             return "record is owned but carries no signature"
-        if not verify(owners[0], signature, _signed_payload(record, value)):
+        payload = _signed_payload(record, value)
+        digest = _digest(owners[0], signature, payload)
+        if digest in self._verified:
+            return None
+        if not verify(owners[0], signature, payload):
             return "signature does not match the record's owner"
+        self._remember(digest)
         return None
+
+    def _remember(self, digest: bytes) -> None:
+        self._verified[digest] = None
+        if len(self._verified) > MAX_VERIFIED:
+            del self._verified[next(iter(self._verified))]
 
     def strip(self, record: DHTRecord) -> bytes:
         if not owners_of(record):

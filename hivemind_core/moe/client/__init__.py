@@ -1,7 +1,7 @@
 """Using remote experts: the client, RemoteExpert, beam search and the DMoE layer."""
 
 from .beam_search import Choice, MoEBeamSearcher
-from .client import MoEClient
+from .client import MoEClient, UntrustedServer
 from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse
 from .expert import RemoteExpert
 from .moe import RemoteMixtureOfExperts
@@ -17,4 +17,5 @@ __all__ = (
     "MoEClient",
     "RemoteExpert",
     "RemoteMixtureOfExperts",
+    "UntrustedServer",
 )

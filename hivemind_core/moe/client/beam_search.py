@@ -8,6 +8,12 @@ under 4...), fetched once per distinct prefix for the whole batch and cached for
 The last dimension's entries name the expert and its endpoint; experts on banned endpoints or
 in ``exclude`` are skipped. No scan of the grid is ever needed.
 
+**Declarations, not addresses.** Each entry is a declaration signed by the peer that made it
+(``moe.declare``): unsigned entries and endpoints the transport could not dial are dropped, so
+a junk announcement never reaches a call. Several peers may declare the same coordinate; the
+newest ``MAX_CANDIDATES`` are kept, and the first one whose endpoint is neither banned nor
+known not to hold the declaring key is picked, its key handed to the client to check.
+
 **Stale while revalidate.** A DHT lookup with ``latest`` waits its whole ``lookup_timeout``
 whenever one replica is frozen, and a training step does one per grid dimension: refetching
 in the step would make every step that slow for as long as the freeze lasts. So an entry
@@ -27,15 +33,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..declare import parse_child
+from ..declare import Declaration, parse_child, recency
 from ..uid import prefix_of
 from .arguments import check_timeout
 from .client import MoEClient
 
 logger = logging.getLogger(__name__)
 
-Children = dict[int, tuple[str, str]]
-"""A prefix's alive next coordinates: coordinate -> (uid, endpoint)."""
+MAX_CANDIDATES = 4
+"""Declarations kept per coordinate (the newest): others are only tried once these fail."""
+
+Children = dict[int, tuple[Declaration, ...]]
+"""A prefix's alive next coordinates: coordinate -> its declarations, newest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +112,14 @@ class MoEBeamSearcher:
         scores = torch.zeros(batch, 1)
         last = len(logits) - 1
         for d, dim_logits in enumerate(logits):
-            children = await self._children_of(beams, fresh=fresh)
-            available = torch.zeros(batch, beams.shape[1], self.grid_size[d], dtype=torch.bool)
-            for (s, b), alive in children.items():
-                for coordinate, (uid, endpoint) in alive.items():
+            which, children = await self._children_of(beams, fresh=fresh)
+            usable = [[False] * self.grid_size[d] for _ in children]  # per distinct prefix
+            for row, alive in zip(usable, children, strict=True):
+                for coordinate, declared in alive.items():
                     # experts themselves are only known at the last dimension: rule out the
                     # excluded and banned ones before ranking, so they never crowd out the rest
-                    usable = d < last or (uid not in exclude and not self.client.is_banned(endpoint))
-                    if coordinate < self.grid_size[d] and usable:
-                        available[s, b, coordinate] = True
+                    row[coordinate] = d < last or self._usable(declared, exclude) is not None
+            available = torch.tensor(usable, dtype=torch.bool).view(-1, self.grid_size[d])[which]
             candidates = scores[:, :, None] + dim_logits.detach().float().cpu()[:, None, :]
             candidates = candidates.masked_fill(~available, float("-inf"))
             width = min(beam_size, candidates[0].numel())
@@ -120,19 +128,32 @@ class MoEBeamSearcher:
             beams = torch.cat(
                 [beams.gather(1, parent[:, :, None].expand(-1, -1, d)), coordinate[:, :, None]], 2
             )
-        finals = await self._children_of(beams[:, :, :-1], fresh=fresh)
+        which, finals = await self._children_of(beams[:, :, :-1], fresh=fresh)
+        parents, paths, ranked = which.tolist(), beams.tolist(), scores.tolist()
         chosen: list[list[Choice]] = []
         for s in range(batch):
             picks: list[Choice] = []
             for b in range(beams.shape[1]):
-                if len(picks) == k or scores[s, b] == float("-inf"):
+                if len(picks) == k or ranked[s][b] == float("-inf"):
                     break
-                coords = tuple(beams[s, b].tolist())
-                entry = finals.get((s, b), {}).get(coords[-1])
-                if entry is not None and entry[0] not in exclude and not self.client.is_banned(entry[1]):
-                    picks.append(Choice(entry[0], entry[1], coords))
+                coords = tuple(paths[s][b])
+                entry = self._usable(finals[parents[s][b]].get(coords[-1], ()), exclude)
+                if entry is not None:
+                    self.client.expect_owner(entry.uid, entry.endpoint, entry.owner)
+                    picks.append(Choice(entry.uid, entry.endpoint, coords))
             chosen.append(picks)
         return chosen
+
+    def _usable(self, declared: tuple[Declaration, ...], exclude: Collection[str]) -> Declaration | None:
+        """The newest declaration of an expert that may be called, or None."""
+        for entry in declared:
+            if (
+                entry.uid not in exclude
+                and not self.client.is_banned(entry.endpoint)
+                and not self.client.refused(entry.endpoint, entry.owner)
+            ):
+                return entry
+        return None
 
     async def close(self) -> None:
         """Cancel the background refreshes still running (their results are no longer wanted)."""
@@ -141,14 +162,15 @@ class MoEBeamSearcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _children_of(self, beams: torch.Tensor, *, fresh: bool) -> dict[tuple[int, int], Children]:
-        """For each (sample, beam) prefix, its alive children: coordinate -> (uid, endpoint)."""
-        rows = {
-            (s, b): tuple(beams[s, b].tolist()) for s in range(beams.shape[0]) for b in range(beams.shape[1])
-        }
-        prefixes = {coords: prefix_of(self.grid, coords) for coords in dict.fromkeys(rows.values())}
-        known = await self._fetch(list(prefixes.values()), dimension=beams.shape[2], fresh=fresh)
-        return {row: known[prefixes[coords]] for row, coords in rows.items()}
+    async def _children_of(self, beams: torch.Tensor, *, fresh: bool) -> tuple[torch.Tensor, list[Children]]:
+        """The children of each distinct prefix in ``beams``, and for each (sample, beam) the
+        index of its prefix in that list (so the work per prefix is done once, not per row)."""
+        rows = [tuple(coords) for coords in beams.flatten(0, 1).tolist()]
+        distinct = {coords: i for i, coords in enumerate(dict.fromkeys(rows))}
+        prefixes = [prefix_of(self.grid, coords) for coords in distinct]
+        known = await self._fetch(prefixes, dimension=beams.shape[2], fresh=fresh)
+        which = torch.tensor([distinct[coords] for coords in rows], dtype=torch.long)
+        return which.view(beams.shape[0], beams.shape[1]), [known[prefix] for prefix in prefixes]
 
     async def _fetch(self, prefixes: list[str], *, dimension: int, fresh: bool) -> dict[str, Children]:
         """The children of ``prefixes`` (all of one grid dimension): cached ones at once, while
@@ -200,18 +222,20 @@ class MoEBeamSearcher:
                 del self._refreshing[prefix]
 
     def _children(self, prefix: str, entries: dict, dimension: int) -> Children:
-        """The well-formed entries of one prefix: at most ``grid_size[dimension]`` of them, each
-        naming an expert under ``prefix`` + its coordinate (anything else is ignored)."""
-        children: Children = {}
-        for coordinate, item in entries.items():
-            child = parse_child(item.value)
-            if (
-                type(coordinate) is not int
-                or not 0 <= coordinate < self.grid_size[dimension]
-                or child is None
-            ):
+        """The valid declarations of one prefix: for at most ``grid_size[dimension]``
+        coordinates, the newest ``MAX_CANDIDATES`` each, naming an expert under ``prefix`` + its
+        coordinate at an endpoint that can be dialed (anything else is ignored)."""
+        check = self.client.rpc.transport.check_endpoint
+        found: dict[int, list[Declaration]] = {}
+        for subkey, item in entries.items():
+            child = parse_child(subkey, item, check)
+            if child is None or not 0 <= child[0] < self.grid_size[dimension]:
                 continue
+            coordinate, declared = child
             path = f"{prefix}{coordinate}"
-            if child[0] == path or child[0].startswith(path + "."):
-                children[coordinate] = child
-        return children
+            if declared.uid == path or declared.uid.startswith(path + "."):
+                found.setdefault(coordinate, []).append(declared)
+        return {
+            coordinate: tuple(sorted(declared, key=recency, reverse=True)[:MAX_CANDIDATES])
+            for coordinate, declared in sorted(found.items())
+        }

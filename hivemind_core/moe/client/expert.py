@@ -1,7 +1,9 @@
 """RemoteExpert: one remote expert as a torch module, with autograd through the network.
 
 Forward sends the inputs to the expert's server; backward sends them again with the output
-gradients, gets the input gradients back, and the server steps the expert's optimizer.
+gradients, gets the input gradients back, and the server steps the expert's optimizer. Made
+from a :class:`~..declare.Declaration` (``find_declarations``), it calls the server only if
+that server holds the declaring peer's key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..declare import Declaration
 from ..uid import parse_uid
 from .arguments import check_timeout
 from .client import MoEClient
@@ -39,6 +42,12 @@ class RemoteExpert(nn.Module):
         self.backward_timeout = backward_timeout
         # makes autograd call backward (which trains the remote expert) even when no input needs grad
         self._dummy = nn.Parameter(torch.empty(0), requires_grad=True)
+
+    @classmethod
+    def declared(cls, declaration: Declaration, client: MoEClient, **options: float) -> RemoteExpert:
+        """The expert ``declaration`` announces; calls fail unless its declaring peer answers."""
+        client.expect_owner(declaration.uid, declaration.endpoint, declaration.owner)
+        return cls(declaration.uid, declaration.endpoint, client, **options)
 
     def info(self) -> dict[str, Any]:
         return self.client.bridge.run(self.client.info(self.uid, self.endpoint))

@@ -3,6 +3,8 @@
 RPC methods (msgpack bodies; tensors in the ``moe.tensors`` wire format):
 
 * ``moe.info``     ``uid`` -> the expert's input/output schema and batch limit
+* ``moe.identity`` ``nonce`` -> ``[public key, signature]``: proof that this server holds the
+  key its experts are declared under (only with a DHT; see ``client.MoEClient``)
 * ``moe.forward``  ``[uid, inputs, compression]`` -> outputs
 * ``moe.backward`` ``[uid, inputs, grad_outputs, compression]`` -> input gradients (and the
   expert takes an optimizer step)
@@ -31,7 +33,7 @@ import torch
 from ...dht import DHTNode
 from ...net import RPC
 from ...world import default_rng
-from ..declare import declare_experts
+from ..declare import NONCE_BYTES, declare_experts, identity_proof
 from ..tensors import Compression, deserialize_tensors, read_headers, serialize_tensors
 from .backend import ExpertBackend, TensorSpec
 from .batching import TaskPool
@@ -39,7 +41,7 @@ from .device import ComputeExecutor
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("moe.info", "moe.forward", "moe.backward")
+METHODS = ("moe.info", "moe.identity", "moe.forward", "moe.backward")
 _REQUEST_OVERHEAD = 64 * 1024  # msgpack framing, uid, headers and 8-bit block scales, generously
 DECODE_INLINE_BYTES = 1 << 20
 """Requests with more tensor data than this are decoded on the executor, off the event loop."""
@@ -122,6 +124,7 @@ class ExpertServer:
         if self.dht is not None:
             if self.endpoint is None:
                 raise ValueError("an expert server must listen to be announced in the DHT")
+            self.rpc.register("moe.identity", self._identity, max_request_size=256)
             await self.announce()
             self._announcer = asyncio.get_running_loop().create_task(self._announce_forever())
 
@@ -170,6 +173,13 @@ class ExpertServer:
 
     async def _info(self, _peer: str, uid: Any) -> dict[str, Any]:
         return self._backend(uid).info()
+
+    async def _identity(self, _peer: str, nonce: Any) -> list[bytes]:
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+            raise ValueError(f"moe.identity takes a nonce of {NONCE_BYTES} bytes")
+        assert self.dht is not None and self.endpoint is not None
+        identity = self.dht.identity
+        return [identity.public_key, identity.sign(identity_proof(self.endpoint, nonce))]
 
     async def _forward(self, _peer: str, body: Any) -> list[Any]:
         uid, raw_inputs, compression = _unpack(body, 3, "forward body must be [uid, inputs, compression]")
