@@ -435,6 +435,7 @@ class DHTNode:
             deadline=loop.time() + min(self.config.lookup_timeout, timeout or self.config.lookup_timeout),
             skip=self.membership.skip(),
             on_unanswered=self.membership.unresponsive,
+            on_bad_referrer=self.membership.failed,
         )
 
     def _ask_introducer(self, targets: list[int]) -> dict[int, list[Contact]]:

@@ -18,6 +18,14 @@ for, past the straggler delay, when its deadline ended it: so a frozen peer make
 wait, not every one. ``also_ask`` names contacts to ask in the first round however far they are
 from the target, and whose answer (or failure) the target waits for: a node that knows nobody
 near a target asks someone who may.
+
+A contact vouches for the contacts it was first to name. While ``DISTRUST_AFTER`` of those keep
+the lookup waiting past the straggler delay, no more of them are asked; once that many failed,
+more than answered, the rest it named are not asked unless someone else names them too (they
+count as failed until then), and ``on_bad_referrer`` hears of it when none of its referrals
+answered: a peer answering finds with made-up contacts nobody listens at would otherwise cost a
+lookup one RPC timeout per contact it invents, while an honest peer whose table went stale
+loses nothing another peer can confirm.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ Ask = Callable[[Contact, list[int]], Awaitable[Mapping[int, tuple[Sequence[Conta
 OnFound = Callable[[int, Contact, Any], bool]
 Skip = Callable[[int], bool]
 """True for a node id the lookup should treat as failed without asking."""
+DISTRUST_AFTER = 3
+"""Failed referrals (more than answered ones) after which a contact's other referrals are not asked."""
 
 
 @dataclass
@@ -70,20 +80,56 @@ class _Search:
     """Contacts from ``also_ask`` that have neither answered nor failed yet."""
     answered: set[int] = field(default_factory=set)
     failed: set[int] = field(default_factory=set)
+    referrer: dict[int, int] = field(default_factory=dict)
+    """Who first named each contact (contacts we started from have none)."""
+    referrals: dict[int, list[int]] = field(default_factory=dict)
+    """Per referrer: [referrals that answered, referrals that failed]."""
+    distrusted: set[int] = field(default_factory=set)
+    unconfirmed: set[int] = field(default_factory=set)
+    """Contacts only distrusted referrers named: counted as failed until someone else names them."""
     finished: bool = False
     finished_early: bool = False
     converged: bool = False
     rounds: int = 0
     rpcs: int = 0
 
-    def learn(self, contact: Contact, depth: int, skip: Skip | None) -> None:
-        if contact.node_id not in self.known:
-            self.known[contact.node_id] = contact
-            self.depth[contact.node_id] = depth
-            if skip is not None and skip(contact.node_id):
-                self.failed.add(contact.node_id)
-            else:
-                bisect.insort(self.live_by_distance, (contact.node_id ^ self.target, contact.node_id))
+    def learn(self, contact: Contact, depth: int, skip: Skip | None, referrer: int | None = None) -> None:
+        node_id = contact.node_id
+        if node_id in self.unconfirmed and referrer is not None and referrer not in self.distrusted:
+            self.unconfirmed.discard(node_id)  # someone we still believe names it too
+            self.failed.discard(node_id)
+            self.referrer[node_id] = referrer
+            bisect.insort(self.live_by_distance, (node_id ^ self.target, node_id))
+        if node_id in self.known:
+            return
+        self.known[node_id] = contact
+        self.depth[node_id] = depth
+        if referrer is not None:
+            self.referrer[node_id] = referrer
+        if skip is not None and skip(node_id):
+            self.failed.add(node_id)
+        elif referrer in self.distrusted:
+            self.failed.add(node_id)
+            self.unconfirmed.add(node_id)
+        else:
+            bisect.insort(self.live_by_distance, (node_id ^ self.target, node_id))
+
+    def judge_referrer(self, node_id: int, answered: bool) -> int | None:
+        """Count ``node_id``'s outcome against whoever named it; the referrer if it is now
+        distrusted (its referrals not yet asked then count as failed)."""
+        referrer = self.referrer.get(node_id)
+        if referrer is None or referrer in self.distrusted:
+            return None
+        counts = self.referrals.setdefault(referrer, [0, 0])
+        counts[0 if answered else 1] += 1
+        if counts[1] < DISTRUST_AFTER or counts[1] <= counts[0]:
+            return None
+        self.distrusted.add(referrer)
+        for other, named_by in self.referrer.items():
+            if named_by == referrer and other not in self.asked and other not in self.failed:
+                self.fail(other)
+                self.unconfirmed.add(other)
+        return referrer
 
     def fail(self, node_id: int) -> None:
         if node_id not in self.failed:
@@ -116,6 +162,7 @@ async def traverse(
     skip: Skip | None = None,
     on_unanswered: Callable[[Contact], None] | None = None,
     also_ask: Mapping[int, Sequence[Contact]] | None = None,
+    on_bad_referrer: Callable[[Contact], None] | None = None,
 ) -> dict[int, LookupResult]:
     """Look up every target; see the module docstring.
 
@@ -168,7 +215,8 @@ async def traverse(
             )
             for task in [task for task in inflight if task in done]:  # set order is not reproducible
                 contact, batch, _ = inflight.pop(task)
-                _absorb(searches, contact, batch, _answer(task, contact), on_found, exclude, skip)
+                response = _answer(task, contact)
+                _absorb(searches, contact, batch, response, on_found, exclude, skip, on_bad_referrer)
     finally:
         for task in inflight:
             task.cancel()
@@ -218,10 +266,15 @@ def _plan(
 ) -> list[tuple[Contact, list[int]]]:
     """Which contacts to ask next, each with the targets it should be asked about."""
     active: dict[int, int] = {}
-    for _, batch, started in inflight.values():
+    stalled: dict[tuple[int, int | None], int] = {}  # (target, referrer): its referrals straggling
+    for contact, batch, started in inflight.values():
         if started + straggler_delay > now:  # the same test that schedules the wake-up below
             for target in batch:
                 active[target] = active.get(target, 0) + 1
+        else:
+            for target in batch:
+                key = (target, searches[target].referrer.get(contact.node_id))
+                stalled[key] = stalled.get(key, 0) + 1
     batches: dict[int, tuple[Contact, list[int]]] = {}
     for search in searches.values():
         if search.finished:
@@ -239,6 +292,9 @@ def _plan(
                 break
             if node_id in search.asked:
                 continue
+            referrer = search.referrer.get(node_id)
+            if referrer is not None and stalled.get((search.target, referrer), 0) >= DISTRUST_AFTER:
+                continue  # wait until one of what it named answers or fails
             search.asked.add(node_id)
             search.rpcs += 1
             slots -= 1
@@ -264,21 +320,27 @@ def _absorb(
     on_found: OnFound | None,
     exclude: int | None,
     skip: Skip | None,
+    on_bad_referrer: Callable[[Contact], None] | None,
 ) -> None:
     for target in batch:
         search = searches[target]
         search.awaited.discard(contact.node_id)
         if search.finished:
             continue
-        if response is None or target not in response:
+        answered = response is not None and target in response
+        referrer = search.judge_referrer(contact.node_id, answered)
+        if referrer is not None and on_bad_referrer is not None and search.referrals[referrer][0] == 0:
+            on_bad_referrer(search.known[referrer])
+        if not answered:
             search.fail(contact.node_id)
             continue
+        assert response is not None
         search.answered.add(contact.node_id)
         depth = search.depth[contact.node_id] + 1
         search.rounds = max(search.rounds, depth)
         neighbours, found = response[target]
         for neighbour in neighbours:
             if neighbour.node_id != exclude:
-                search.learn(neighbour, depth, skip)
+                search.learn(neighbour, depth, skip, contact.node_id)
         if found is not None and on_found is not None and on_found(target, contact, found):
             search.finished = search.finished_early = True
