@@ -116,14 +116,14 @@ def test_dictionary_expires_with_its_latest_subkey() -> None:
     ("first", "second", "winner"),
     [
         (plain(b"P", 10.0), sub("s", b"S", 20.0), "second"),
-        (plain(b"P", 20.0), sub("s", b"S", 10.0), "first"),
-        (sub("s", b"S", 10.0), plain(b"P", 20.0), "second"),
+        (plain(b"P", 20.0), sub("s", b"S", 10.0), "second"),
+        (sub("s", b"S", 10.0), plain(b"P", 20.0), "first"),
         (sub("s", b"S", 20.0), plain(b"P", 10.0), "first"),
-        (plain(b"P", 20.0), sub("s", b"S", 20.0), "first"),
+        (plain(b"P", 20.0), sub("s", b"S", 20.0), "second"),
         (sub("s", b"S", 20.0), plain(b"P", 20.0), "first"),
     ],
 )
-def test_plain_value_versus_dictionary_later_expiration_wins(
+def test_a_dictionary_wins_over_a_plain_value_whatever_the_expirations(
     first: DHTRecord, second: DHTRecord, winner: str
 ) -> None:
     storage = LocalStorage()
@@ -329,3 +329,16 @@ def test_validator_chain_propagates_sign_refusal(owner: Identity, stranger: Iden
         chain.sign(owned_record(owner))
     assert ValidatorChain().sign(plain(b"x", 1.0)).value == b"x"
     assert ValidatorChain().validate(plain(b"x", 1.0)) is None
+
+
+def test_one_plain_store_cannot_wipe_what_many_writers_announced_under_a_key() -> None:
+    """Issue 14: a peer claiming a made-up plain value for an expert grid prefix, with the latest
+    expiration a node accepts, replaced every server's subkey there and hid the experts."""
+    storage = LocalStorage()
+    for writer in "abcd":
+        assert storage.store(KID, sub(writer, writer.encode(), 30.0), now=0.0)
+    assert storage.put(KID, plain(b"made up", 10_000.0), now=0.0) == (
+        "a dictionary is held under this key until its subkeys expire"
+    )
+    assert [value for _, value, _ in held(storage, 0.0)] == [b"a", b"b", b"c", b"d"]
+    assert storage.store(KID, plain(b"later", 100.0), now=31.0), "once they expired, a plain value may come"

@@ -1,9 +1,11 @@
 """What a DHT node holds: values with expiration times, plain or as dictionaries of subkeys.
 
 A key holds either one plain value or a dictionary whose subkeys each carry their own value and
-expiration (so many servers can announce under one key). The newer expiration always wins:
-a record older than what is held is refused, a newer one replaces it, and the same record again
-is a no-op that counts as held. Expired data is dropped when read and swept periodically.
+expiration (so many servers can announce under one key). The newer expiration wins: a record
+older than what is held is refused, a newer one replaces it, and the same record again is a
+no-op that counts as held. A dictionary wins over a plain value whatever their expirations: it
+is shared by its writers, so one plain store (or one lying answer) must not wipe every subkey.
+Expired data is dropped when read and swept periodically.
 
 **Limits.** Remote peers decide what a node holds, so everything is bounded: total bytes, bytes
 per key, subkeys per key, and bytes per *source*. A source is whoever brought a record this node
@@ -181,17 +183,21 @@ class LocalStorage:
         replaced: list[bytes | None] = []
         if slot is not None:
             held = slot.records.get(record.subkey)
-            if record.subkey is None or None in slot.records:
-                # plain against anything, or a subkey against a plain value: the whole entry competes
+            if record.subkey is None and None not in slot.records:
+                # a dictionary is shared by its writers: one plain store must not wipe everyone's
+                # subkeys (a made-up value hid every expert under a grid prefix); it expires first
+                return "a dictionary is held under this key until its subkeys expire"
+            if record.subkey is not None and None in slot.records:
+                replaced = [None]  # a subkey turns a plain value into a dictionary
+            elif record.subkey is None:  # plain against plain: the later expiration wins
                 if slot.expiration_time >= record.expiration_time:
                     if held is not None and (held.value, held.expiration_time) == (
                         record.value,
                         record.expiration_time,
                     ):
                         return None
-                    kind = "a value" if None in slot.records else "a dictionary"
-                    return f"{kind} that lives at least as long is held under this key"
-                replaced = list(slot.records)
+                    return "a value that lives at least as long is held under this key"
+                replaced = [None]
             elif held is not None:
                 if held.expiration_time >= record.expiration_time:
                     if (held.value, held.expiration_time) == (record.value, record.expiration_time):
