@@ -98,7 +98,7 @@ async def test_a_bug_in_this_process_raises_instead_of_being_taken_for_a_dead_ex
 
 
 async def test_remote_failures_and_bad_answers_skip_the_expert_and_are_counted(world) -> None:
-    client = await grid_of_servers(world)
+    client = await grid_of_servers(world, servers=3)  # a bad answer bans its server: two others left
     layer = make_layer(client, k_min=3)
     real_forward = client.forward
 
@@ -116,9 +116,10 @@ async def test_remote_failures_and_bad_answers_skip_the_expert_and_are_counted(w
     result = await world.run_trainer(lambda: client.bridge.run(layer._forward_all(x, logits)))
     assert result.mask.all(), "the retry found three answering experts for every sample"
     chosen = {"ffn." + ".".join(map(str, c.tolist())) for c in result.coords.flatten(0, 1)}
-    assert chosen == {"ffn.0.2", "ffn.1.0", "ffn.1.1"}
-    # the retry tries twice as many experts per missing answer: all three left
-    assert layer.stats.forward_calls == 3 + 3 and layer.stats.searches == 2
+    assert chosen == {"ffn.0.2", "ffn.1.0", "ffn.1.2"}
+    # the retry tries twice as many experts per missing answer: the two left off ffn.0.1's banned server
+    assert layer.stats.forward_calls == 3 + 2 and layer.stats.searches == 2
+    assert client.is_banned(world.servers[1].endpoint) and client.bans == 1, "the bad answer banned it"
     assert layer.stats.forward_failures == 2
     assert layer.stats.expert_failures == {"ffn.0.0": 1, "ffn.0.1": 1}
     assert issubclass(MalformedResponse, ValueError)

@@ -14,6 +14,7 @@ EVENTS = {  # operations, each with a success flag and most with a latency
     "dht.lookup": "DHT lookup",
     "moe.step": "training step",
     "moe.expert_call": "expert call",
+    "moe.forward": "scripted DMoE forward",
 }
 EVENT_FIELDS = {  # the mean of a number an event carries besides its latency (`dht.lookup.hops.mean`)
     "hops": "hops, mean",
@@ -24,6 +25,7 @@ SHARE_FIELDS = frozenset({"dht.lookup.top1", "dht.lookup.overlap"})  # event fie
 COUNTERS = {
     "moe.bans": "bans",
     "moe.expert_failures": "expert failures",
+    "moe.rejected": "rejected expert answers (junk next to the other experts' answers)",
     "rpc.messages": "RPC messages",
     "rpc.bytes": "RPC bytes",
     "peers.errors": "peer errors (exceptions in a peer's own code)",

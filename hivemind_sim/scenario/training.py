@@ -177,11 +177,14 @@ class Trainer:
         self.session.set()
 
     def _expert_call(self, call: ExpertCall) -> None:
-        """A remote expert call ended (on the loop): its outcome and latency, at its end."""
+        """A remote expert call was judged (on the loop): its outcome and latency. A late call
+        (dropped once every sample had its answers) is not the expert's failure."""
         now = self.clock()
         self.recorder.event("moe.expert_call", now, ok=call.ok, latency=call.seconds)
-        if not call.ok:
+        if call.outcome in ("failed", "rejected"):
             self.recorder.count("moe.expert_failures", now, 1)
+        if call.outcome == "rejected":
+            self.recorder.count("moe.rejected", now, 1)
 
     # ---- training (trainer threads) -------------------------------------------------------------
 

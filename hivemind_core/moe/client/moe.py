@@ -6,15 +6,20 @@ For a batch ``x``:
 2. a beam search over the DHT picks, per sample, the ``k_best`` alive experts with the best
    summed scores;
 3. each chosen expert receives all its samples in one call, all calls in parallel; once every
-   sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more (a server
-   that misses the deadline is banned by the client for ``ban_time``, like one that failed);
-4. samples left with fewer than ``k_min`` answers get a fresh search that skips the experts
+   sample has ``k_min`` answers the layer waits at most ``timeout_after_k_min`` more. A call
+   still running then is merely slower than the others (``late``): it is dropped, not held
+   against its server. A server that misses the full ``forward_timeout``, or answers NaN or a
+   malformed answer, is banned by the client for ``ban_time``;
+4. the answers to each sample are checked against each other (``answer_check``, a
+   :class:`NormCheck` by default): an expert whose answer is an outlier is rejected for the whole
+   call and its server banned, like one that answered NaN;
+5. samples left with fewer than ``k_min`` answers get a fresh search that skips the experts
    that just failed (up to ``max_searches`` searches), then a clear error if still short.
    Each retry calls twice as many experts per missing answer as the round before, so a
    swarm where most announced experts are dead costs a few rounds, not one per dead server
    (answers beyond ``k_best`` per sample are dropped);
-5. the output is the softmax-weighted average of the experts that answered; failed ones are
-   masked out of the average and out of backward.
+6. the output is the softmax-weighted average of the accepted answers; failed and rejected
+   ones are masked out of the average (the weights renormalized) and out of backward.
 
 Backward sends each answering expert the gradients of its samples (it trains on them) and
 sums the input gradients it returns. The gate's gradient flows through ordinary torch ops.
@@ -28,6 +33,7 @@ failed backward (whose gradient is lost) is also logged as a warning, once per e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +42,14 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
+from ...net import RemoteError
 from ..uid import parse_uid
 from .arguments import check_count, check_timeout
 from .beam_search import Choice, MoEBeamSearcher
-from .client import MoEClient
+from .client import MoEClient, UntrustedServer
 from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse, describe_failures
-from .stats import ExpertCall, MixtureStats
+from .outliers import NormCheck
+from .stats import ExpertCall, MixtureStats, Outcome
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +66,7 @@ class _Assignment:
     slots: list[int] = field(default_factory=list)
     output: torch.Tensor | None = None
     error: str | None = None
+    seconds: float = 0.0  # how long its answer took
 
 
 @dataclass
@@ -74,7 +83,8 @@ class RemoteMixtureOfExperts(nn.Module):
     Inputs are ``[batch, in_features]`` or ``[batch, ..., in_features]`` (the gate then sees the
     mean over the middle dimensions). Experts map a sample to an output of ``output_shape``
     (by default the input's sample shape); an answer of another shape counts as a failure of
-    that expert. An empty batch gives an empty output without remote calls.
+    that expert. An empty batch gives an empty output without remote calls. ``answer_check``
+    rejects junk answers by comparing the answers to each sample (None: accept every finite one).
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class RemoteMixtureOfExperts(nn.Module):
         max_searches: int = 3,
         beam_size: int | None = None,
         output_shape: Sequence[int] | None = None,
+        answer_check: NormCheck | None = NormCheck(),  # noqa: B008 (frozen, so safely shared)
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("k_best", k_best), ("max_searches", max_searches)):
@@ -116,6 +127,8 @@ class RemoteMixtureOfExperts(nn.Module):
             ("timeout_after_k_min", timeout_after_k_min),
         ):
             check_timeout(name, seconds)
+        if answer_check is not None and not isinstance(answer_check, NormCheck):
+            raise ValueError(f"answer_check must be a NormCheck or None, got {answer_check!r}")
         self.in_features = in_features
         self.grid_size = list(grid_size)
         self.client = client
@@ -125,6 +138,7 @@ class RemoteMixtureOfExperts(nn.Module):
         self.max_searches = max_searches
         self.beam_size = beam_size
         self.output_shape = None if output_shape is None else torch.Size(output_shape)
+        self.answer_check = answer_check
         self.stats = MixtureStats()
         self.searcher = MoEBeamSearcher(client, uid_prefix, self.grid_size)
         self.proj = nn.Linear(in_features, sum(self.grid_size))
@@ -178,6 +192,10 @@ class RemoteMixtureOfExperts(nn.Module):
             )
             round_ = self._group(needy, picks, answered, self.k_best, widen)
             await self._call_forward(x, round_, answered, sample_shape)
+            self._vet(round_, answered)
+            for assignment in round_:  # observed once judged: `ok` means accepted
+                if assignment.output is not None:
+                    self._observe("forward", assignment, "answered", assignment.seconds)
             for sample, choices in zip(needy, picks, strict=True):  # best-scored answers first
                 rank = {choice.uid: i for i, choice in enumerate(choices)}
                 answered[sample].sort(key=lambda a: rank.get(a.choice.uid, -1))
@@ -240,6 +258,7 @@ class RemoteMixtureOfExperts(nn.Module):
         began = loop.time()
         deadline = began + self.forward_timeout
         shortened = False
+        probes: dict[str, asyncio.Task[bool]] = {}  # endpoint -> is it alive? (asked at k_min)
         try:
             while calls and loop.time() < deadline:
                 done, _ = await asyncio.wait(
@@ -250,43 +269,117 @@ class RemoteMixtureOfExperts(nn.Module):
                     try:
                         assignment.output = _one_output(task.result(), assignment, sample_shape)
                     except REMOTE_FAILURES as error:  # refused, timed out, remote error, bad answer
-                        self._forward_failed(assignment, f"{type(error).__name__}: {error}", began)
+                        self._forward_failed(
+                            assignment, f"{type(error).__name__}: {error}", loop.time() - began
+                        )
+                        if _junk(error):
+                            self._ban(assignment.choice.endpoint)
                         continue
-                    self._observe("forward", assignment, ok=True, ended=loop.time(), began=began)
+                    assignment.seconds = loop.time() - began
                     for sample in assignment.samples:
                         answered[sample].append(assignment)
                 if not shortened and all(len(answered[s]) >= self.k_min for a in round_ for s in a.samples):
                     shortened = True
                     deadline = min(deadline, loop.time() + self.timeout_after_k_min)
-            # Only a real deadline miss gets here with calls outstanding (a cancelled caller or a
-            # bug leaves through the exception instead): a frozen or overloaded server never fails
-            # at the transport level, so skip it for a while.
+                    for a in calls.values():  # still working, or frozen? ask while we wait
+                        if a.choice.endpoint not in probes:
+                            probe = self._alive(a.choice.uid, a.choice.endpoint, deadline - loop.time())
+                            probes[a.choice.endpoint] = loop.create_task(probe)
+            # Only a real deadline gets here with calls outstanding (a cancelled caller or a bug
+            # leaves through the exception instead). Past the full timeout, or when its server did
+            # not answer the probe either, the server is frozen or overloaded (it never fails at
+            # the transport level): skip it for a while. A server that answered the probe is alive
+            # and merely slower than the first k_min: drop its call, keep choosing it.
+            missed = deadline >= began + self.forward_timeout
+            await asyncio.gather(*(probes[a.choice.endpoint] for a in calls.values() if not missed))
             for assignment in calls.values():
-                self._forward_failed(assignment, "no answer in time", began)
-                self.client.ban(assignment.choice.endpoint)
+                if missed or not probes[assignment.choice.endpoint].result():
+                    self._forward_failed(assignment, "no answer in time", loop.time() - began)
+                    self._ban(assignment.choice.endpoint)
+                else:
+                    assignment.error = "still working when every sample had k_min answers"
+                    self.stats.late += 1
+                    self._observe("forward", assignment, "late", loop.time() - began)
         finally:
-            for task in calls:
+            for task in [*calls, *probes.values()]:
                 task.cancel()
                 task.add_done_callback(_retrieve)
 
-    def _forward_failed(self, assignment: _Assignment, error: str, began: float) -> None:
+    async def _alive(self, uid: str, endpoint: str, timeout: float) -> bool:
+        """Whether the server answers a cheap request (``moe.info``) within ``timeout``: a
+        frozen or dead one does not, one busy computing does (its event loop is free)."""
+        try:
+            await self.client.info(uid, endpoint, timeout=timeout)
+        except RemoteError:  # it answered, if with an error
+            return True
+        except REMOTE_FAILURES:
+            return False
+        return True
+
+    def _forward_failed(
+        self, assignment: _Assignment, error: str, seconds: float, outcome: Outcome = "failed"
+    ) -> None:
         assignment.error = error
         self.stats.forward_failures += 1
         self.stats.record_failure(assignment.choice.uid)
-        self._observe("forward", assignment, ok=False, ended=asyncio.get_running_loop().time(), began=began)
+        self._observe("forward", assignment, outcome, seconds)
         logger.debug("expert %s failed: %s", assignment.choice.uid, error)
 
+    def _vet(self, round_: list[_Assignment], answered: list[list[_Assignment]]) -> None:
+        """Reject this round's experts whose answer to some sample is an outlier among all the
+        answers that sample holds (``answer_check``); their servers are banned."""
+        check = self.answer_check
+        samples = sorted({s for a in round_ if a.output is not None for s in a.samples})
+        width = max((len(answered[s]) for s in samples), default=0)
+        if check is None or sum(len(answered[s]) for s in samples) < check.min_answers:
+            return
+        held = list({id(a): a for s in samples for a in answered[s]}.values())  # each answer once
+        per_answer = []
+        for a in held:
+            assert a.output is not None
+            per_answer.append(a.output.flatten(1).float().norm(dim=1))
+        flat = torch.cat(per_answer)
+        offsets = itertools.accumulate((len(a.samples) for a in held), initial=0)
+        first = {id(a): offset for a, offset in zip(held, offsets, strict=False)}
+        row = {id(a): {s: r for r, s in enumerate(a.samples)} for a in held}
+        at: tuple[list[int], list[int], list[int]] = ([], [], [])  # matrix row, column, flat index
+        for i, sample in enumerate(samples):
+            for j, a in enumerate(answered[sample]):
+                at[0].append(i)
+                at[1].append(j)
+                at[2].append(first[id(a)] + row[id(a)][sample])
+        norms = torch.full((len(samples), width), float("nan"))
+        norms[at[0], at[1]] = flat[at[2]]
+        this_round = {id(a) for a in round_}
+        junk: dict[int, tuple[_Assignment, str]] = {}
+        for i, j in check.outliers(norms).nonzero().tolist():
+            assignment, count = answered[samples[i]][j], len(answered[samples[i]])
+            if id(assignment) in this_round and id(assignment) not in junk:
+                junk[id(assignment)] = (
+                    assignment,
+                    (
+                        f"answer rejected: its norm {norms[i, j].item():.3g} for sample {samples[i]} is over "
+                        f"{check.factor:g} x the median {norms[i].nanmedian().item():.3g} of {count} answers"
+                    ),
+                )
+        for assignment, reason in junk.values():
+            assignment.output = None
+            for sample in assignment.samples:
+                answered[sample] = [a for a in answered[sample] if a is not assignment]
+            self.stats.rejected += 1
+            self._forward_failed(assignment, reason, assignment.seconds, "rejected")
+            self._ban(assignment.choice.endpoint)
+
+    def _ban(self, endpoint: str) -> None:
+        """Ban a server that failed (once, however many of its experts did at once)."""
+        if not self.client.is_banned(endpoint):
+            self.client.ban(endpoint)
+
     def _observe(
-        self,
-        kind: Literal["forward", "backward"],
-        assignment: _Assignment,
-        *,
-        ok: bool,
-        ended: float,
-        began: float,
+        self, kind: Literal["forward", "backward"], assignment: _Assignment, outcome: Outcome, seconds: float
     ) -> None:
         choice = assignment.choice
-        self.stats.observe(ExpertCall(kind, choice.uid, choice.endpoint, ok, ended - began))
+        self.stats.observe(ExpertCall(kind, choice.uid, choice.endpoint, outcome, seconds))
 
     def _assemble(
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
@@ -345,10 +438,12 @@ class RemoteMixtureOfExperts(nn.Module):
                 )
             if isinstance(result, BaseException):
                 self._backward_failed(assignment, result)
+                if _junk(result):
+                    self._ban(assignment.choice.endpoint)
             else:
                 grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
-            ok = not isinstance(result, BaseException)
-            self._observe("backward", assignment, ok=ok, ended=ended, began=began)
+            outcome: Outcome = "failed" if isinstance(result, BaseException) else "answered"
+            self._observe("backward", assignment, outcome, ended - began)
         return grad_x
 
     def _backward_failed(self, assignment: _Assignment, error: BaseException) -> None:
@@ -383,6 +478,13 @@ def _one_output(
             f"{uid} returned samples of shape {list(outputs[0].shape[1:])}, expected {list(sample_shape)}"
         )
     return outputs[0]
+
+
+def _junk(error: BaseException) -> bool:
+    """Whether the server answered junk (NaN, the wrong shape or batch, undecodable), which bans
+    it like a missed deadline. A server that is not the expert's declarer is no reason to ban
+    the endpoint: its rightful server may serve other experts (see ``client.UntrustedServer``)."""
+    return isinstance(error, MalformedResponse) and not isinstance(error, UntrustedServer)
 
 
 async def _ended(call: Awaitable[T]) -> tuple[T | BaseException, float]:

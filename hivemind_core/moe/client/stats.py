@@ -11,16 +11,27 @@ MAX_TRACKED_EXPERTS = 1024
 from the DHT, so a hostile peer could otherwise grow the table without bound."""
 
 
+Outcome = Literal["answered", "failed", "rejected", "late"]
+
+
 @dataclass(frozen=True, slots=True)
 class ExpertCall:
-    """How one expert call ended: ``ok`` when its answer was accepted, after ``seconds``
-    (a call given up at the deadline counts as failed, with the time it was waited for)."""
+    """How one expert call ended, after ``seconds``: ``answered`` (its answer was accepted),
+    ``failed`` (an error, a NaN or malformed answer, or no answer by the full timeout, with the
+    time it was waited for), ``rejected`` (a finite answer judged junk next to the other
+    experts' answers, see ``outliers.py``) or ``late`` (still working when the layer stopped
+    waiting, ``timeout_after_k_min`` after every sample had ``k_min`` answers: slow, not
+    failed)."""
 
     kind: Literal["forward", "backward"]
     uid: str
     endpoint: str
-    ok: bool
+    outcome: Outcome
     seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "answered"
 
 
 @dataclass
@@ -29,6 +40,8 @@ class MixtureStats:
 
     ``forward_calls``/``backward_calls`` count expert calls (one per chosen expert and round),
     ``searches`` beam searches, ``unavailable`` forwards that raised ``ExpertsUnavailable``;
+    ``rejected`` forward answers judged junk (also counted in ``forward_failures``), ``late``
+    calls still running when the layer stopped waiting (not failures);
     ``expert_failures`` maps an expert's UID to its failed calls (forward and backward).
     ``observer``, when set, hears every call's outcome and latency as it ends, for metrics
     that need more than totals (a latency distribution, a timeline of failures).
@@ -40,6 +53,8 @@ class MixtureStats:
     backward_failures: int = 0
     searches: int = 0
     unavailable: int = 0
+    rejected: int = 0
+    late: int = 0
     expert_failures: dict[str, int] = field(default_factory=dict)
     observer: Callable[[ExpertCall], None] | None = field(default=None, repr=False)
     _warned_until: dict[str, float] = field(default_factory=dict, repr=False)
