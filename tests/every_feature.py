@@ -82,6 +82,12 @@ events:
   - {name: restart, at: 5.5s, action: restart, select: {group: servers, count: 1}}
   - {name: cut, at: 6s, action: partition, sides: [{region: eu-west}]}
   - {name: heal, at: 7s, action: heal}
+  - {name: hostile, at: 1.5s, duration: 2s, action: hostile, behaviour: junk_contacts,
+     select: {group: dht, count: 1}}
+  - {name: store, at: 0.2s, action: store, key: scripted, select: {group: trainers, count: 1}}
+  - {name: get, at: 0.5s, action: get, key: scripted, select: {group: trainers}}
+  - {name: lookup, at: 0.8s, action: lookup, select: {group: trainers, count: 1}}
+  - {name: forward, at: 1s, action: forward, select: {group: trainers, count: 1}}
 workload:
   dht:
     stores_per_second: 20

@@ -57,13 +57,16 @@ def test_one_seed_gives_one_digest_and_metrics_anywhere(runs) -> None:
     assert here == other
 
 
+OPERATIONS = ("store", "get", "lookup", "forward")
+
+
 def test_it_uses_every_event_kind_and_churn_option(runs) -> None:
     scenario, metrics, _ = runs
     assert {event.action for event in scenario.events} == set(schema.EVENT_ACTIONS)
     windows = {w["name"]: (w["start_s"], w["end_s"]) for w in metrics["windows"]}
-    for event in scenario.events:  # a restart and a heal are over at once; `cut` lasts to the end
+    for event in scenario.events:  # a restart, a heal and an operation are over at once; `cut` lasts
         lasting = event.duration and event.at + event.duration
-        end = event.at if event.action in ("restart", "heal") else lasting
+        end = event.at if event.action in ("restart", "heal", *OPERATIONS) else lasting
         assert windows[event.name] == (event.at, end), event.name
     churns = [group.churn for group in scenario.peers if group.churn is not None]
     drawn = {type(t).__name__ for c in churns for t in (c.session, c.downtime) if t is not None}

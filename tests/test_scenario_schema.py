@@ -949,6 +949,12 @@ events:
   - {at: 1m, action: freeze, duration: 0.1s, select: {region: 0, role: dht}}
   - {at: 1m, action: leave, select: {group: dht, fraction: 0.1}}
   - {at: 1m, action: restart, select: {group: dht, count: 1}}
+  - {at: 1m, action: misbehave, output: slow, delay: 2s, select: {group: servers, count: 1}}
+  - {at: 1m, action: hostile, behaviour: store_flood, rate: 50/s, select: {group: dht, count: 1}}
+  - {at: 1m, action: store, key: k, ttl: 1m, value_size: 1KiB, select: {group: dht, count: 1}}
+  - {at: 1m, action: get, key: k, select: {group: dht, count: 1}}
+  - {at: 1m, action: lookup, target: 12345, select: {group: dht, count: 1}}
+  - {at: 1m, action: forward, select: {role: peer, count: 1}}
 workload:
   dht: {stores_per_second: 2, gets_per_second: 10, lookups_per_second: 2, keys: 100,
         popularity: {distribution: zipf, exponent: 1.1}, ttl: 1h, value_size: 64KiB}
@@ -962,6 +968,7 @@ workload:
     batch_size: 8
     optimizer: {name: sgd, lr: 0.01}
     dataset: digits
+    batches_in_flight: 0
 assertions:
   - dht.get.success_rate >= 99%
   - train.loss.final <= 0.8

@@ -102,8 +102,23 @@ REDUCED = {
         "assertions.2=moe.step.p50 >= 300ms during slow",
         "assertions.3=moe.expert_call.p50 >= 75ms during slow",
         "assertions.6=moe.bans.total >= 2 during frozen",
-        "assertions.8=moe.expert_failures.total >= 30 during nan-answers",
+        "assertions.8=moe.bans.total >= 2 during nan-answers",
         "assertions.13=train.loss.final <= 1.0 during servers-leave",
+        # 30 s bans outlast these short windows: the servers that leave are the NaN ones, already
+        # banned, and one answers garbage, so that honest experts outnumber it after the restart
+        "events.servers-leave.select={peers: [servers-4, servers-5]}",
+        "events.garbage-answers.select={peers: [servers-7]}",
+        "assertions.15=moe.rejected.total >= 1 during garbage-answers",
+        "assertions.16=train.loss.final <= 1.0 during garbage-answers",
+    ],
+    # one trainer, 12 s of attack and 8 s of phantom values instead of 40 s and 20 s
+    "hostile_peers": [
+        "peers.trainers.count=1",
+        "warmup=20s",
+        "duration=30s",
+        *(f"events.{index}.{key}" for index in range(5) for key in ("at=3s", "duration=12s")),
+        "events.phantoms.at=18s",
+        "events.phantoms.duration=8s",
     ],
     "churn_models": [
         "duration=90s",
@@ -169,17 +184,17 @@ def expert_faults_effects(run: Report) -> None:
     assert bad["moe.bans.total"] > 0, bad
     frozen = run.during("frozen")  # freeze: calls time out, the frozen servers get banned
     assert frozen["moe.expert_failures.total"] > 0 and frozen["moe.bans.total"] > 0, frozen
-    nan = run.during("nan-answers")  # misbehave nan: the client rejects the answers
-    assert nan["moe.expert_failures.total"] > 0 and nan["moe.expert_call.success_rate"] < 0.95, nan
+    nan = run.during("nan-answers")  # misbehave nan: the client rejects the answers, bans the servers
+    assert nan["moe.expert_failures.total"] > 0 and nan["moe.bans.total"] > 0, nan
     assert nan["moe.step.success_rate"] >= 0.95, nan
     left = run.during("servers-leave")  # leave: two servers gone for the window, then back
     assert left["peers.alive.servers.min"] == servers - 2, left
     # restart: three servers down at once (only the restart takes more than two), then back
     assert whole["peers.alive.servers.min"] == servers - 3
     assert whole["peers.alive.servers.final"] == servers
-    garbage = run.during("garbage-answers")  # misbehave garbage: undetected, the loss explodes
-    assert garbage["moe.expert_call.success_rate"] == 1.0, garbage
-    assert garbage["train.loss.final"] >= 1000 * left["train.loss.final"], (garbage, left)
+    garbage = run.during("garbage-answers")  # misbehave garbage: rejected, the loss stays put
+    assert garbage["moe.rejected.total"] > 0 and garbage["moe.bans.total"] > 0, garbage
+    assert garbage["train.loss.final"] <= 2 * left["train.loss.final"], (garbage, left)
 
 
 def churn_models_effects(run: Report) -> None:
@@ -230,7 +245,24 @@ def trace_levels(path: Path, count: int, duration: float) -> tuple[float, int]:
     return area / duration, lowest
 
 
+def hostile_peers_effects(run: Report) -> None:
+    attack, phantoms = run.during("attack"), run.during("phantoms")
+    window = {event["name"]: event for event in run.scenario["events"] if "name" in event}
+    # the floods happened: 400 requests a second on top of the workload, answered or not
+    attacked, phantom = (parse_duration(window[name]["duration"]) for name in ("attack", "phantoms"))
+    per_second = attack["rpc.messages.total"] / attacked
+    quiet = run.summary["rpc.messages.total"] - attack["rpc.messages.total"] - phantoms["rpc.messages.total"]
+    quiet_per_second = quiet / (run.duration - attacked - phantom)
+    assert per_second >= quiet_per_second + 300, (per_second, quiet_per_second)
+    # and the well-behaved peers kept working through every attack
+    for metric in ("dht.store", "dht.get", "dht.lookup"):
+        assert attack[f"{metric}.count"] >= 10 and attack[f"{metric}.success_rate"] >= 0.95, metric
+    assert attack["moe.step.count"] >= 5 and attack["moe.expert_failures.total"] == 0, attack
+    assert attack["dht.lookup.overlap.mean"] >= 0.9, attack
+
+
 EFFECTS: dict[str, Callable[[Report], None]] = {
+    "hostile_peers": hostile_peers_effects,
     "swarm_training": swarm_training_effects,
     "expert_faults": expert_faults_effects,
     "churn_models": churn_models_effects,

@@ -363,7 +363,7 @@ def test_a_misbehaving_expert_still_returns_true_gradients_and_trains() -> None:
 
 
 def test_misbehave_checks_its_arguments() -> None:
-    with pytest.raises(ValueError, match="output must be one of nan, garbage, got 'zeros'"):
+    with pytest.raises(ValueError, match="output must be one of nan, garbage, slow, plausible, got 'zeros'"):
         misbehave(expert(), output="zeros")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expected an ExpertServer or ExpertBackends, got str"):
         behave(["ffn.0"])  # type: ignore[list-item]

@@ -1,8 +1,14 @@
 """A scenario's timeline: each event acts on the peers its selector picks, at its time, and is
 undone when its ``duration`` ends (every fault still active is undone when the run ends).
 
-Process faults (crash, leave, freeze, restart, slow compute, misbehaving experts) pick among
-the peers alive at that moment; network faults (partition, degrade) among all peers.
+Process faults (crash, leave, freeze, restart, slow compute, misbehaving experts, hostile
+peers) and scripted operations (store, get, lookup, forward) pick among the peers alive at that
+moment; network faults (partition, degrade) among all peers. An operation is over when every
+selected peer has done it; its outcomes are kept per peer in ``Timeline.outcomes``.
+
+``apply_at_now`` runs an event at once through the same path as a scheduled one, so a driver
+that applies events one by one and a scenario file that lists them at the same times replay
+the same run.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..swarms import faults
+from ..swarms import faults, hostile
 from . import schema
 from .metrics import Recorder
+from .operations import Operations, Outcome
 from .peers import ScenarioPeers
+
+__all__ = ("Outcome", "Timeline", "event_name")
 
 Undo = Callable[[], Awaitable[None]]
 
@@ -44,12 +53,34 @@ class Timeline:
         self.start = start
         self.end = end
         self.spawn = spawn
+        self.events: list[schema.Event] = []
+        """Every event scheduled or applied, in index order (what a replay writes out)."""
+        self.outcomes: dict[int, list[Outcome]] = {}
+        """Per operation event's index, one outcome per selected peer (in selection order)."""
+        self._operations = Operations(peers, start=start)
         self._active: dict[int, Undo] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def schedule(self, events: tuple[schema.Event, ...]) -> None:
-        for index, event in enumerate(events):
+        for event in events:
+            index = self._add(event)
             self._tasks.append(self.spawn(self._run(index, event)))
+
+    async def apply_at_now(self, event: schema.Event) -> int:
+        """Run ``event`` now (its ``at`` should be now, in window time) and return its index;
+        an operation is over when this returns, a fault's undo waits for its ``duration``."""
+        index = self._add(event)
+        applied: asyncio.Future[None] = self.sim.loop.create_future()
+        task = self.spawn(self._run(index, event, applied))  # as a scheduled event runs
+        self._tasks.append(task)
+        await asyncio.wait([applied, task], return_when=asyncio.FIRST_COMPLETED)
+        if not applied.done():
+            task.result()  # it failed before the event was applied: raise why
+        return index
+
+    def _add(self, event: schema.Event) -> int:
+        self.events.append(event)
+        return len(self.events) - 1
 
     async def finish(self) -> None:
         """Undo every fault still active, in the order they began."""
@@ -58,14 +89,22 @@ class Timeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for index in sorted(self._active):
             await self._active.pop(index)()
+        await self._operations.close()
 
-    async def _run(self, index: int, event: schema.Event) -> None:
-        await asyncio.sleep(max(0.0, self.start + event.at - self.sim.now))
+    async def _run(
+        self, index: int, event: schema.Event, applied: asyncio.Future[None] | None = None
+    ) -> None:
+        """Apply ``event`` at its time (now, when ``applied`` is given: it is set once the event
+        is applied) and undo it after its ``duration``."""
+        if applied is None:
+            await asyncio.sleep(max(0.0, self.start + event.at - self.sim.now))
         name = event_name(index, event)
         undo = await self._apply(index, event)
         duration = event.duration
         ends = None if duration is None else min(event.at + duration, self.end - self.start)
         self.recorder.window(name, event.action, event.at, ends if undo is not None else event.at)
+        if applied is not None:
+            applied.set_result(None)
         if undo is None:
             return
         self._active[index] = undo
@@ -84,6 +123,12 @@ class Timeline:
             network.heal()
             return None
         chosen = self._select(index, event.select, alive=not isinstance(event, schema.DegradeEvent))
+        if isinstance(event, schema.StoreEvent | schema.GetEvent | schema.LookupEvent | schema.ForwardEvent):
+            if isinstance(event, schema.ForwardEvent):
+                chosen = [name for name in chosen if name in peers.trainers]
+            runs = [self._operations.run(index, event, name) for name in chosen]
+            self.outcomes[index] = list(await asyncio.gather(*runs))
+            return None
         if isinstance(event, schema.CrashEvent | schema.LeaveEvent):
             graceful = isinstance(event, schema.LeaveEvent)
             for name in chosen:
@@ -107,8 +152,20 @@ class Timeline:
         if isinstance(event, schema.MisbehaveEvent):
             servers = [peers.servers[name] for name in chosen if name in peers.servers]
             for server in servers:
-                faults.misbehave(server, output=event.output, seed=self.sim.seed)
+                faults.misbehave(server, output=event.output, seed=self.sim.seed, delay=event.delay)
             return _async(lambda: [faults.behave(server) for server in servers])
+        if isinstance(event, schema.HostileEvent):
+            undos = [
+                hostile.make_hostile(
+                    peers,
+                    name,
+                    event.behaviour,
+                    self.sim.random(f"event/{index}/hostile/{name}"),
+                    rate=event.rate,
+                )
+                for name in chosen
+            ]
+            return _async(lambda: [undo() for undo in undos])
         raise AssertionError(f"unhandled event {event.action}")
 
     def _bring_back(self, names: list[str]) -> Undo:

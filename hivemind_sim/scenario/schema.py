@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
@@ -509,12 +510,139 @@ class SlowComputeEvent(_SelectingEvent):
 
 
 class MisbehaveEvent(_SelectingEvent):
-    """The selected peers' experts return bad outputs; undone: correct again."""
+    """The selected peers' experts return bad or late outputs; undone: correct again."""
 
     action: Literal["misbehave"]
     """Selects this action."""
-    output: Literal["nan", "garbage"]
-    """`nan`: outputs full of NaN; `garbage`: well-formed tensors of random numbers."""
+    output: Literal["nan", "garbage", "slow", "plausible"]
+    """`nan`: outputs full of NaN; `garbage`: well-formed tensors of random numbers a million
+    times too large; `slow`: correct answers, `delay` late; `plausible`: random answers with
+    the norms of the true ones (finite and of the right scale: the hardest junk to tell)."""
+    delay: PositiveDuration | None = None
+    """For `slow`: how much later every answer comes (default `5s`, filled in on loading)."""
+
+    @model_validator(mode="after")
+    def _delay_for_slow(self) -> Self:
+        if self.delay is not None and self.output != "slow":
+            raise ScenarioProblems([(("delay",), f"`delay` is for output `slow`, not `{self.output}`")])
+        if self.output == "slow" and self.delay is None:
+            self.__dict__["delay"] = DEFAULT_SLOW_DELAY  # frozen: set once, while being built
+        return self
+
+
+DEFAULT_SLOW_DELAY = 5.0
+"""How late a `slow` misbehaving expert answers when the event gives no `delay`."""
+
+HostileBehaviour = Literal[
+    "foreign_endpoint",
+    "unparsable_endpoint",
+    "junk_contacts",
+    "phantom_contacts",
+    "phantom_values",
+    "store_flood",
+    "never_read",
+]
+FLOODS = frozenset({"store_flood", "never_read"})
+"""Behaviours that send requests at a `rate`."""
+DEFAULT_FLOOD_RATE = 100.0
+"""Requests per second of a flood whose event gives no `rate`."""
+
+
+def parse_rate(value: object) -> float:
+    """Events per second from `200/s`, `20/min` or a number."""
+    per = {"/s": 1.0, "/min": 1 / 60, "/h": 1 / 3600}
+    text = str(value).strip()
+    unit = next((u for u in per if text.endswith(u)), "")
+    try:
+        number = float(value if not unit and not isinstance(value, str) else text.removesuffix(unit))
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"expected a positive rate like `200/s`, `20/min` or `200`, got `{value}`")
+    return number * per.get(unit, 1.0)
+
+
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+
+
+class HostileEvent(_SelectingEvent):
+    """The selected peers turn hostile, each as `behaviour` says; undone: they play fair again.
+
+    A hostile peer stays a working DHT node (it answers, stores, looks up) and lies or floods
+    on top: well-behaved peers must refuse the lies and keep serving each other."""
+
+    action: Literal["hostile"]
+    """Selects this action."""
+    behaviour: HostileBehaviour
+    """`foreign_endpoint`: announces another live peer's endpoint (or a made-up one) as its own,
+    in its DHT requests and its expert declarations; `unparsable_endpoint`: announces endpoints
+    that do not parse; `junk_contacts`: answers every find with contacts that are junk (bad
+    endpoints, random ids); `phantom_contacts`: answers finds with well-formed contacts nobody
+    listens at; `phantom_values`: answers finds of any key with a made-up value; `store_flood`:
+    floods its neighbours with stores; `never_read`: sends requests to its neighbours and never
+    reads the replies."""
+    rate: Rate | None = None
+    """For `store_flood` and `never_read`: requests per second, like `200/s` (default `100/s`,
+    filled in on loading)."""
+
+    @model_validator(mode="after")
+    def _rate_for_floods(self) -> Self:
+        if self.rate is not None and self.behaviour not in FLOODS:
+            floods = " and ".join(f"`{name}`" for name in sorted(FLOODS))
+            raise ScenarioProblems(
+                [(("rate",), f"`rate` is for behaviours {floods}, not `{self.behaviour}`")]
+            )
+        if self.behaviour in FLOODS and self.rate is None:
+            self.__dict__["rate"] = DEFAULT_FLOOD_RATE  # frozen: set once, while being built
+        return self
+
+
+class _Operation(_SelectingEvent):
+    """A scripted operation: each selected live peer does it once, at `at` (it takes no `duration`)."""
+
+
+class StoreEvent(_Operation):
+    """Each selected peer stores `key` (a value of `value_size` bytes), as the DHT workload does."""
+
+    action: Literal["store"]
+    """Selects this action."""
+    key: str
+    """The key stored."""
+    ttl: PositiveDuration = 300.0
+    """Lifetime of the stored value."""
+    value_size: Size = 16
+    """Size of the value."""
+
+
+class GetEvent(_Operation):
+    """Each selected peer reads `key`, as the DHT workload does."""
+
+    action: Literal["get"]
+    """Selects this action."""
+    key: str
+    """The key read."""
+
+
+class LookupEvent(_Operation):
+    """Each selected peer looks up `target`, judged against the live-peer oracle like the
+    workload's lookups."""
+
+    action: Literal["lookup"]
+    """Selects this action."""
+    target: int | None = Field(default=None, ge=0, lt=1 << 160)
+    """The 160-bit id looked up; null: drawn from the seed."""
+
+
+class ForwardEvent(_Operation):
+    """Each selected trainer runs one DMoE forward and backward on a batch of the dataset (no
+    optimizer step), recorded as `moe.forward`."""
+
+    action: Literal["forward"]
+    """Selects this action."""
+
+
+OPERATIONS: tuple[type[_Operation], ...] = (StoreEvent, GetEvent, LookupEvent, ForwardEvent)
+"""Events that act once and are over (their outcomes are kept per peer)."""
 
 
 Event = Annotated[
@@ -526,7 +654,12 @@ Event = Annotated[
     | HealEvent
     | DegradeEvent
     | SlowComputeEvent
-    | MisbehaveEvent,
+    | MisbehaveEvent
+    | HostileEvent
+    | StoreEvent
+    | GetEvent
+    | LookupEvent
+    | ForwardEvent,
     Field(discriminator="action"),
 ]
 """One timeline entry, told apart by `action`."""
@@ -598,6 +731,9 @@ class TrainingWorkload(FrozenModel):
     """Optimizer."""
     dataset: Literal["synthetic", "digits"] = "synthetic"
     """`synthetic`: random inputs labelled by a fixed projection; `digits`: scikit-learn's 8x8 digits."""
+    batches_in_flight: Literal[0] | None = None
+    """`0`: trainers do not train on their own, only in scripted `forward` events; null: each
+    trainer keeps its group's `concurrent_batches` in flight."""
 
     @property
     def experts_in_grid(self) -> int:
@@ -931,8 +1067,10 @@ class Scenario(FrozenModel):
                     f"{format_duration(event.at)} is not before the end of the measured window "
                     f"(duration {format_duration(self.duration)})",
                 )
-            if isinstance(event, HealEvent | RestartEvent) and event.duration is not None:
+            if isinstance(event, HealEvent | RestartEvent | _Operation) and event.duration is not None:
                 yield (*loc, "duration"), f"a {event.action} is over at once: it takes no `duration`"
+            if isinstance(event, ForwardEvent) and self.workload.training is None:
+                yield (*loc, "action"), "a forward needs a `workload.training` section"
             partitioned = any(isinstance(e, PartitionEvent) and e.at <= event.at for e in self.events)
             if isinstance(event, HealEvent) and not partitioned:
                 yield (*loc, "at"), "heal with no partition at or before it"
@@ -989,6 +1127,8 @@ class Scenario(FrozenModel):
         groups = list({id(group): group for _, group, _ in matched}.values())
         if isinstance(event, MisbehaveEvent | SlowComputeEvent) and not any(g.hosts_experts for g in groups):
             yield loc, f"{event.action} needs peers that host experts (role server or peer)"
+        if isinstance(event, ForwardEvent) and not any(g.trains for g in groups):
+            yield loc, f"{event.action} needs peers that train (role trainer or peer)"
         late = [g for g in groups if g.join_at is not None and g.join_at > event.at]
         if late == groups and not isinstance(event, DegradeEvent | PartitionEvent):
             joins = ", ".join(f"`{g.group}` joins at {format_duration(g.join_at or 0)}" for g in late)
@@ -1036,8 +1176,11 @@ class Scenario(FrozenModel):
                 return (
                     f"group `{group.group}` has role {group.role} and does not train (name a trainer group)"
                 )
+        scripted = {event.action for event in self.events if isinstance(event, _Operation)}
+        if metric.startswith("moe.forward.") and "forward" not in scripted:
+            return "only scripted `forward` events record it (add one, or drop this assertion)"
         operation = next((op for op in _DHT_RATES if metric.startswith(f"{op}.")), None)
-        if operation is None:
+        if operation is None or operation.removeprefix("dht.") in scripted:
             return None
         dht, rate = self.workload.dht, _DHT_RATES[operation]
         if dht is None:
@@ -1061,7 +1204,7 @@ class Scenario(FrozenModel):
             if during is not None and during not in events:
                 hint = suggest(during, events) or (" (no event has a `name`)" if not events else "")
                 yield loc, f"`during {during}`: no event named so{hint}"
-            elif during is not None and isinstance(events[during], HealEvent | RestartEvent):
+            elif during is not None and isinstance(events[during], HealEvent | RestartEvent | _Operation):
                 yield (
                     loc,
                     (
