@@ -97,4 +97,6 @@ def test_nothing_failed_in_any_peer(runs) -> None:
     summary = metrics["summary"]
     assert metrics["during"]["crash"]["peers.alive.workers.min"] == 1, "the crash took its worker down"
     assert metrics["stopped"] is None and summary["peers.errors.total"] == 0
-    assert summary["moe.step.success_rate"] > 0.8 and summary["dht.get.success_rate"] > 0.8
+    # steps whose answers were junk (the misbehave windows) fail now instead of counting as
+    # successes: about 1 in 5 of this short run's ~10 steps
+    assert summary["moe.step.success_rate"] >= 0.75 and summary["dht.get.success_rate"] > 0.8

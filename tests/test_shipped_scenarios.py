@@ -166,10 +166,10 @@ def swarm_training_effects(run: Report) -> None:
     in_flight /= run.duration * run.summary["peers.alive.mean"]
     assert in_flight >= 1.5, in_flight
     assert run.summary["train.loss.fell"] >= 0.4
-    # link loss: the wireless peers' calls lose 1% of their messages, so their steps wait for
-    # retried searches and missed deadlines (the wired peers' lose only calls to wireless experts)
-    wired, wireless = run.summary["moe.step.wired.mean"], run.summary["moe.step.wireless.mean"]
-    assert wireless >= 1.5 * wired, (wireless, wired)
+    # link loss: the wireless peers' calls lose 1% of their messages, so more of their steps fail
+    # (the wired peers' lose only calls to wireless experts). Step times no longer separate the
+    # two: a slow but alive server is not banned any more, so wired peers keep choosing wireless
+    # experts and wait `timeout_after_k_min` for them as the wireless peers do.
     assert run.summary["moe.step.wireless.success_rate"] < run.summary["moe.step.wired.success_rate"]
 
 
