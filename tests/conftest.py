@@ -24,12 +24,20 @@ from hivemind_sim import AccessLink, SimTransport, Simulation
 from hivemind_sim.swarms.baton import Baton
 from hivemind_sim.swarms.compute import SimulatedDevice
 
-# Property tests: a quick profile by default, HYPOTHESIS_PROFILE=thorough for a long hunt.
+# Property tests: a quick profile by default; HYPOTHESIS_PROFILE=thorough for a long hunt, and
+# `deep` (`tox -e deep`) for 20x the default's examples and twice its steps per state machine.
 settings.register_profile(
     "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "thorough", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.register_profile(
+    "deep",
+    max_examples=500,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 

@@ -51,8 +51,10 @@ def test_the_simulator_needs_only_the_sim_extra() -> None:
     extras = PROJECT["optional-dependencies"]
     assert module_names(extras["sim"]) == SIM_EXTRA
     core = module_names(PROJECT["dependencies"])
-    assert third_party_imports("hivemind_sim", top_level_only=True) <= core | SIM_EXTRA
-    optional = module_names(extras["examples"]) | module_names(extras.get("cluster", []))
+    testing = third_party_imports("hivemind_sim/testing", top_level_only=True)  # its own extra
+    assert testing <= module_names(extras["testing"]) | SIM_EXTRA
+    assert third_party_imports("hivemind_sim", top_level_only=True) - testing <= core | SIM_EXTRA
+    optional = module_names(extras["examples"]) | module_names(extras.get("cluster", [])) | testing
     assert third_party_imports("hivemind_sim") <= core | SIM_EXTRA | optional, "lazy imports of other extras"
     assert "hivemind-sim[sim]" in extras["test"], "the tests run the simulator"
 

@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,50 +69,55 @@ def run_scenario(scenario: schema.Scenario, *, progress: Progress | None = None)
     A failure of the runner itself does not raise: the run stops there, ``stopped`` says why
     (the traceback is logged), and the result holds what was measured until then.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise-reproducible training, whatever the machine's core count
     started = time.perf_counter()
-    try:
-        recorder, digest, stopped = _simulate(scenario, progress)
-    finally:
-        torch.set_num_threads(threads)
+    with open_run(scenario, progress=progress) as run:
+        stopped = None
+        try:
+            run.sim.run(run.main())
+        except WarmupTooShort:
+            raise
+        except RunStopped as error:
+            stopped = f"{error} ({_when(run.clock())})"
+            logger.error("the run stopped: %s", stopped)
+        except Exception as error:
+            stopped = f"the runner failed {_when(run.clock())}: {type(error).__name__}: {error} (see run.log)"
+            logger.exception("the run stopped: the runner failed")
+        recorder, digest = run.recorder, run.sim.digest()
     wall = time.perf_counter() - started
     results = evaluate(scenario.assertions, recorder)
     return RunResult(scenario, recorder, results, digest, wall, stopped)
 
 
-def _simulate(scenario: schema.Scenario, progress: Progress | None) -> tuple[Recorder, str, str | None]:
-    """The run's metrics, its trace digest and why it stopped early (None: it did not)."""
-    topology = build_topology(scenario.topology, seed=scenario.seed)
-    spec = scenario.topology
-    with Simulation(seed=scenario.seed, topology=topology, jitter=spec.jitter, loss=spec.loss) as sim:
-        recorder = Recorder(scenario.sample_interval, duration=scenario.duration)
-        for name in COUNTERS:
-            recorder.count(name, 0.0, 0)  # zero, not unknown, when nothing happens
-        start, end = scenario.warmup, scenario.warmup + scenario.duration
-        training = scenario.workload.training
-        dataset = None
-        if training is not None:
-            dataset = make_dataset(training.dataset, training.model.hidden_dim, seed=scenario.seed)
-        clock = lambda: sim.now - start  # noqa: E731  # measured-window time
-        failures = PeerFailures(recorder, clock)
-        peers = ScenarioPeers(
-            scenario, sim, recorder=recorder, failures=failures, baton=Baton(), dataset=dataset, clock=clock
-        )
-        run = _Run(scenario, sim, peers, recorder, failures, start=start, end=end, progress=progress)
-        stopped = None
-        with runlog.simulated_time(clock):
-            try:
-                sim.run(run.main())
-            except WarmupTooShort:
-                raise
-            except RunStopped as error:
-                stopped = f"{error} ({_when(clock())})"
-                logger.error("the run stopped: %s", stopped)
-            except Exception as error:
-                stopped = f"the runner failed {_when(clock())}: {type(error).__name__}: {error} (see run.log)"
-                logger.exception("the run stopped: the runner failed")
-        return recorder, sim.digest(), stopped
+@contextlib.contextmanager
+def open_run(scenario: schema.Scenario, *, progress: Progress | None = None) -> Iterator[_Run]:
+    """A run of ``scenario``, built but not started: ``run.sim.run(run.main())`` runs it whole;
+    ``begin``, ``advance_to``, ``timeline.apply_at_now`` and ``end_run`` drive it step by step (the
+    property-testing driver). The simulation closes when the block ends."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-reproducible training, whatever the machine's core count
+    try:
+        topology = build_topology(scenario.topology, seed=scenario.seed)
+        spec = scenario.topology
+        with Simulation(seed=scenario.seed, topology=topology, jitter=spec.jitter, loss=spec.loss) as sim:
+            recorder = Recorder(scenario.sample_interval, duration=scenario.duration)
+            for name in COUNTERS:
+                recorder.count(name, 0.0, 0)  # zero, not unknown, when nothing happens
+            start, end = scenario.warmup, scenario.warmup + scenario.duration
+            training = scenario.workload.training
+            dataset = None
+            if training is not None:
+                dataset = make_dataset(training.dataset, training.model.hidden_dim, seed=scenario.seed)
+            clock = lambda: sim.now - start  # noqa: E731  # measured-window time
+            failures = PeerFailures(recorder, clock)
+            baton = Baton()
+            peers = ScenarioPeers(
+                scenario, sim, recorder=recorder, failures=failures, baton=baton, dataset=dataset, clock=clock
+            )
+            run = _Run(scenario, sim, peers, recorder, failures, start=start, end=end, progress=progress)
+            with runlog.simulated_time(clock):
+                yield run
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _when(t: float) -> str:
@@ -147,9 +152,21 @@ class _Run:
         self._failed: asyncio.Future[None] = sim.loop.create_future()  # a task of the runner's raised
         self._delivered = (0, 0)  # messages and bytes delivered by the last sample
         self._sampled = 0.0  # the last sample's time
+        self._trainers: list[asyncio.Future[None]] = []
         peers.on_change = self._alive_changed
 
+    def clock(self) -> float:
+        """Measured-window time: 0 at the end of the warmup."""
+        return self.sim.now - self.start
+
     async def main(self) -> None:
+        await self.begin()
+        await self.advance_to(self.end)
+        await self.end_run()
+
+    async def begin(self) -> None:
+        """Join the warmup's peers, wait for the window to start, then start churn, crowds, the
+        scheduled events, the workload, the sampler and training."""
         await self.peers.join_warmup_groups(on_wave=self._joining)
         if self.sim.now > self.start:
             raise WarmupTooShort(
@@ -168,14 +185,21 @@ class _Run:
         stats = self.sim.network.stats
         self._delivered = (stats.delivered, stats.bytes_delivered)  # the warmup is not measured
         self._spawn(self._sample())
-        trainers = self._start_training()
-        await self._until(self.end)
-        self._sample_at(self.end - self.start)
+        self._trainers = self._start_training()
+
+    async def advance_to(self, t: float) -> None:
+        """Let the run go on until simulated time ``t``; raises if one of the runner's tasks fails."""
+        await self._until(t)
+
+    async def end_run(self, at: float | None = None) -> None:
+        """End the window now, ``at`` measured seconds (default: its planned end): the last sample,
+        undo every active fault, stop training and peers."""
+        self._sample_at(self.end - self.start if at is None else at)
         self.peers.on_change = lambda name: None  # the window is over: what stops now is not measured
         await self.timeline.finish()
         for trainer in self.peers.trainers.values():
             trainer.finish()
-        await asyncio.gather(*trainers)
+        await asyncio.gather(*self._trainers)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -349,7 +373,7 @@ class _Run:
 
     def _start_training(self) -> list[asyncio.Future[None]]:
         training = self.scenario.workload.training
-        if training is None:
+        if training is None or training.batches_in_flight == 0:  # 0: only scripted `forward` events
             return []
         duration = self.end - self.start
         runs = []
