@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..swarms import faults, hostile
+from ..world.network import AccessLink
 from . import schema
 from .metrics import Recorder
 from .operations import Operations, Outcome
@@ -59,6 +60,8 @@ class Timeline:
         """Per operation event's index, one outcome per selected peer (in selection order)."""
         self._operations = Operations(peers, start=start)
         self._active: dict[int, Undo] = {}
+        self._degrades: dict[str, tuple[AccessLink, dict[int, schema.DegradeEvent]]] = {}
+        """Per degraded peer: its own link, and the degrades active on it (by event index)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     def schedule(self, events: tuple[schema.Event, ...]) -> None:
@@ -143,7 +146,7 @@ class Timeline:
                 network.freeze(name)
             return _async(lambda: [network.thaw(name) for name in chosen])
         if isinstance(event, schema.DegradeEvent):
-            return self._degrade(chosen, event)
+            return self._degrade(index, chosen, event)
         if isinstance(event, schema.SlowComputeEvent):
             devices = [peers.devices[name] for name in chosen if name in peers.devices]
             for device in devices:
@@ -176,20 +179,31 @@ class Timeline:
 
         return undo
 
-    def _degrade(self, names: list[str], event: schema.DegradeEvent) -> Undo:
-        network = self.sim.network
-        before = {name: network.link(name) for name in names}
-        for name, link in before.items():
-            worse = link.degraded(
-                extra_latency=event.latency, loss=event.loss, bandwidth_bps=event.bandwidth or math.inf
-            )
-            network.set_link(name, worse)
+    def _degrade(self, index: int, names: list[str], event: schema.DegradeEvent) -> Undo:
+        """Degrade ``names``' links; the undo sets each back to its own link worsened by the
+        degrades still active on it (overlapping degrades end in any order and leave it whole)."""
+        for name in names:
+            self._degrades.setdefault(name, (self.sim.network.link(name), {}))[1][index] = event
+            self._set_degraded_link(name)
 
         async def undo() -> None:
-            for name, link in before.items():
-                network.set_link(name, link)
+            for name in names:
+                del self._degrades[name][1][index]
+                self._set_degraded_link(name)
 
         return undo
+
+    def _set_degraded_link(self, name: str) -> None:
+        """Give ``name`` its own link worsened by every degrade active on it, in the order they began."""
+        own, active = self._degrades[name]
+        link = own
+        for event in active.values():
+            link = link.degraded(
+                extra_latency=event.latency, loss=event.loss, bandwidth_bps=event.bandwidth or math.inf
+            )
+        if not active:
+            del self._degrades[name]
+        self.sim.network.set_link(name, link)
 
     def _select(self, index: int, selector: schema.Selector, *, alive: bool) -> list[str]:
         peers = self.peers

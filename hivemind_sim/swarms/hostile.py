@@ -235,14 +235,19 @@ class Hostile:
     def _wrap_handler(self, method: str, rewrite: Callable[[Any, Any], Any]) -> None:
         """Serve ``method`` as before, then ``rewrite(body, answer)`` its answer."""
         rpc = self.node.rpc
-        honest = rpc._methods[method]  # the node's own handler: this simulated attacker wraps it
+        honest = rpc._methods[method]  # the node's handler now (another behaviour's, if one overlaps)
+        lies = True
 
         async def lying(peer: str, body: Any) -> Any:
-            return rewrite(body, await honest(peer, body))
+            answer = await honest(peer, body)
+            return rewrite(body, answer) if lies else answer
 
         def restore() -> None:
-            rpc.unregister(method)
-            rpc.register(method, honest)
+            nonlocal lies
+            lies = False  # a behaviour that wrapped this one since restores it later: pass through
+            if rpc._methods.get(method) is lying:
+                rpc.unregister(method)
+                rpc.register(method, honest)
 
         rpc.unregister(method)
         rpc.register(method, lying)
