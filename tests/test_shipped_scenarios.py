@@ -119,6 +119,8 @@ REDUCED = {
         *(f"events.{index}.{key}" for index in range(5) for key in ("at=3s", "duration=12s")),
         "events.phantoms.at=18s",
         "events.phantoms.duration=8s",
+        "events.6.at=18s",  # phantom contacts, alongside the phantom values
+        "events.6.duration=8s",
     ],
     "churn_models": [
         "duration=90s",
@@ -259,6 +261,10 @@ def hostile_peers_effects(run: Report) -> None:
         assert attack[f"{metric}.count"] >= 10 and attack[f"{metric}.success_rate"] >= 0.95, metric
     assert attack["moe.step.count"] >= 5 and attack["moe.expert_failures.total"] == 0, attack
     assert attack["dht.lookup.overlap.mean"] >= 0.9, attack
+    # made-up values and contacts neither hide the experts nor stall stores and lookups
+    assert phantoms["moe.step.count"] >= 3 and phantoms["moe.step.success_rate"] >= 0.9, phantoms
+    for metric in ("dht.store", "dht.lookup"):
+        assert phantoms[f"{metric}.success_rate"] >= 0.9, (metric, phantoms)
 
 
 EFFECTS: dict[str, Callable[[Report], None]] = {
