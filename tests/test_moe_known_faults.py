@@ -232,14 +232,19 @@ def test_norm_check_rejects_only_outliers_and_validates_its_settings() -> None:
             [1e6, 2e6, 3e6, 1.0],  # a majority of junk is not caught
         ]
     )
-    assert check.outliers(norms).tolist() == [
+    assert check.outliers(norms, experts=4).tolist() == [
         [False, False, False, True],
         [False, True, True, False],
         [False, True, False, False],
         [False, False, False, False],
         [False, False, False, False],
     ]
-    assert not check.outliers(torch.tensor([[1.0, 1e6]])).any(), "two answers in all: nothing to judge by"
+    assert not check.outliers(torch.tensor([[1.0, 1e6]]), experts=2).any(), "two answers: nothing to judge by"
+    # two experts answering a whole batch: eight answers, but nothing says which expert is junk
+    # (two honest experts whose norms differed 10x were rejected in turn: the DMoE state machine)
+    two_experts = torch.tensor([[1.0, 20.0], [1.2, 25.0], [0.9, 30.0], [1.1, 22.0]])
+    assert not check.outliers(two_experts, experts=2).any()
+    assert check.outliers(two_experts, experts=3)[:, 1].all(), "with a third expert in the batch, it is"
     for bad, message in (
         ({"factor": 1}, "factor must be a finite number > 1"),
         ({"factor": float("inf")}, "factor must be"),

@@ -352,7 +352,7 @@ class RemoteMixtureOfExperts(nn.Module):
         norms[at[0], at[1]] = flat[at[2]]
         this_round = {id(a) for a in round_}
         junk: dict[int, tuple[_Assignment, str]] = {}
-        for i, j in check.outliers(norms).nonzero().tolist():
+        for i, j in check.outliers(norms, experts=len(held)).nonzero().tolist():
             assignment, count = answered[samples[i]][j], len(answered[samples[i]])
             if id(assignment) in this_round and id(assignment) not in junk:
                 junk[id(assignment)] = (

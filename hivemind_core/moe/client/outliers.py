@@ -6,7 +6,10 @@ trained on the same task answer with norms of one scale (a residual block's answ
 to its input's). So, per sample, an answer whose norm exceeds ``factor`` times the median norm
 of that sample's answers is rejected, once the sample holds at least ``min_answers`` answers; a
 sample with fewer (other experts failed, or ``k_best`` is small) is judged against the median
-of every answer in the batch instead, as samples of one batch have norms of one scale too. The
+of every answer in the batch instead, as samples of one batch have norms of one scale too, but
+only when at least ``min_answers`` distinct experts answered in the batch: with two, nothing
+says which of them is the junk one (two honest experts whose norms differ 10x were rejected in
+turn, and the forward failed with both alive, found by the DMoE state machine). The
 median is the lower one for an even count, so two junk answers of four are caught too; a
 majority of junk is not (nothing relative can catch it), nor is junk of an honest norm.
 """
@@ -35,11 +38,12 @@ class NormCheck:
         if type(self.min_answers) is not int or self.min_answers < 3:
             raise ValueError(f"NormCheck.min_answers must be an int >= 3, got {self.min_answers!r}")
 
-    def outliers(self, norms: torch.Tensor) -> torch.Tensor:
-        """``norms``: [samples, answers], NaN where a sample has fewer answers; True where an
-        answer is rejected. A median norm of 0 rejects nothing (no scale to judge by)."""
+    def outliers(self, norms: torch.Tensor, *, experts: int) -> torch.Tensor:
+        """``norms``: [samples, answers], NaN where a sample has fewer answers, from ``experts``
+        distinct experts in all; True where an answer is rejected. A median norm of 0 rejects
+        nothing (no scale to judge by)."""
         given = ~norms.isnan()
-        if given.sum() < self.min_answers:
+        if given.sum() < self.min_answers or experts < self.min_answers:
             return torch.zeros_like(given)
         counts = given.sum(dim=1, keepdim=True)
         reference = torch.where(
