@@ -1,5 +1,5 @@
 """A node's upkeep: drop expired records, republish what it holds, hand records to newcomers,
-refresh buckets.
+refresh buckets, try lost contacts again.
 
 Republishing stores every record a node holds on the current nearest replicas of its key, so
 values outlive the nodes that first held them. Handing over gives a node that just entered our
@@ -9,7 +9,8 @@ A hand-over scans every key held, so on a node holding many it runs in the backg
 of keys per turn of the event loop, for a bounded queue of newcomers: done inside the call that
 admitted the contact it blocked the loop for about a second per join at ~100k keys.
 Refreshing looks up a random id in every bucket that saw no traffic for ``refresh_interval``,
-so the routing table keeps live contacts in every part of the id space. Periods are jittered
+so the routing table keeps live contacts in every part of the id space; before that, the
+contacts forgotten after failing are pinged again (``Membership.retry_lost``). Periods are jittered
 so that a crowd of nodes started together does not act in lockstep.
 """
 
@@ -57,6 +58,7 @@ class Maintenance:
         clock: Callable[[], float],
         rng: random.Random,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        retry_lost: Callable[[], Awaitable[None]] | None = None,
         stats: DHTStats | None = None,
     ) -> None:
         self.config = config
@@ -68,6 +70,8 @@ class Maintenance:
         self.clock = clock
         self.rng = rng
         self.spawn = spawn
+        self.retry_lost = retry_lost
+        """Pings the contacts the node forgot after they failed (the node's membership's)."""
         self.stats = stats or DHTStats()
         """Where newcomers handed nothing are counted (the node's own stats)."""
         self._newcomers: OrderedDict[int, Contact] = OrderedDict()
@@ -91,6 +95,8 @@ class Maintenance:
                 if loop.time() >= next_republish:
                     next_republish = loop.time() + self.config.republish_interval * self.rng.uniform(0.9, 1.1)
                     await self.republish()
+                if self.retry_lost is not None:
+                    await self.retry_lost()
                 stale = self.routing_table.stale_buckets(loop.time(), self.config.refresh_interval)
                 await self.refresh(stale)
             except Exception:

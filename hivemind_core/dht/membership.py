@@ -11,6 +11,12 @@ for ``unresponsive_time``: lookups skip it, so a frozen peer costs one lookup it
 every lookup. Hearing from it forgives it. When no responsive contact is left the node is
 *disconnected* (a WARNING says so once, and ``on_disconnected`` lets the node go back to its
 initial peers); the first contact it hears from again reconnects it.
+
+A contact forgotten because it failed is kept aside, the last ``k`` of them: maintenance pings
+those whose bucket has room again (:meth:`retry_lost`). Kademlia keeps a failed contact that
+nothing replaces so that a node whose own network went down does not void its table; without
+this, both sides of a healed partition, or a node that lost every contact and has no initial
+peers, would never hear of each other again.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class Membership:
         ranges of distance where this node has met someone since it started."""
         self._pinging: set[int] = set()
         self._unresponsive: OrderedDict[int, float] = OrderedDict()  # node id -> skipped until (loop time)
+        self._lost: OrderedDict[int, Contact] = OrderedDict()  # forgotten after failing, latest last
 
     @property
     def connected(self) -> bool:
@@ -99,6 +106,7 @@ class Membership:
         """``contact`` just proved alive."""
         if self._unresponsive:
             self._unresponsive.pop(contact.node_id, None)
+        self._lost.pop(contact.node_id, None)
         table = self.routing_table
         entered, stale = table.admit(contact, asyncio.get_running_loop().time())
         if stale is not None and stale.node_id not in self._pinging:
@@ -112,8 +120,13 @@ class Membership:
             self.on_new_contact(contact)
 
     def failed(self, contact: Contact) -> None:
-        """``contact`` failed an RPC: forget it (a replacement takes its place) and skip it."""
+        """``contact`` failed an RPC: forget it (a replacement takes its place), skip it, and keep
+        it aside to try again later (see the module docstring)."""
         self.routing_table.remove(contact.node_id)
+        self._lost.pop(contact.node_id, None)
+        self._lost[contact.node_id] = contact
+        while len(self._lost) > self.config.k:
+            self._lost.popitem(last=False)
         self.unresponsive(contact)
 
     def unresponsive(self, contact: Contact) -> None:
@@ -146,6 +159,18 @@ class Membership:
             return True
         del self._unresponsive[node_id]
         return False
+
+    async def retry_lost(self) -> None:
+        """Ping the lost contacts no longer skipped whose bucket has room: those that answer
+        come back into the table, the others wait for the next try."""
+        table = self.routing_table
+        due = [
+            contact
+            for contact in self._lost.values()
+            if not self.is_unresponsive(contact.node_id)
+            and len(table.bucket_for(contact.node_id).contacts) < table.k
+        ]
+        await asyncio.gather(*(self._ping_or_evict(contact) for contact in due))
 
     def _reachable(self, endpoint: str) -> bool:
         try:

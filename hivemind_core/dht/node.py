@@ -126,6 +126,7 @@ class DHTNode:
             clock=clock,
             rng=rng,
             spawn=self._background.spawn,
+            retry_lost=self.membership.retry_lost,
             stats=self.stats,
         )
         self.membership.on_new_contact = self.maintenance.newcomer
