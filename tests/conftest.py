@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from hivemind_core.bridge import Bridge, LoopBridge
 from hivemind_core.dht import DHTConfig, DHTNode
@@ -26,8 +26,16 @@ from hivemind_sim.swarms.compute import SimulatedDevice
 
 # Property tests: a quick profile by default; HYPOTHESIS_PROFILE=thorough for a long hunt, and
 # `deep` (`tox -e deep`) for 20x the default's examples and twice its steps per state machine.
+# No `explain` phase: on Python < 3.12 it traces every line of every passing example
+# (sys.settrace) to explain a failure that may never come, which made the state machines,
+# whose examples run whole simulated swarms, several times slower.
+QUICK_PHASES = tuple(phase for phase in Phase if phase is not Phase.explain)
 settings.register_profile(
-    "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=QUICK_PHASES,
 )
 settings.register_profile(
     "thorough", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck)
@@ -37,6 +45,7 @@ settings.register_profile(
     max_examples=500,
     stateful_step_count=100,
     deadline=None,
+    phases=QUICK_PHASES,
     suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
