@@ -96,7 +96,7 @@ def topologies(draw: st.DrawFn, max_nodes: int = 12) -> Data:
 _MAX_LATENCY = {"max_latency": st.sampled_from(("20ms", "80ms", "150ms"))}
 _GENERATOR_PARAMS = {
     "waxman": st.fixed_dictionaries({}, optional={"alpha": st.sampled_from((0.2, 0.4, 0.8)), **_MAX_LATENCY}),
-    "barabasi_albert": st.fixed_dictionaries({}, optional={"m": st.integers(1, 3), **_MAX_LATENCY}),
+    "barabasi_albert": st.fixed_dictionaries({}, optional={"m": st.just(1), **_MAX_LATENCY}),
     "random_geometric": st.fixed_dictionaries(
         {}, optional={"radius": st.sampled_from((0.3, 0.6, 1.0)), **_MAX_LATENCY}
     ),

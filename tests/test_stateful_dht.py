@@ -214,7 +214,7 @@ class DHTMachine(SwarmMachine):
             invariants.all_of(self.driver)
 
 
-TestDHTMachine = DHTMachine.TestCase
+TestDHTMachine = pytest.mark.timeout(900)(DHTMachine.TestCase)
 
 
 class ConvergenceMachine(DHTMachine):
