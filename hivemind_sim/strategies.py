@@ -366,8 +366,8 @@ def events(
         if action not in ("heal", "restart", *OPERATIONS) and draw(st.booleans()):
             event["duration"] = draw(durations(0.5, duration))
         if action == "partition":
-            sides = draw(st.integers(1, 2))
-            event["sides"] = [draw(selectors(groups, nodes)) for _ in range(sides)]
+            sides = [draw(selectors(groups, nodes)) for _ in range(draw(st.integers(1, 2)))]
+            event["sides"] = [side for i, side in enumerate(sides) if side not in sides[:i]]
             partitioned_at = at if partitioned_at is None else min(partitioned_at, at)
         elif action == "degrade":
             event["select"] = draw(selectors(groups, nodes))

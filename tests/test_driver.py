@@ -79,6 +79,19 @@ def test_the_same_schedule_gives_the_same_digest_and_another_seed_another() -> N
     assert digests[0] == digests[1] != digests[2]
 
 
+def test_a_peer_two_partition_sides_select_stays_on_the_first() -> None:
+    """Sides may overlap (selectors drawn at random do): the first side keeps a shared peer,
+    the run goes on, and everyone no side selects forms one more side."""
+    with SwarmDriver(swarm(peers=5)) as driver:
+        driver.partition([["dht-0", "dht-1"], ["dht-1", "dht-2"]], duration=5)
+        cut = driver.sim.network.cut
+        assert not cut("dht-0", "dht-1") and cut("dht-1", "dht-2") and cut("dht-0", "dht-2")
+        assert not cut("dht-3", "dht-4") and cut("dht-3", "dht-0") and cut("dht-3", "dht-2")
+        driver.advance(6)
+        assert not cut("dht-1", "dht-2")
+        invariants.all_of(driver)
+
+
 def test_outcomes_and_state_are_there_to_check() -> None:
     with SwarmDriver(swarm(peers=6)) as driver:
         assert driver.now == 0.0 and driver.live() == driver.names() == [f"dht-{i}" for i in range(6)]

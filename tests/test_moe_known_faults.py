@@ -227,7 +227,9 @@ def test_norm_check_rejects_only_outliers_and_validates_its_settings() -> None:
         [
             [1.0, 1.2, 0.9, 1e6],  # one junk answer of four
             [1.0, 1e6, 2e6, 1.1],  # two of four: the lower median is still honest
-            [1.0, 1e6, nan, nan],  # two answers: judged by the batch's median (1.2)
+            [1.0, 1e6, nan, nan],  # two answers that disagree: the batch's median (1.2) tells
+            [40.0, 45.0, nan, nan],  # two that agree: a sample of another scale, not junk
+            [60.0, nan, nan, nan],  # an only answer is not judged by other samples' answers
             [0.0, 0.0, 5.0, nan],  # a median of 0 gives no scale
             [1e6, 2e6, 3e6, 1.0],  # a majority of junk is not caught
         ]
@@ -238,7 +240,12 @@ def test_norm_check_rejects_only_outliers_and_validates_its_settings() -> None:
         [False, True, False, False],
         [False, False, False, False],
         [False, False, False, False],
+        [False, False, False, False],
+        [False, False, False, False],
     ]
+    # the state machine's case: the batch's median is small, two agreeing answers are not junk
+    small_batch = torch.tensor([[0.1, 0.2, nan], [0.3, 0.2, 0.1], [4.63, 4.84, nan], [0.2, 0.1, nan]])
+    assert not check.outliers(small_batch, experts=3).any()
     assert not check.outliers(torch.tensor([[1.0, 1e6]]), experts=2).any(), "two answers: nothing to judge by"
     # two experts answering a whole batch: eight answers, but nothing says which expert is junk
     # (two honest experts whose norms differed 10x were rejected in turn: the DMoE state machine)

@@ -356,6 +356,10 @@ def test_bad_quantity_inside_a_distribution() -> None:
             "s.yaml:14: events.0.sides: needs at least 1 item(s)",
         ),
         (
+            "events:\n  - {at: 1m, action: partition, sides: [{group: servers}, {role: dht}, {group: servers}]}\n",
+            "s.yaml:14: events.0.sides.2: the same selector as side 0: both would pick the same peers",
+        ),
+        (
             "events:\n  - {at: 1m, action: restart, duration: 1s, select: {role: server}}\n",
             "s.yaml:14: events.0.duration: a restart is over at once: it takes no `duration`",
         ),

@@ -237,7 +237,7 @@ class DMoEMachine(SwarmMachine):
             invariants.check(
                 outcome.ok,
                 f"{trainer}: a forward failed although {len(honest)} expert(s) ({', '.join(honest)}) lived"
-                f" and answered honestly, k_min={k_min}",
+                f" and answered honestly, k_min={k_min}: {outcome.detail.get('error')}",
             )
         if outcome.ok:
             check_mixture(outcome)

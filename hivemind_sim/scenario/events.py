@@ -118,9 +118,11 @@ class Timeline:
     async def _apply(self, index: int, event: schema.Event) -> Undo | None:
         peers, network = self.peers, self.sim.network
         if isinstance(event, schema.PartitionEvent):
-            sides = [set(self._select(index, side, alive=False)) for side in event.sides]
-            rest = set(peers.placements) - set().union(*sides)
-            network.partition([*sides, rest] if rest else sides)
+            sides: list[set[str]] = []
+            for side in event.sides:  # a peer two sides select stays on the first
+                sides.append(set(self._select(index, side, alive=False)).difference(*sides))
+            rest = set(peers.placements).difference(*sides)
+            network.partition([side for side in (*sides, rest) if side])
             return _async(network.heal)
         if isinstance(event, schema.HealEvent):
             network.heal()

@@ -125,6 +125,8 @@ class Operations:
         )
         x, y = peers.dataset.batch(generator, training.batch_size)
 
+        failed: list[str] = []  # why the forward or backward failed, if it did
+
         def forward_backward() -> torch.Tensor | None:
             # replicas of the trainer's layers as they are now: its optimizer updates them in
             # place while this forward's backward still needs them (see training._Batch)
@@ -139,13 +141,16 @@ class Operations:
                 params = [*first.parameters(), *gate.parameters(), *last.parameters()]
                 torch.autograd.grad(loss, params, allow_unused=True)
                 return output.detach()
-            except STEP_FAILURES:
+            except STEP_FAILURES as error:
+                failed.append(f"{type(error).__name__}: {error}")
                 return None
 
         output = None
         with peers.failures.guard(name, "a scripted DMoE forward"):
             output = await peers.baton.call(forward_backward)
         detail: dict[str, object] = {"k_min": training.k_min, "k_best": training.k_best, **seen}
+        if failed:
+            detail["error"] = failed[0]
         answered = seen.get("uids")
         if isinstance(answered, list):
             detail["answered"] = sum(map(len, answered)) / max(1, len(answered))

@@ -471,7 +471,18 @@ class PartitionEvent(_Event):
     action: Literal["partition"]
     """Selects this action."""
     sides: tuple[Selector, ...] = Field(min_length=1)
-    """Each side's peers; the peers in no side form one more side."""
+    """Each side's peers; the peers in no side form one more side. A peer that several sides
+    select stays on the first of them."""
+
+    @model_validator(mode="after")
+    def _distinct_sides(self) -> Self:
+        for later, side in enumerate(self.sides):
+            if side in self.sides[:later]:
+                first = self.sides.index(side)
+                raise ScenarioProblems(
+                    [(("sides", later), f"the same selector as side {first}: both would pick the same peers")]
+                )
+        return self
 
 
 class HealEvent(_Event):

@@ -355,7 +355,7 @@ class SimNetwork:
         if receiver is None:
             stats.dropped_unreachable += 1
             return
-        if self._group_of is not None and self._cut(src, dst):
+        if self._group_of is not None and self.cut(src, dst):
             stats.dropped_partition += 1
             return
         if (self.loss or sender.link.loss or receiver.link.loss) and self._lost(sender, receiver):
@@ -397,7 +397,7 @@ class SimNetwork:
             self._hold(sender.frozen, sender.frozen.outbox, dst, signal)
             return
         receiver = self._peers.get(dst)
-        if receiver is None or self._cut(src, dst):
+        if receiver is None or self.cut(src, dst):
             return
         arrival = self.env.timeout(self.path_latency(src, dst))
         arrival.callbacks.append(partial(self._deliver_signal, src, receiver, signal))
@@ -410,7 +410,8 @@ class SimNetwork:
         except KeyError:
             raise KeyError(f"no peer with address {address!r} on this network") from None
 
-    def _cut(self, src: str, dst: str) -> bool:
+    def cut(self, src: str, dst: str) -> bool:
+        """Whether a partition separates ``src`` from ``dst`` now."""
         group_of = self._group_of
         return group_of is not None and group_of.get(src, -1) != group_of.get(dst, -1)
 

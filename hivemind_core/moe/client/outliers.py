@@ -3,15 +3,19 @@
 A misbehaving expert can answer finite values of the right shape that are nonsense. The layer
 cannot know the true answer, but it asks up to ``k_best`` experts the same sample, and experts
 trained on the same task answer with norms of one scale (a residual block's answer is close
-to its input's). So, per sample, an answer whose norm exceeds ``factor`` times the median norm
-of that sample's answers is rejected, once the sample holds at least ``min_answers`` answers; a
-sample with fewer (other experts failed, or ``k_best`` is small) is judged against the median
-of every answer in the batch instead, as samples of one batch have norms of one scale too, but
-only when at least ``min_answers`` distinct experts answered in the batch: with two, nothing
-says which of them is the junk one (two honest experts whose norms differ 10x were rejected in
-turn, and the forward failed with both alive, found by the DMoE state machine). The
-median is the lower one for an even count, so two junk answers of four are caught too; a
-majority of junk is not (nothing relative can catch it), nor is junk of an honest norm.
+to its input's). So, per sample, an answer whose norm exceeds ``factor`` times the median norm of that
+sample's answers is rejected, once the sample holds at least ``min_answers`` answers. The
+median is the lower one for an even count, so two junk answers of four are caught too.
+
+A sample with fewer answers (other experts failed, or ``k_best`` is small) has no majority of
+its own. Two answers that disagree by more than ``factor`` are told apart by the batch: the
+larger is rejected if it also exceeds ``factor`` times the median of every answer in the batch,
+and only when at least ``min_answers`` distinct experts answered in the batch (with two, nothing
+says which of them is the junk one). Answers that agree are never rejected by the batch, nor is
+a sample's only answer: different inputs may have norms of different scales (a small model's
+answers to one batch were seen 10x apart, and the state machine caught the batch rejecting two
+agreeing honest answers, banning both servers). What is not caught: a majority of junk (nothing
+relative can catch it), junk of an honest norm, and junk that is a sample's only answer.
 """
 
 from __future__ import annotations
@@ -46,7 +50,16 @@ class NormCheck:
         if given.sum() < self.min_answers or experts < self.min_answers:
             return torch.zeros_like(given)
         counts = given.sum(dim=1, keepdim=True)
-        reference = torch.where(
-            counts >= self.min_answers, norms.nanmedian(dim=1, keepdim=True).values, norms[given].median()
+        own = norms.nanmedian(dim=1, keepdim=True).values
+        smallest = norms.nan_to_num(math.inf).min(dim=1, keepdim=True).values
+        batch = norms[given].median()
+        judged_alone = (counts >= self.min_answers) & (own > 0) & (norms > self.factor * own)
+        told_by_batch = (
+            (counts >= 2)
+            & (counts < self.min_answers)
+            & (smallest > 0)
+            & (batch > 0)
+            & (norms > self.factor * smallest)
+            & (norms > self.factor * batch)
         )
-        return (reference > 0) & (norms > self.factor * reference)
+        return judged_alone | told_by_batch
