@@ -19,6 +19,7 @@ from hivemind_sim.testing.stateful import SwarmMachine
 
 KEYS = ("alpha", "beta", "gamma")
 BEHAVIOURS = get_args(schema.HostileBehaviour)
+FLOODS = schema.FLOODS
 MIN_ALIVE = 3
 """Crashes and leaves keep at least this many peers up (an empty swarm tests nothing)."""
 
@@ -133,9 +134,18 @@ class DHTMachine(SwarmMachine):
         self.driver.degrade([self.pick(index)], duration=duration, loss=loss, latency="50ms")
         self.disturbed(duration)
 
-    @rule(index=peer_index, behaviour=st.sampled_from(BEHAVIOURS), duration=fault_duration)
-    def hostile(self, index: int, behaviour: str, duration: float) -> None:
-        self.driver.hostile([self.pick(index)], behaviour, duration=duration)
+    @rule(
+        index=peer_index,
+        behaviour=st.sampled_from(BEHAVIOURS),
+        duration=fault_duration,
+        rate=st.sampled_from([2.0, 20.0]),
+    )
+    def hostile(self, index: int, behaviour: str, duration: float, rate: float) -> None:
+        """Floods at a few to tens of requests a second: enough to fill the victims' stores (the
+        default 100/s for 40 s leaves 4,000 records that every holder republishes every 10
+        minutes of the example's hours, minutes of wall time per example)."""
+        flood = {"rate": rate} if behaviour in FLOODS else {}
+        self.driver.hostile([self.pick(index)], behaviour, duration=duration, **flood)
         self.disturbed(duration)
         self.phantoms |= behaviour == "phantom_values"
 
