@@ -356,7 +356,8 @@ def test_bad_quantity_inside_a_distribution() -> None:
             "s.yaml:14: events.0.sides: needs at least 1 item(s)",
         ),
         (
-            "events:\n  - {at: 1m, action: partition, sides: [{group: servers}, {role: dht}, {group: servers}]}\n",
+            "events:\n  - {at: 1m, action: partition,"
+            " sides: [{group: servers}, {role: dht}, {group: servers}]}\n",
             "s.yaml:14: events.0.sides.2: the same selector as side 0: both would pick the same peers",
         ),
         (
