@@ -63,13 +63,15 @@ class _RemoteCall(torch.autograd.Function):
         ctx: Any, _dummy: torch.Tensor, expert: RemoteExpert, *inputs: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         client = expert.client
-        detached = [x.detach() for x in inputs]
+        host = [x.detach().cpu() for x in inputs]  # what goes on the wire is on the host anyway
         outputs = client.bridge.run(
-            client.forward(expert.uid, expert.endpoint, detached, timeout=expert.forward_timeout)
+            client.forward(expert.uid, expert.endpoint, host, timeout=expert.forward_timeout)
         )
         ctx.expert = expert
-        ctx.save_for_backward(*detached)
-        return tuple(outputs)
+        ctx.devices = [x.device for x in inputs]
+        ctx.save_for_backward(*host)
+        device = inputs[0].device if inputs else torch.device("cpu")
+        return tuple(output.to(device) for output in outputs)
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -81,8 +83,8 @@ class _RemoteCall(torch.autograd.Function):
                 expert.uid,
                 expert.endpoint,
                 list(inputs),
-                [g.contiguous() for g in grad_outputs],
+                [g.cpu().contiguous() for g in grad_outputs],
                 timeout=expert.backward_timeout,
             )
         )
-        return (None, None, *grads)
+        return (None, None, *(grad.to(device) for grad, device in zip(grads, ctx.devices, strict=True)))

@@ -513,17 +513,20 @@ class _MixtureCall(torch.autograd.Function):
         layer: RemoteMixtureOfExperts,
         logits: list[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        detached = x.detach()
-        result = layer.client.bridge.run(layer._forward_all(detached, logits))
+        # The remote work runs on host copies (what goes on the wire is on the host anyway: one
+        # copy of the batch instead of one per expert call); its results go to the input's device.
+        host = x.detach().cpu()
+        result = layer.client.bridge.run(layer._forward_all(host, [lg.cpu() for lg in logits]))
         ctx.layer = layer
         ctx.answered = result.answered
-        ctx.save_for_backward(detached)
-        ctx.mark_non_differentiable(result.mask, result.coords)
-        return result.outputs, result.mask, result.coords
+        ctx.save_for_backward(host)
+        outputs, mask, coords = (t.to(x.device) for t in (result.outputs, result.mask, result.coords))
+        ctx.mark_non_differentiable(mask, coords)
+        return outputs, mask, coords
 
     @staticmethod
     def backward(ctx: Any, grad_outputs: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
+        (host,) = ctx.saved_tensors
         layer: RemoteMixtureOfExperts = ctx.layer
-        grad_x = layer.client.bridge.run(layer._backward_all(x, grad_outputs, ctx.answered))
-        return None, grad_x, None, None
+        grad_x = layer.client.bridge.run(layer._backward_all(host, grad_outputs.cpu(), ctx.answered))
+        return None, grad_x.to(grad_outputs.device), None, None
