@@ -152,6 +152,19 @@ async def test_the_memory_of_unresponsive_contacts_is_bounded() -> None:
 
 
 @pytest.mark.asyncio(loop_factories=["sim"])
+async def test_a_peer_whose_only_contact_left_says_so_without_an_alarm(caplog) -> None:
+    """A DHT peer whose one client went away is in a normal state: an info line, not a warning."""
+    member, events = membership()
+    member.seen(contact(2))
+    with caplog.at_level(logging.INFO, logger="hivemind_core.dht"):
+        member.failed(contact(2))
+    assert events == ["new 2", "disconnected"]
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "DHT node 1 has no contact now: its only one, 127.0.0.1:2, stopped answering")
+    ]
+
+
+@pytest.mark.asyncio(loop_factories=["sim"])
 async def test_losing_the_last_responsive_contact_disconnects_once_and_hearing_from_one_reconnects(
     caplog,
 ) -> None:

@@ -139,11 +139,19 @@ class Membership:
         if self.connected and not any(not self.is_unresponsive(c.node_id) for c in self.routing_table):
             self._connected.clear()
             self.stats.disconnections += 1
-            logger.warning(
-                "DHT node %x lost every contact (%d in its table, none answering)",
-                self.node_id,
-                len(self.routing_table),
-            )
+            if len(self.routing_table) == 0 and list(self._lost) == [contact.node_id]:
+                # a peer whose one contact (say, the client it served) left: normal, not an alarm
+                logger.info(
+                    "DHT node %x has no contact now: its only one, %s, stopped answering",
+                    self.node_id,
+                    contact.endpoint,
+                )
+            else:
+                logger.warning(
+                    "DHT node %x lost every contact (%d in its table, none answering)",
+                    self.node_id,
+                    len(self.routing_table),
+                )
             self.on_disconnected()
 
     def skip(self) -> Callable[[int], bool] | None:
