@@ -98,10 +98,10 @@ def test_a_peer_whose_requests_raise_is_counted_and_the_run_goes_on(tmp_path: Pa
 def test_a_failing_training_step_stops_that_trainer_only(monkeypatch) -> None:
     real_step = Trainer._step
 
-    def step(self: Trainer, batch, mixture) -> None:
+    def step(self: Trainer, batch) -> None:
         if self.name == "trainers-0":
             raise ValueError("a bug in trainers-0's step")
-        real_step(self, batch, mixture)
+        real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "_step", step)
     result = run_scenario(parse_scenario(TRAINING, filename="training.yaml"))

@@ -131,7 +131,8 @@ class Operations:
             # replicas of the trainer's layers as they are now: its optimizer updates them in
             # place while this forward's backward still needs them (see training._Batch)
             first, gate, last = (
-                copy.deepcopy(layer) for layer in (trainer.first, trainer.gate, trainer.last)
+                copy.deepcopy(layer)
+                for layer in (trainer.model.first, trainer.model.gate, trainer.model.last)
             )
             mixture.proj = gate
             try:

@@ -9,84 +9,29 @@ The model and optimizer outlive the peer's downtime, as a checkpoint on disk wou
 from __future__ import annotations
 
 import asyncio
-import copy
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from hivemind_core.dht import DHTNode
-from hivemind_core.moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
 from hivemind_core.moe.client.stats import ExpertCall
+from hivemind_core.training import (
+    STEP_FAILURES,
+    Dataset,
+    Replica,
+    TrainerModel,
+    attach_mixtures,
+    make_dataset,
+    make_optimizer,
+)
 
 from ..swarms.baton import Baton
 from .failures import PeerFailures
 from .metrics import Recorder
 from .schema import TrainingWorkload
 
-STEP_FAILURES = (ExpertsUnavailable, *REMOTE_FAILURES)
-"""What a training step may fail with when experts or the trainer's own peer go away."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A classification task held in memory; batches are drawn with a trainer's generator."""
-
-    features: torch.Tensor
-    labels: torch.Tensor
-    classes: int
-
-    @property
-    def in_features(self) -> int:
-        return self.features.shape[1]
-
-    def batch(self, generator: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.randint(0, len(self.labels), (size,), generator=generator)
-        return self.features[rows], self.labels[rows]
-
-
-def make_dataset(kind: str, hidden_dim: int, *, seed: int) -> Dataset:
-    """``synthetic``: the label is the argmax of the first four features of a Gaussian input;
-    ``digits``: scikit-learn's bundled 8x8 digits, standardized (10 classes)."""
-    generator = torch.Generator().manual_seed(seed)
-    if kind == "synthetic":
-        features = torch.randn(4096, hidden_dim, generator=generator)
-        return Dataset(features, features[:, :4].argmax(dim=1), classes=4)
-    if kind == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ModuleNotFoundError:
-            raise RuntimeError(
-                "dataset `digits` needs scikit-learn: pip install 'hivemind-sim[examples]'"
-            ) from None
-        digits = load_digits()
-        features = torch.tensor(digits.data, dtype=torch.float32)
-        features = (features - features.mean(0)) / (features.std(0) + 1e-6)
-        return Dataset(features, torch.tensor(digits.target), classes=10)
-    raise ValueError(f"unknown dataset {kind!r}")
-
-
-class _Batch:
-    """One batch in flight: replicas of the trainer's layers that it computes with.
-
-    A step loads the trainer's current parameters into them, runs forward and backward, and
-    hands its gradients back. The optimizer updates the trainer's own parameters in place, so
-    computing with them directly would let one batch's update change the weights another
-    batch's pending backward still needs.
-    """
-
-    def __init__(self, first: nn.Linear, gate: nn.Linear, last: nn.Linear) -> None:
-        self.first, self.gate, self.last = (copy.deepcopy(layer) for layer in (first, gate, last))
-        self.params = [*self.first.parameters(), *self.gate.parameters(), *self.last.parameters()]
-        self.mixture: RemoteMixtureOfExperts | None = None  # per session of the trainer's peer
-
-    def load(self, params: list[nn.Parameter]) -> None:
-        """Compute the next step with ``params`` as they are now."""
-        with torch.no_grad():
-            for replica, param in zip(self.params, params, strict=True):
-                replica.copy_(param)
+__all__ = ["STEP_FAILURES", "Dataset", "Trainer", "make_dataset"]
 
 
 class Trainer:
@@ -123,21 +68,13 @@ class Trainer:
         self.recorder = recorder
         self.failures = failures
         self.clock = clock  # measured-window time
-        torch_seed = torch.Generator().manual_seed(seed)
-        hidden = workload.model.hidden_dim
-        self.first = nn.Linear(dataset.in_features, hidden)
-        self.last = nn.Linear(hidden, dataset.classes)
-        self.gate = nn.Linear(hidden, sum(workload.grid))  # the mixture's gating, kept across sessions
-        with torch.no_grad():  # from the trainer's seed: torch's global generator is not ours
-            for layer in (self.first, self.last, self.gate):
-                scale = math.sqrt(layer.in_features)
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch_seed) / scale)
-                layer.bias.zero_()
+        self.model = TrainerModel(
+            dataset.in_features, workload.model.hidden_dim, dataset.classes, workload.grid, seed=seed
+        )  # kept across the peer's sessions, as a checkpoint on disk would be
         self.batches = torch.Generator().manual_seed(seed + 1)
-        self.in_flight = [_Batch(self.first, self.gate, self.last) for _ in range(concurrent_batches)]
+        self.in_flight = [Replica(self.model) for _ in range(concurrent_batches)]
         self.session = asyncio.Event()  # set while the trainer's peer is up
-        self.params = [*self.first.parameters(), *self.gate.parameters(), *self.last.parameters()]
-        self.optimizer = _optimizer(workload, self.params)
+        self.optimizer = make_optimizer(workload.optimizer.name, workload.optimizer.lr, self.model.params)
         self._client: MoEClient | None = None
         self._reported_bans = 0
 
@@ -147,9 +84,9 @@ class Trainer:
         """The trainer's peer (re)joined: train through a fresh client on its node."""
         client = MoEClient(rpc=node.rpc, dht=node, bridge=self.baton)
         workload = self.workload
-        searcher = None
-        for batch in self.in_flight:
-            mixture = RemoteMixtureOfExperts(
+        attach_mixtures(
+            self.in_flight,
+            lambda: RemoteMixtureOfExperts(
                 in_features=workload.model.hidden_dim,
                 grid_size=workload.grid,
                 uid_prefix=workload.model.expert,
@@ -159,12 +96,11 @@ class Trainer:
                 forward_timeout=workload.forward_timeout,
                 backward_timeout=workload.backward_timeout,
                 timeout_after_k_min=min(0.5, workload.forward_timeout),
-            )
-            mixture.proj = batch.gate
-            # one peer, one cache of the grid's alive experts, however many batches are in flight
-            searcher = mixture.searcher = searcher or mixture.searcher
-            mixture.stats.observer = self._expert_call
-            batch.mixture = mixture
+            ),
+        )
+        for batch in self.in_flight:
+            assert batch.mixture is not None
+            batch.mixture.stats.observer = self._expert_call
         self._client = client
         self._reported_bans = 0
         self.session.set()
@@ -201,29 +137,24 @@ class Trainer:
                 return
             started = self.clock()
             try:
-                self._step(batch, batch.mixture)
+                self._step(batch)
             except Exception as error:
                 self._record(started, None)
                 self.failures.record(self.name, "a training step", error)
                 return
 
-    def _step(self, batch: _Batch, mixture: RemoteMixtureOfExperts) -> None:
+    def _step(self, batch: Replica) -> None:
         x, y = self.dataset.batch(self.batches, self.workload.batch_size)
         started = self.clock()
         self._compute(1.0)  # local forward
-        batch.load(self.params)
+        batch.load(self.model.params)
         try:
-            hidden = torch.relu(batch.first(x))
-            loss = nn.functional.cross_entropy(batch.last(mixture(hidden) + hidden), y)
-            grads = torch.autograd.grad(loss, batch.params, allow_unused=True)
+            loss, grads = batch.loss_and_grads(x, y)
         except STEP_FAILURES:
             self._record(started, None)
             return
         self._compute(2.0)  # local backward
-        for param, grad in zip(self.params, grads, strict=True):
-            param.grad = grad
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.apply(grads, self.optimizer)
         self._record(started, loss.item())
 
     def _compute(self, passes: float) -> None:
@@ -244,9 +175,3 @@ class Trainer:
         if bans > self._reported_bans:
             self.recorder.count("moe.bans", now, bans - self._reported_bans)
         self._reported_bans = bans
-
-
-def _optimizer(workload: TrainingWorkload, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if workload.optimizer.name == "sgd":
-        return torch.optim.SGD(params, lr=workload.optimizer.lr)
-    return torch.optim.Adam(params, lr=workload.optimizer.lr)
