@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import math
 import os
 import signal
@@ -23,10 +24,14 @@ from . import __version__
 from .dht import DHTConfig, DHTNode, Identity
 from .moe.uid import expand_pattern, pattern_size
 from .net import RPC, TcpTransport, TransportError
+from .net.endpoints import check_remote_endpoint, format_endpoint, parse_endpoint
 from .net.tcp import resolve_endpoint
 
-# torch takes about a second to import: only the subcommand that hosts experts loads it (with the
-# expert modules), so that ping, serve and dht start at once.
+# torch takes about a second to import: only the subcommands that host experts or train load it,
+# so that ping, serve and dht start at once.
+
+DATASETS = ("synthetic", "digits")
+"""The built-in tasks (hivemind_core.training.DATASETS, named here so the CLI starts without torch)."""
 
 
 async def _ping(_peer: str, _body: Any) -> str:
@@ -47,12 +52,22 @@ async def _serve(args: argparse.Namespace) -> int:
     _add_builtin_methods(rpc)
     stop = _stop_on_signals()
     async with _listening(args):
-        endpoint = await rpc.serve()
-    print(f"listening on {endpoint}", flush=True)
+        await rpc.serve()
+    print(_listening_on(rpc.transport), flush=True)
     await _wait_for_stop(stop, args.duration)
     await rpc.transport.close(grace=args.grace)
     print("stopped", flush=True)
     return 0
+
+
+def _listening_on(transport: Any) -> str:
+    """Where a peer listens, and the address it announces when that differs."""
+    bound, announced = transport.bound_endpoint, transport.endpoint
+    return (
+        f"listening on {announced}"
+        if bound == announced
+        else f"listening on {bound}, announced as {announced}"
+    )
 
 
 def _load_identity(path: Path | None) -> Identity | None:
@@ -106,19 +121,9 @@ async def _wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
 
 
 async def _dht(args: argparse.Namespace) -> int:
-    transport = _listening_transport(args)
-    config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
-    identity = _load_identity(args.identity)
     stop = _stop_on_signals()
-    async with _listening(args):
-        node = await DHTNode.create(
-            transport,
-            initial_peers=args.initial_peers,
-            config=config,
-            identity=identity,
-            client_mode=args.client_mode,
-        )
-    where = f"listening on {node.endpoint}" if node.endpoint else "in client mode"
+    node = await _join(args)
+    where = _listening_on(node.rpc.transport) if node.endpoint else "in client mode"
     print(f"dht peer {node.node_id:040x} {where}", flush=True)
     await _wait_for_stop(stop, args.duration)
     await node.shutdown()
@@ -126,25 +131,24 @@ async def _dht(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _expert_server(args: argparse.Namespace) -> int:
+def _expert_backends(args: argparse.Namespace) -> list[Any]:
+    """The experts ``--experts`` names, built on ``--device`` (imports torch)."""
     total = sum(pattern_size(pattern) for pattern in args.experts)
     if total > MAX_SERVER_EXPERTS:
         raise ValueError(
             f"argument --experts: the patterns name {total:,} experts in all; one server hosts at most "
             f"{MAX_SERVER_EXPERTS:,} (split the grid across several servers)"
         )
+    _check_device(args.device)
     import torch
 
-    from .moe.server import DeviceThread, ExpertBackend, ExpertServer
+    from .moe.server import ExpertBackend
 
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as error:  # torch asserts when it was built without CUDA
-        raise ValueError(f"argument --device: torch cannot use {args.device!r} here ({error})") from None
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+
     uids = [uid for pattern in args.experts for uid in expand_pattern(pattern, limit=MAX_SERVER_EXPERTS)]
-    backends = [
+    return [
         ExpertBackend.create(
             uid,
             args.expert_type,
@@ -155,15 +159,36 @@ async def _expert_server(args: argparse.Namespace) -> int:
         )
         for uid in uids
     ]
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch asserts when it was built without CUDA
+        raise ValueError(f"argument --device: torch cannot use {device!r} here ({error})") from None
+
+
+async def _join(args: argparse.Namespace) -> DHTNode:
+    """This peer's DHT node, joined through ``--initial-peers``."""
     transport = _listening_transport(args)
     config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
     identity = _load_identity(args.identity)
-    stop = _stop_on_signals()
     async with _listening(args):
-        node = await DHTNode.create(
-            transport, initial_peers=args.initial_peers, config=config, identity=identity
+        return await DHTNode.create(
+            transport,
+            initial_peers=args.initial_peers,
+            config=config,
+            identity=identity,
+            client_mode=getattr(args, "client_mode", False),
         )
-    server = ExpertServer(
+
+
+def _expert_server_of(args: argparse.Namespace, node: DHTNode, backends: list[Any]) -> Any:
+    from .moe.server import DeviceThread, ExpertServer
+
+    return ExpertServer(
         backends,
         rpc=node.rpc,
         dht=node,
@@ -173,13 +198,114 @@ async def _expert_server(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         fault_rate=args.fault_rate,
     )
+
+
+async def _expert_server(args: argparse.Namespace) -> int:
+    backends = _expert_backends(args)
+    stop = _stop_on_signals()
+    node = await _join(args)
+    server = _expert_server_of(args, node, backends)
     await server.start()
     print(
-        f"expert server with {len(uids)} {args.expert_type} experts listening on {node.endpoint}", flush=True
+        f"expert server with {len(backends)} {args.expert_type} experts {_listening_on(node.rpc.transport)}",
+        flush=True,
     )
     await _wait_for_stop(stop, args.duration)
     await server.shutdown()
     await node.shutdown()
+    print("stopped", flush=True)
+    return 0
+
+
+def _training_config(args: argparse.Namespace) -> Any:
+    from .training import TrainingConfig
+
+    if args.k_min > args.k_best:
+        raise ValueError(f"argument --k-min: {args.k_min} is more than --k-best {args.k_best}")
+    return TrainingConfig(
+        dataset=args.dataset,
+        hidden_dim=args.hidden_dim,
+        expert=args.grid[0],
+        grid=args.grid[1],
+        k_best=args.k_best,
+        k_min=args.k_min,
+        batch_size=args.batch_size,
+        batches_in_flight=args.batches_in_flight,
+        optimizer=args.optimizer,
+        lr=args.trainer_lr,
+        forward_timeout=args.forward_timeout,
+        backward_timeout=args.backward_timeout,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+async def _train_on(args: argparse.Namespace, node: DHTNode, stop: asyncio.Event, who: str) -> None:
+    """Train through ``node`` until stopped, ``--duration`` or ``--steps``, printing a status
+    line every ``--status-interval`` seconds and one at the end."""
+    from .bridge import LoopBridge
+    from .moe.client import MoEClient
+    from .training import Trainer
+
+    config = _training_config(args)
+    _check_device(config.device)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    client = MoEClient(rpc=node.rpc, dht=node, bridge=LoopBridge(asyncio.get_running_loop()))
+    trainer = Trainer(node, config, client)
+    where = _listening_on(node.rpc.transport) if node.endpoint else "in client mode"
+    grid = "x".join(map(str, config.grid))
+    print(
+        f"{who} {where}, training on {config.dataset} through {config.expert} experts ({grid} grid, "
+        f"k_best {config.k_best}, {config.batches_in_flight} batch(es) in flight)",
+        flush=True,
+    )
+    training = asyncio.create_task(trainer.run(steps=args.steps))
+    deadline = None if args.duration is None else asyncio.get_running_loop().time() + args.duration
+    waiting = asyncio.create_task(stop.wait())
+    try:
+        while not training.done() and not stop.is_set():
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if left is not None and left <= 0:
+                break
+            timeout = args.status_interval if left is None else min(args.status_interval, left)
+            await asyncio.wait({training, waiting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            print(f"status: {trainer.status(args.status_interval)}", flush=True)
+    finally:
+        waiting.cancel()
+        trainer.stop()
+        await training  # raises a bug in a training thread
+        for replica in trainer.replicas:
+            if replica.mixture is not None:
+                await replica.mixture.searcher.close()
+    print(f"trained: {trainer.status(args.status_interval)}", flush=True)
+
+
+async def _train(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    node = await _join(args)
+    try:
+        await _train_on(args, node, stop, "trainer")
+    finally:
+        await node.shutdown()
+    print("stopped", flush=True)
+    return 0
+
+
+async def _peer(args: argparse.Namespace) -> int:
+    """Host experts and train through the grid they belong to, in one process."""
+    backends = _expert_backends(args)
+    stop = _stop_on_signals()
+    node = await _join(args)
+    server = _expert_server_of(args, node, backends)
+    await server.start()
+    try:
+        await _train_on(args, node, stop, f"peer with {len(backends)} {args.expert_type} experts")
+    finally:
+        await server.shutdown()  # checkpoints its experts when --checkpoint-dir is set
+        await node.shutdown()  # hands its records on to their next replicas
     print("stopped", flush=True)
     return 0
 
@@ -280,6 +406,55 @@ def _endpoint(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _address(text: str) -> str:
+    """An IP address to listen on (a name is resolved here)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        return parse_endpoint(resolve_endpoint(f"{text}:1"))[0].strip("[]")
+    except (ValueError, OSError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address or a host name that resolves ({error})"
+        ) from None
+
+
+def _announced(text: str) -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT``, ``[V6]``, ``[V6]:PORT`` or a bare IPv6 address: the host
+    (resolved if a name) and the port, or None for the one listened on."""
+    if text.startswith("[") and text.endswith("]"):
+        host, port = text[1:-1], None
+    elif text.startswith("[") or text.count(":") == 1:
+        host, _, port_text = text.rpartition(":")
+        host = host.strip("[]")
+        port = _port(port_text) if port_text.isdigit() else None
+        if port is None or port == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535")
+    else:
+        host, port = text, None
+    host = _address(host)
+    try:
+        check_remote_endpoint(format_endpoint(host, port or 1))
+    except ValueError as error:
+        reason = str(error).partition(": ")[2] or str(error)
+        raise argparse.ArgumentTypeError(f"{text!r}: {reason}") from None
+    return host, port
+
+
+def _grid(text: str) -> tuple[str, tuple[int, ...]]:
+    """``PREFIX.AxB[xC...]``: the grid's UID prefix and its size per dimension."""
+    prefix, _, sizes = text.rpartition(".")
+    try:
+        dims = tuple(int(size) for size in sizes.split("x"))
+        expand_pattern(f"{prefix}." + ".".join(f"[0:{size}]" for size in dims), limit=1 << 62)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PREFIX.AxB, e.g. ffn.4x4") from None
+    if not prefix or not all(size >= 1 for size in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PREFIX.AxB with sizes >= 1, e.g. ffn.4x4")
+    return prefix, dims
+
+
 def _expert_pattern(text: str) -> str:
     """A UID pattern naming at most MAX_SERVER_EXPERTS experts (counted, not listed)."""
     try:
@@ -305,8 +480,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _add_listen_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (and dial from)")
+    parser.add_argument(
+        "--host",
+        type=_address,
+        default="127.0.0.1",
+        help="address to listen on (and dial from); 0.0.0.0: all",
+    )
     parser.add_argument("--port", type=_port, default=0, help="port to listen on (0: any free port)")
+    parser.add_argument(
+        "--announce",
+        type=_announced,
+        default=None,
+        metavar="HOST[:PORT]",
+        help="the address (and port) peers dial to reach this one, when not --host and --port: a "
+        "public address, a port forwarded through NAT, or one interface's address with --host 0.0.0.0",
+    )
     parser.add_argument(
         "--max-connections", type=_count, default=1024, help="cap on incoming connections (0: no cap)"
     )
@@ -327,13 +515,124 @@ def _add_duration(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_joining_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--initial-peers",
+        nargs="*",
+        type=_endpoint,
+        default=[],
+        metavar="HOST:PORT",
+        help="DHT peers to join through (none: start a new network)",
+    )
+    parser.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        help="file holding this peer's private key (created if missing; default: a new key each run)",
+    )
+    parser.add_argument("--no-subnet-limit", action="store_true", help="allow any number of contacts per /24")
+
+
+def _add_expert_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--experts",
+        nargs="+",
+        type=_expert_pattern,
+        required=True,
+        metavar="PATTERN",
+        help=f"expert UIDs or patterns, e.g. 'ffn.[0:4].[0:8]' (at most {MAX_SERVER_EXPERTS} experts in all)",
+    )
+    parser.add_argument("--expert-type", default="ffn", choices=EXPERT_TYPES, help="built-in expert type")
+    parser.add_argument("--hidden-dim", type=_positive_int, default=512, help="experts' hidden size")
+    parser.add_argument("--lr", type=_learning_rate, default=1e-3, help="Adam learning rate of every expert")
+    parser.add_argument(
+        "--max-batch-size", type=_positive_int, default=4096, help="largest batch one request may carry"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--torch-threads", type=_count, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--announce-period",
+        type=_seconds,
+        default=10.0,
+        help="seconds between re-announcements (entries live 3 periods)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="restore experts from here at start, save here at stop (default: no checkpoints)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=_fraction,
+        default=0.0,
+        help="fail this fraction of requests on purpose (fault-tolerance experiments)",
+    )
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="synthetic", choices=DATASETS, help="the built-in task")
+    parser.add_argument(
+        "--grid",
+        type=_grid,
+        default=("ffn", (4, 4)),
+        metavar="PREFIX.AxB",
+        help="the experts' grid: UID prefix and size, e.g. ffn.4x4 for ffn.[0:4].[0:4] (default: ffn.4x4)",
+    )
+    parser.add_argument("--k-best", type=_positive_int, default=4, help="experts asked per sample")
+    parser.add_argument("--k-min", type=_count, default=1, help="fewest answers a sample needs")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="samples per step")
+    parser.add_argument(
+        "--batches-in-flight", type=_positive_int, default=1, help="steps computed at once (asynchronous SGD)"
+    )
+    parser.add_argument(
+        "--optimizer", default="adam", choices=("adam", "sgd"), help="the trainer's optimizer"
+    )
+    parser.add_argument(
+        "--trainer-lr", type=_learning_rate, default=1e-3, help="learning rate of the trainer's own layers"
+    )
+    parser.add_argument(
+        "--forward-timeout", type=_seconds, default=10.0, help="seconds to wait for experts' answers"
+    )
+    parser.add_argument(
+        "--backward-timeout", type=_seconds, default=20.0, help="seconds to wait for experts' gradients"
+    )
+    parser.add_argument("--seed", type=_count, default=0, help="the trainer's initial weights and batches")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="stop after this many steps")
+    parser.add_argument("--status-interval", type=_seconds, default=10.0, help="seconds between status lines")
+
+
 def _listening_transport(args: argparse.Namespace) -> TcpTransport:
+    announce_host, announce_port = args.announce or (None, None)
+    _check_announced(args.host, announce_host, getattr(args, "initial_peers", []))
     return TcpTransport(
         host=args.host,
         port=args.port,
         max_incoming=args.max_connections or 1 << 30,
         max_incoming_per_host=args.max_connections_per_host or None,
+        announce_host=announce_host,
+        announce_port=announce_port,
     )
+
+
+def _check_announced(host: str, announce_host: str | None, initial_peers: Sequence[str]) -> None:
+    """Refuse an announced address the peers this one joins could not dial."""
+    if announce_host is None and ipaddress.ip_address(host).is_unspecified:
+        raise ValueError(
+            f"argument --announce: --host {host} listens on every interface, which is no address to "
+            "dial; say which one peers reach this peer at with --announce HOST[:PORT]"
+        )
+    announced = announce_host or host
+    remote = [peer for peer in initial_peers if not ipaddress.ip_address(parse_endpoint(peer)[0]).is_loopback]
+    if ipaddress.ip_address(announced).is_loopback and remote:
+        flag = "--announce" if announce_host else "--host"
+        raise ValueError(
+            f"argument {flag}: this peer would announce the loopback address {announced}, which peers "
+            f"on other machines (--initial-peers {remote[0]}) cannot dial; listen on this machine's "
+            "address with --host, or name it with --announce HOST[:PORT]"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,86 +653,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     dht = command("dht", "run a DHT peer")
     _add_listen_options(dht)
-    dht.add_argument(
-        "--initial-peers",
-        nargs="*",
-        type=_endpoint,
-        default=[],
-        metavar="HOST:PORT",
-        help="peers to join through (none: start a new network)",
-    )
-    dht.add_argument(
-        "--identity",
-        type=Path,
-        default=None,
-        help="file holding this peer's private key (created if missing; default: a new key each run)",
-    )
+    _add_joining_options(dht)
     dht.add_argument("--client-mode", action="store_true", help="do not accept incoming requests")
-    dht.add_argument(
-        "--no-subnet-limit",
-        action="store_true",
-        help="allow any number of contacts per /24 (for clusters on one subnet)",
-    )
     _add_duration(dht)
     dht.set_defaults(run=_dht)
 
     experts = command("expert-server", "host experts and announce them in the DHT")
-    experts.add_argument(
-        "--experts",
-        nargs="+",
-        type=_expert_pattern,
-        required=True,
-        metavar="PATTERN",
-        help=f"expert UIDs or patterns, e.g. 'ffn.[0:4].[0:8]' (at most {MAX_SERVER_EXPERTS} experts in all)",
-    )
-    experts.add_argument("--expert-type", default="ffn", choices=EXPERT_TYPES, help="built-in expert type")
-    experts.add_argument("--hidden-dim", type=_positive_int, default=512, help="experts' hidden size")
-    experts.add_argument("--lr", type=_learning_rate, default=1e-3, help="Adam learning rate of every expert")
-    experts.add_argument(
-        "--max-batch-size", type=_positive_int, default=4096, help="largest batch one request may carry"
-    )
-    experts.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    experts.add_argument(
-        "--torch-threads", type=_count, default=0, help="torch CPU threads (0: torch's default)"
-    )
+    _add_expert_options(experts)
     _add_listen_options(experts)
-    experts.add_argument(
-        "--initial-peers",
-        nargs="*",
-        type=_endpoint,
-        default=[],
-        metavar="HOST:PORT",
-        help="DHT peers to join through (none: start a new network)",
-    )
-    experts.add_argument(
-        "--identity",
-        type=Path,
-        default=None,
-        help="file holding this peer's private key (created if missing; default: a new key each run)",
-    )
-    experts.add_argument(
-        "--no-subnet-limit", action="store_true", help="allow any number of contacts per /24"
-    )
-    experts.add_argument(
-        "--announce-period",
-        type=_seconds,
-        default=10.0,
-        help="seconds between re-announcements (entries live 3 periods)",
-    )
-    experts.add_argument(
-        "--checkpoint-dir",
-        type=Path,
-        default=None,
-        help="restore experts from here at start, save here at stop (default: no checkpoints)",
-    )
-    experts.add_argument(
-        "--fault-rate",
-        type=_fraction,
-        default=0.0,
-        help="fail this fraction of requests on purpose (fault-tolerance experiments)",
-    )
+    _add_joining_options(experts)
     _add_duration(experts)
     experts.set_defaults(run=_expert_server)
+
+    train = command("train", "train a model through a DMoE layer of remote experts")
+    train.add_argument("--hidden-dim", type=_positive_int, default=512, help="experts' hidden size")
+    _add_training_options(train)
+    train.add_argument("--device", default="cpu", help="torch device of the trainer's own layers")
+    train.add_argument(
+        "--torch-threads", type=_count, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    _add_listen_options(train)
+    _add_joining_options(train)
+    train.add_argument("--client-mode", action="store_true", help="do not accept incoming requests")
+    _add_duration(train)
+    train.set_defaults(run=_train)
+
+    peer = command("peer", "host experts and train through the grid, in one process")
+    _add_expert_options(peer)
+    _add_training_options(peer)
+    _add_listen_options(peer)
+    _add_joining_options(peer)
+    _add_duration(peer)
+    peer.set_defaults(run=_peer)
 
     ping = command("ping", "measure round trips to a peer")
     ping.add_argument("endpoint", type=_endpoint, help="host:port of the peer")

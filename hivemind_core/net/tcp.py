@@ -411,6 +411,12 @@ class TcpTransport(FramedTransport):
     so the client side closes first). A transport listening on a specific address dials from
     that address too, so its peers see requests come from the host it announces.
 
+    Announced address: ``endpoint`` is what peers are told to dial. By default it is the bound
+    address; ``announce_host`` and ``announce_port`` replace it where peers reach this one
+    elsewhere (a public address, a port forwarded through NAT, one interface's address when
+    listening on all of them). Listening on every interface (``0.0.0.0``, ``::``) without an
+    ``announce_host`` is refused: no peer can dial the unspecified address.
+
     Slow or greedy peers: a frame must arrive within ``transfer_timeout`` seconds plus its
     size at ``min_transfer_rate`` bytes/s, and a new connection must send its first one in that
     time (so trickling or silent connections give their slot back). A connection whose replies
@@ -440,8 +446,14 @@ class TcpTransport(FramedTransport):
         connect_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         backlog: int = 1024,
+        announce_host: str | None = None,
+        announce_port: int | None = None,
     ) -> None:
         super().__init__(max_frame_size=max_frame_size)
+        if announce_host is not None:
+            check_remote_endpoint(format_endpoint(announce_host, announce_port or 1))
+        if announce_port is not None and not 0 < announce_port < 65536:
+            raise ValueError(f"announce_port must be 1..65535, got {announce_port}")
         if min(max_incoming, max_outgoing, max_concurrent_requests) < 1:
             raise ValueError("max_incoming, max_outgoing and max_concurrent_requests must be at least 1")
         if max_incoming_per_host is not None and max_incoming_per_host < 1:
@@ -469,7 +481,10 @@ class TcpTransport(FramedTransport):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.backlog = backlog
+        self.announce_host = announce_host
+        self.announce_port = announce_port
         self._endpoint: Endpoint | None = None
+        self._bound: Endpoint | None = None
         self._server: asyncio.Server | None = None
         self._outgoing: dict[Endpoint, _Connection] = {}
         self._connecting: dict[Endpoint, asyncio.Task[_Connection]] = {}
@@ -492,7 +507,13 @@ class TcpTransport(FramedTransport):
 
     @property
     def endpoint(self) -> Endpoint | None:
+        """The endpoint peers are told to dial (see the class docstring); None until listening."""
         return self._endpoint
+
+    @property
+    def bound_endpoint(self) -> Endpoint | None:
+        """The address and port the listening socket is bound to; None until listening."""
+        return self._bound
 
     def check_endpoint(self, endpoint: Endpoint) -> None:
         check_remote_endpoint(endpoint)
@@ -526,6 +547,11 @@ class TcpTransport(FramedTransport):
             raise TransportClosed("cannot listen: this transport is closed")
         if self._server is not None:
             raise RuntimeError(f"already listening on {self._endpoint}")
+        if self.announce_host is None and self.host in ("0.0.0.0", "::", ""):
+            raise ValueError(
+                f"listening on every interface (host {self.host!r}) needs an announce_host: "
+                "the address peers dial to reach this one"
+            )
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: _Connection(self, None, incoming=True), self.host, self.port, backlog=self.backlog
@@ -536,7 +562,8 @@ class TcpTransport(FramedTransport):
         self._server = server
         self._handler = handler
         bound_host, bound_port = self._server.sockets[0].getsockname()[:2]
-        self._endpoint = format_endpoint(bound_host, bound_port)
+        self._bound = format_endpoint(bound_host, bound_port)
+        self._endpoint = format_endpoint(self.announce_host or bound_host, self.announce_port or bound_port)
         self._ensure_sweeper()
         return self._endpoint
 

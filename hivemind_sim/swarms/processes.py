@@ -7,10 +7,11 @@ processes over loopback TCP, the way they would run on real machines.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 class PeerProcess:
@@ -25,7 +26,13 @@ class PeerProcess:
         if not self.banner.startswith(banner):
             self.stop()
             raise RuntimeError(f"hivemind-core {command} did not start: {self.banner!r}")
-        self.endpoint = self.banner.split()[-1]
+        listening = re.search(r"listening on (\S+?)(?:,|$|\s)", self.banner)
+        self.endpoint = listening.group(1) if listening else ""
+
+    def lines(self) -> Iterator[str]:
+        """What it prints after its banner, line by line, until it exits (blocking)."""
+        assert self.process.stdout is not None
+        yield from (line.rstrip("\n") for line in self.process.stdout)
 
     @property
     def pid(self) -> int:
@@ -65,3 +72,13 @@ def expert_server(
 
 def rpc_peer(*args: str) -> PeerProcess:
     return PeerProcess("serve", *args, banner="listening on")
+
+
+def trainer(*args: str) -> PeerProcess:
+    """``hivemind-core train``: a status line every ``--status-interval`` seconds (see ``lines``)."""
+    return PeerProcess("train", *args, banner="trainer ")
+
+
+def peer(experts: str, *args: str) -> PeerProcess:
+    """``hivemind-core peer``: hosts ``experts`` and trains through their grid."""
+    return PeerProcess("peer", "--experts", experts, *args, banner="peer with ")
