@@ -254,7 +254,14 @@ async def _train_on(args: argparse.Namespace, node: DHTNode, stop: asyncio.Event
 
         torch.set_num_threads(args.torch_threads)
     client = MoEClient(rpc=node.rpc, dht=node, bridge=LoopBridge(asyncio.get_running_loop()))
-    trainer = Trainer(node, config, client)
+    metrics = _serve_metrics(args, node, client)
+    trainer = Trainer(node, config, client, metrics=metrics)
+    if metrics is not None:
+        metrics.watch(
+            "moe_experts_answering",
+            "Distinct experts that answered in the last status interval",
+            lambda: trainer.stats.experts_answering(args.status_interval),
+        )
     where = _listening_on(node.rpc.transport) if node.endpoint else "in client mode"
     grid = "x".join(map(str, config.grid))
     print(
@@ -262,6 +269,8 @@ async def _train_on(args: argparse.Namespace, node: DHTNode, stop: asyncio.Event
         f"k_best {config.k_best}, {config.batches_in_flight} batch(es) in flight)",
         flush=True,
     )
+    if metrics is not None:
+        print(f"metrics at {metrics.url}", flush=True)
     training = asyncio.create_task(trainer.run(steps=args.steps))
     deadline = None if args.duration is None else asyncio.get_running_loop().time() + args.duration
     waiting = asyncio.create_task(stop.wait())
@@ -280,7 +289,34 @@ async def _train_on(args: argparse.Namespace, node: DHTNode, stop: asyncio.Event
         for replica in trainer.replicas:
             if replica.mixture is not None:
                 await replica.mixture.searcher.close()
+        if metrics is not None:
+            metrics.close()
     print(f"trained: {trainer.status(args.status_interval)}", flush=True)
+
+
+def _serve_metrics(args: argparse.Namespace, node: DHTNode, client: Any) -> Any:
+    """Prometheus metrics at ``--metrics-port`` on the ``--host`` address, or None."""
+    if args.metrics_port is None:
+        return None
+    try:
+        from .prometheus import PeerMetrics
+    except ModuleNotFoundError as error:
+        raise ValueError(f"argument --metrics-port: {error}") from None
+    metrics = PeerMetrics()
+    metrics.watch("dht_contacts", "Contacts in this peer's routing table", lambda: len(node.routing_table))
+    metrics.watch_counter("moe_bans", "Expert servers this peer's client banned", lambda: client.bans)
+    try:
+        port = metrics.serve(args.host, args.metrics_port)
+    except OSError as error:
+        raise OSError(
+            f"cannot serve metrics on --host {args.host} --metrics-port {args.metrics_port}: {error}"
+        ) from None
+    metrics.url = f"http://{_url_host(args.host)}:{port}/metrics"
+    return metrics
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 async def _train(args: argparse.Namespace) -> int:
@@ -602,6 +638,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_count, default=0, help="the trainer's initial weights and batches")
     parser.add_argument("--steps", type=_positive_int, default=None, help="stop after this many steps")
     parser.add_argument("--status-interval", type=_seconds, default=10.0, help="seconds between status lines")
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics here, on the --host address (0: any free port; needs the "
+        "metrics extra; default: none)",
+    )
 
 
 def _listening_transport(args: argparse.Namespace) -> TcpTransport:

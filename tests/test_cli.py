@@ -266,3 +266,15 @@ def test_sim_help_pages_list_the_exit_statuses(capsys) -> None:
         build_parser().parse_args(["sweep", "--help"])
     page = " ".join(capsys.readouterr().out.split())
     assert "Ctrl-C starts no new run and waits for those in flight; a second Ctrl-C abandons them." in page
+
+
+def test_metrics_without_the_extra_name_the_flag_and_the_package(monkeypatch) -> None:
+    import argparse
+
+    from hivemind_core.cli import _serve_metrics
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "hivemind_core.prometheus", raising=False)
+    args = argparse.Namespace(metrics_port=0, host="127.0.0.1")
+    with pytest.raises(ValueError, match=r"argument --metrics-port: .* needs the prometheus-client package"):
+        _serve_metrics(args, None, None)

@@ -106,6 +106,9 @@ EXEMPT = {
     "world.py": {"time"},
     "bridge.py": {"threading", "concurrent"},  # blocks a thread on futures of the loop
     "moe/server/device.py": {"threading", "concurrent"},
+    # the real-mode trainer: a thread per batch in flight, step times on the wall clock; the
+    # simulator's trainers run its model and step (training/model.py) under the baton instead
+    "training/trainer.py": {"threading", "time"},
     "cli.py": {"torch_settings"},  # the command line owns its process: --torch-threads
 }
 

@@ -17,7 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml"}  # distribution -> module, where they differ
+IMPORT_NAMES = {
+    "scikit-learn": "sklearn",
+    "pyyaml": "yaml",
+    "prometheus-client": "prometheus_client",
+}  # distribution -> module, where they differ
 SIM_EXTRA = {"simpy", "networkx", "rich", "matplotlib", "pydantic", "yaml"}
 
 
@@ -32,19 +36,45 @@ def third_party_imports(package: str, *, top_level_only: bool = False) -> set[st
     its modules (imports inside functions load only when that function runs)."""
     found = set()
     for path in (ROOT / package).rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in tree.body if top_level_only else ast.walk(tree):
-            if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
+        found |= third_party_imports_of(path, top_level_only=top_level_only)
+    return found
+
+
+def third_party_imports_of(path: Path, *, top_level_only: bool = False) -> set[str]:
+    found = set()
+    tree = ast.parse(path.read_text())
+    for node in tree.body if top_level_only else ast.walk(tree):
+        if isinstance(node, ast.Try) and top_level_only:  # a guarded top-level import
+            nodes = [n for block in (node.body, *[h.body for h in node.handlers]) for n in block]
+        else:
+            nodes = [node]
+        for each in nodes:
+            if isinstance(each, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in each.names}
+            elif isinstance(each, ast.ImportFrom) and each.level == 0 and each.module:
+                found.add(each.module.split(".")[0])
     return found - set(sys.stdlib_module_names) - {"hivemind_core", "hivemind_sim"}
+
+
+OPTIONAL_CORE_MODULES = {"prometheus.py"}
+"""Core modules only a flag imports (``--metrics-port``), each needing an extra of its own."""
 
 
 def test_the_core_needs_only_its_own_dependencies() -> None:
     core = module_names(PROJECT["dependencies"])
+    extras = PROJECT["optional-dependencies"]
     assert core == {"torch", "msgpack", "cryptography", "numpy"}
-    assert third_party_imports("hivemind_core") <= core
+    on_import = set()
+    for path in (ROOT / "hivemind_core").rglob("*.py"):
+        if path.name not in OPTIONAL_CORE_MODULES:
+            on_import |= third_party_imports_of(path, top_level_only=True)
+    assert on_import <= core, "importing the core needs only its own dependencies"
+    # lazily: the digits task (the examples extra) and Prometheus metrics (the metrics extra)
+    optional = module_names(extras["examples"]) | module_names(extras["metrics"])
+    assert third_party_imports("hivemind_core") <= core | optional
+    for name in OPTIONAL_CORE_MODULES:
+        source = "\n".join(p.read_text() for p in (ROOT / "hivemind_core").rglob("*.py") if p.name != name)
+        assert f"from .{name[:-3]} import" in source and f"import {name[:-3]}\n" not in source
 
 
 def test_the_simulator_needs_only_the_sim_extra() -> None:

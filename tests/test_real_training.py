@@ -3,8 +3,10 @@ expert servers while one server is killed (SIGKILL) and another frozen (SIGSTOP)
 
 from __future__ import annotations
 
+import math
 import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -41,6 +43,18 @@ def until(process: PeerProcess, steps: float, *, most_lines: int = 240) -> dict[
     raise AssertionError("the process ended before its steps")
 
 
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text page, by name and labels."""
+    with urllib.request.urlopen(url, timeout=30) as page:
+        text = page.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 @pytest.fixture
 def swarm() -> Iterator[tuple[PeerProcess, ...]]:
     started: list[PeerProcess] = []
@@ -51,7 +65,7 @@ def swarm() -> Iterator[tuple[PeerProcess, ...]]:
         started.append(expert_server("ffn.0.[0:4]", hidden_dim=int(HID), args=server_args))
         started.append(expert_server("ffn.1.[0:4]", hidden_dim=int(HID), args=server_args))
         started.append(peer("ffn.2.[0:4]", *joining, *TRAINING))
-        started.append(trainer(*joining, *TRAINING, "--batches-in-flight", "2"))
+        started.append(trainer(*joining, *TRAINING, "--batches-in-flight", "2", "--metrics-port", "0"))
         yield tuple(started)
     finally:
         for process in reversed(started):
@@ -60,6 +74,8 @@ def swarm() -> Iterator[tuple[PeerProcess, ...]]:
 
 def test_training_goes_on_through_a_killed_and_a_frozen_server(swarm) -> None:
     _, killed, frozen, both, training = swarm
+    metrics_url = re.fullmatch(r"metrics at (http://\S+)", next(training.lines()))
+    assert metrics_url, "the trainer says where its Prometheus metrics are"
     first = until(training, 20)
     killed.signal(signal.SIGKILL)
     frozen.signal(signal.SIGSTOP)
@@ -73,6 +89,12 @@ def test_training_goes_on_through_a_killed_and_a_frozen_server(swarm) -> None:
         assert status["longest"] <= worst, f"a step took {status['longest']} s, over {worst} s"
     assert after["expert_failures"] > 0, "the faults were met"
     assert after["loss"] < first["loss"], f"loss went from {first['loss']} to {after['loss']}"
+    # Prometheus sees what the status line says, under the scenario reports' metric names
+    scraped = scrape(metrics_url.group(1))
+    assert scraped['moe_step_seconds_count{ok="true"}'] >= after["steps"]
+    assert scraped["moe_expert_failures_total"] >= after["expert_failures"] > 0
+    assert scraped["moe_bans_total"] >= 1, "the killed and the frozen server were banned"
+    assert scraped["dht_contacts"] >= 1 and math.isfinite(scraped["train_loss"])
     # SIGTERM: both stop cleanly (the peer's experts checkpointed, records handed on)
     for process in (training, both):
         output = process.stop()

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -81,8 +82,13 @@ class TrainingStats:
 class Trainer:
     """Trains :class:`TrainerModel` through a DMoE layer over ``node``; see the module docstring."""
 
-    def __init__(self, node: DHTNode, config: TrainingConfig, client: MoEClient) -> None:
+    def __init__(
+        self, node: DHTNode, config: TrainingConfig, client: MoEClient, *, metrics: Any = None
+    ) -> None:
+        """``metrics``: a :class:`hivemind_core.prometheus.PeerMetrics` to report steps and
+        expert calls to, or None."""
         self.node = node
+        self.metrics = metrics
         self.config = config
         self.client = client
         self.dataset = make_dataset(config.dataset, config.hidden_dim, seed=config.seed)
@@ -121,6 +127,8 @@ class Trainer:
         return mixture
 
     def _expert_call(self, call: ExpertCall) -> None:
+        if self.metrics is not None:
+            self.metrics.expert_call(call.outcome, call.seconds)
         if call.outcome == "answered":
             self.stats.answering[call.uid] = time.monotonic()
         elif call.outcome in ("failed", "rejected"):
@@ -166,6 +174,8 @@ class Trainer:
 
     def _ended(self, started: float, loss: float | None) -> None:
         took = time.monotonic() - started
+        if self.metrics is not None:
+            self.metrics.step(took, loss)
         stats = self.stats
         with self._lock:
             stats.longest_step = max(stats.longest_step, took)
