@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import math
 import os
 import signal
@@ -683,6 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hivemind-core", description="Run or probe a real peer.", formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="least severe log messages shown (on stderr, with their time)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -740,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # run as a program (not called from Python): its logs are its own
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            datefmt="%Y-%m-%d %H:%M:%S",
+        )
     try:
         return asyncio.run(args.run(args))
     except (ValueError, OSError) as error:  # BootstrapError is an OSError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -278,3 +279,15 @@ def test_metrics_without_the_extra_name_the_flag_and_the_package(monkeypatch) ->
     args = argparse.Namespace(metrics_port=0, host="127.0.0.1")
     with pytest.raises(ValueError, match=r"argument --metrics-port: .* needs the prometheus-client package"):
         _serve_metrics(args, None, None)
+
+
+def test_a_peer_logs_with_the_time_at_the_level_asked() -> None:
+    """Run as a program, a peer's log lines carry their time; --log-level sets how much."""
+    command = [sys.executable, "-m", "hivemind_core.cli", "--log-level", "debug", "dht", "--duration", "0.5"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d DEBUG asyncio: ", run.stderr, re.MULTILINE), run.stderr
+    quiet = subprocess.run(
+        [*command[:4], "warning", *command[5:]], capture_output=True, text=True, timeout=60
+    )
+    assert quiet.returncode == 0 and "DEBUG" not in quiet.stderr

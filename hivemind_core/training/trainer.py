@@ -165,7 +165,7 @@ class Trainer:
         try:
             loss, grads = replica.loss_and_grads(x.to(self.device), y.to(self.device))
         except STEP_FAILURES as error:
-            logger.info("a step failed: %s", error)
+            logger.debug("a step failed: %s", error)  # counted in the status line
             self._ended(started, None)
             return
         with self._lock:
