@@ -241,15 +241,15 @@ def _training_config(args: argparse.Namespace) -> Any:
     )
 
 
-async def _train_on(args: argparse.Namespace, node: DHTNode, stop: asyncio.Event, who: str) -> None:
+async def _train_on(
+    args: argparse.Namespace, config: Any, node: DHTNode, stop: asyncio.Event, who: str
+) -> None:
     """Train through ``node`` until stopped, ``--duration`` or ``--steps``, printing a status
     line every ``--status-interval`` seconds and one at the end."""
     from .bridge import LoopBridge
     from .moe.client import MoEClient
     from .training import Trainer
 
-    config = _training_config(args)
-    _check_device(config.device)
     if args.torch_threads:
         import torch
 
@@ -321,10 +321,12 @@ def _url_host(host: str) -> str:
 
 
 async def _train(args: argparse.Namespace) -> int:
+    config = _training_config(args)  # checked before joining anything
+    _check_device(config.device)
     stop = _stop_on_signals()
     node = await _join(args)
     try:
-        await _train_on(args, node, stop, "trainer")
+        await _train_on(args, config, node, stop, "trainer")
     finally:
         await node.shutdown()
     print("stopped", flush=True)
@@ -333,13 +335,14 @@ async def _train(args: argparse.Namespace) -> int:
 
 async def _peer(args: argparse.Namespace) -> int:
     """Host experts and train through the grid they belong to, in one process."""
+    config = _training_config(args)  # checked before joining anything
     backends = _expert_backends(args)
     stop = _stop_on_signals()
     node = await _join(args)
     server = _expert_server_of(args, node, backends)
     await server.start()
     try:
-        await _train_on(args, node, stop, f"peer with {len(backends)} {args.expert_type} experts")
+        await _train_on(args, config, node, stop, f"peer with {len(backends)} {args.expert_type} experts")
     finally:
         await server.shutdown()  # checkpoints its experts when --checkpoint-dir is set
         await node.shutdown()  # hands its records on to their next replicas

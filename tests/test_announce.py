@@ -80,9 +80,12 @@ async def test_the_transport_refuses_what_no_peer_can_dial() -> None:
         (["dht", "--announce", "10.0.0.1:0"], "argument --announce: '10.0.0.1:0': the port must be"),
         (["dht", "--announce", "no-such-host.invalid"], "argument --announce: 'no-such-host.invalid' is not"),
         (["serve", "--host", "not an address"], "argument --host: 'not an address' is not an IP address"),
+        (["train", "--grid", "ffn.0x4"], "argument --grid: 'ffn.0x4': expected PREFIX.AxB"),
+        (["train", "--grid", "4x4"], "argument --grid: '4x4': expected PREFIX.AxB"),
+        (["peer", "--experts", "ffn.0.[0:2]", "--batches-in-flight", "0"], "argument --batches-in-flight"),
     ],
 )
-def test_announcements_no_peer_can_dial_are_refused_while_parsing(
+def test_bad_announcements_and_training_flags_are_refused_while_parsing(
     capsys, argv: list[str], message: str
 ) -> None:
     from hivemind_core.cli import main
@@ -113,9 +116,13 @@ def test_announcements_no_peer_can_dial_are_refused_while_parsing(
             ["dht", "--host", "0.0.0.0", "--announce", "127.0.0.1", "--initial-peers", "10.0.0.1:7000"],
             "argument --announce: this peer would announce the loopback address 127.0.0.1",
         ),
+        (  # checked before joining: the initial peer is never dialled
+            ["train", "--k-min", "5", "--k-best", "4", "--initial-peers", "127.0.0.1:1"],
+            "argument --k-min: 5 is more than --k-best 4",
+        ),
     ],
 )
-def test_an_announcement_remote_peers_cannot_dial_is_refused_at_start(
+def test_what_cannot_work_is_refused_at_start_naming_the_flag(
     capsys, argv: list[str], message: str
 ) -> None:
     from hivemind_core.cli import main
