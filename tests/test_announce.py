@@ -122,9 +122,7 @@ def test_bad_announcements_and_training_flags_are_refused_while_parsing(
         ),
     ],
 )
-def test_what_cannot_work_is_refused_at_start_naming_the_flag(
-    capsys, argv: list[str], message: str
-) -> None:
+def test_what_cannot_work_is_refused_at_start_naming_the_flag(capsys, argv: list[str], message: str) -> None:
     from hivemind_core.cli import main
 
     assert main(argv) == 2
