@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +68,24 @@ def _load(args: argparse.Namespace) -> Any:
     from .scenario.loader import load_scenario
 
     return load_scenario(args.file, _overrides(args))
+
+
+def _peer(args: argparse.Namespace) -> int:
+    from .deploy import core_command, load_peer_file
+    from .scenario.loader import ScenarioError
+
+    try:
+        peer = load_peer_file(args.file)
+    except ScenarioError as error:
+        print(f"hivemind-sim: invalid peer file:\n{error}", file=sys.stderr)
+        return INVALID
+    argv = [*core_command(peer), *args.core_args]
+    if args.print:
+        print(shlex.join(["hivemind-core", *argv]))
+        return 0
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "hivemind_core.cli", *argv])
+    return 0  # not reached: the peer has taken this process over
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -319,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"finished runs are kept and reported, and the same command runs the others. {EXIT_STATUSES}"
     )
     sweep.set_defaults(handler=_sweep)
+    peer = commands.add_parser(
+        "peer",
+        help="run a real peer described by a peer file (a scenario peer group's keys)",
+        description="Run `hivemind-core` for the real peer a peer file describes (see docs/deploy.md). "
+        "Arguments after `--` go to hivemind-core: the network's (--host, --port, --initial-peers, "
+        "--announce, --identity...).",
+        epilog=EXIT_STATUSES,
+        formatter_class=HelpFormatter,
+    )
+    peer.add_argument("file", help="the peer file (YAML)")
+    peer.add_argument(
+        "--print", action="store_true", help="print the hivemind-core command instead of running it"
+    )
+    peer.set_defaults(handler=_peer)
     compare = commands.add_parser("compare", help="two reports side by side", formatter_class=HelpFormatter)
     compare.add_argument("a", help="a report folder (the reference)")
     compare.add_argument("b", help="another report folder")
@@ -345,7 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return INVALID
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    core_args: list[str] = []
+    if "--" in argv:  # `peer FILE -- ARGS`: ARGS are hivemind-core's
+        argv, core_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if core_args and args.command != "peer":
+        parser.error(f"arguments after `--` are for `peer` (hivemind-core's), not `{args.command}`")
+    args.core_args = core_args
     from .scenario.compare import CompareError
     from .scenario.loader import ScenarioError
     from .scenario.sweep import ClusterError

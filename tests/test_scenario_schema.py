@@ -845,7 +845,7 @@ def test_load_scenario_names_the_file(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}:6: peers.0.cout: unknown key `cout` (did you mean `count`?)"
     path.write_text(MINIMAL.replace("name: t\n", ""))
     assert load_scenario(path).name == "quick"  # the default name is the file's stem
-    with pytest.raises(ScenarioError, match="cannot read the scenario"):
+    with pytest.raises(ScenarioError, match="cannot read the file"):
         load_scenario(tmp_path / "nope.yaml")
 
 

@@ -17,13 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from .schema import Loc, PeerGroup, Scenario, ScenarioProblems, suggest
 from .units import parse_duration
+
+M = TypeVar("M", bound=BaseModel)
 
 _DISCRIMINATORS = ("distribution", "action")
 
@@ -54,11 +56,29 @@ class ScenarioError(Exception):
 def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     """Read, override (`key.path=value` strings) and validate a scenario file; raises ``ScenarioError``."""
     path = Path(path)
+    return parse_scenario(read_text(path), filename=str(path), base_dir=path.parent, overrides=overrides)
+
+
+def read_text(path: Path) -> str:
+    """A YAML file's text; ``ScenarioError`` naming the file if it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError([Problem(str(path), "", f"cannot read the scenario: {error}")]) from None
-    return parse_scenario(text, filename=str(path), base_dir=path.parent, overrides=overrides)
+        raise ScenarioError([Problem(str(path), "", f"cannot read the file: {error}")]) from None
+
+
+def parse_model(text: str, model: type[M], *, filename: str) -> M:
+    """A YAML document validated as ``model`` (a schema model other than a whole scenario), with
+    a scenario's line-numbered problems; raises ``ScenarioError``."""
+    node, data = _compose(text, filename)
+    problems = _duplicate_keys(node, filename)
+    if problems:
+        raise ScenarioError(problems)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        mapper = _Locator(filename, node, data, {})
+        raise ScenarioError(sorted(mapper.problems(error), key=lambda p: (p.line, p.path))) from None
 
 
 def parse_scenario(
