@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .world.loop import SimulationStuck, VirtualTimeLoop
     from .world.network import AccessLink, NetworkStats, SimNetwork
     from .world.simulation import Simulation
+    from .world.tcp_model import TcpOptions
     from .world.topology import Topology
     from .world.trace import TraceDigest
     from .world.transport import SimTransport
@@ -28,6 +29,7 @@ _SUBMODULE = {
     "NetworkStats": "world.network",
     "SimNetwork": "world.network",
     "Simulation": "world.simulation",
+    "TcpOptions": "world.tcp_model",
     "Topology": "world.topology",
     "TraceDigest": "world.trace",
     "SimTransport": "world.transport",
@@ -40,6 +42,7 @@ __all__ = [
     "SimTransport",
     "Simulation",
     "SimulationStuck",
+    "TcpOptions",
     "Topology",
     "TraceDigest",
     "VirtualTimeLoop",

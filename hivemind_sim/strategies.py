@@ -81,7 +81,7 @@ def percents(low: int = 0, high: int = 100) -> st.SearchStrategy[str]:
 @st.composite
 def topologies(draw: st.DrawFn, max_nodes: int = 12) -> Data:
     """A `topology`: world regions or a generated graph of 1..``max_nodes`` routers, with jitter,
-    loss and backbone bandwidth sometimes."""
+    loss, backbone bandwidth and TCP's effects sometimes."""
     kind = draw(st.sampled_from(("world_regions", *GENERATED_KINDS)))
     data: Data = {"kind": kind}
     if kind != "world_regions":
@@ -107,6 +107,7 @@ _BACKBONE = st.fixed_dictionaries(
         "jitter": percents(0, 20),
         "loss": percents(0, 2),
         "backbone_bandwidth": st.sampled_from(("100Mbit/s", "1Gbit/s")),
+        "tcp": st.fixed_dictionaries({}, optional={"handshake": st.booleans(), "retransmit": st.booleans()}),
     },
 )
 

@@ -915,7 +915,7 @@ warmup: 30s
 duration: 5m
 sample_interval: 5s
 topology: {kind: waxman, nodes: 12, params: {alpha: 0.5, max_latency: 80ms}, jitter: 5%, loss: 0.1%,
-           backbone_bandwidth: 10Gbit/s}
+           backbone_bandwidth: 10Gbit/s, tcp: {handshake: true, retransmit: true}}
 peers:
   - group: servers
     role: server
@@ -1073,6 +1073,7 @@ EVENT_KEYS = frozenset(schema._SelectingEvent.model_fields)
 REFERENCE: list[tuple[type[BaseModel], str]] = [
     (Scenario, "(top level)"),
     (schema.Topology, "topology"),
+    (schema.TcpEffects, "topology.tcp"),
     (schema.PeerGroup, "peers[]"),
     (schema.Link, "peers[].link"),
     (schema.Hardware, "peers[].hardware"),

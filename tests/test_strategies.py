@@ -57,6 +57,7 @@ REACHABLE: dict[str, tuple[str, ...]] = {
     "role": ("dht", "server", "trainer", "peer"),
     "select": ("group", "role", "region", "regions", "peers", "fraction", "count"),
     "group": ("join_at", "client_mode", "churn", "link", "hardware", "regions"),
+    "tcp": ("handshake", "retransmit"),
 }
 """Everything a drawn scenario should be able to hold, by what it is."""
 
@@ -64,6 +65,7 @@ REACHABLE: dict[str, tuple[str, ...]] = {
 def _seen(data: Data) -> Iterator[tuple[str, str]]:
     """(what, which) for everything of ``REACHABLE`` that ``data`` holds."""
     yield "topology", data["topology"]["kind"]
+    yield from (("tcp", key) for key, on in data["topology"].get("tcp", {}).items() if on)
     for group in data["peers"]:
         yield "role", group["role"]
         yield from (("group", key) for key in group if key in REACHABLE["group"])

@@ -26,6 +26,7 @@ from hivemind_core.net import TransportError
 from ..swarms.baton import Baton
 from ..swarms.churn import start_churn
 from ..world.simulation import Simulation
+from ..world.tcp_model import TcpOptions
 from . import runlog, schema
 from .assertions import AssertionResult, evaluate
 from .events import Timeline
@@ -98,7 +99,10 @@ def open_run(scenario: schema.Scenario, *, progress: Progress | None = None) -> 
     try:
         topology = build_topology(scenario.topology, seed=scenario.seed)
         spec = scenario.topology
-        with Simulation(seed=scenario.seed, topology=topology, jitter=spec.jitter, loss=spec.loss) as sim:
+        tcp = TcpOptions(handshake=spec.tcp.handshake, retransmit=spec.tcp.retransmit)
+        with Simulation(
+            seed=scenario.seed, topology=topology, jitter=spec.jitter, loss=spec.loss, tcp=tcp
+        ) as sim:
             recorder = Recorder(scenario.sample_interval, duration=scenario.duration)
             for name in COUNTERS:
                 recorder.count(name, 0.0, 0)  # zero, not unknown, when nothing happens

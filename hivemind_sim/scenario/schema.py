@@ -113,6 +113,18 @@ TOPOLOGY_PARAMS: dict[str, dict[str, Any]] = {
 """Generator parameters allowed per topology kind, with their parsers (latencies take units)."""
 
 
+class TcpEffects(FrozenModel):
+    """TCP's effects on messages between peers; each off by default (the plain model)."""
+
+    handshake: bool = False
+    """The first message between two peers, and the first after their connection idled 60 s or
+    was reset by a crash or close, waits one round trip (the connection's handshake)."""
+    retransmit: bool = False
+    """A lost message arrives late instead of never: it is sent again after a retransmission
+    timeout (max(200 ms, 2 round trips), doubling on each further loss; dropped after 6);
+    messages between two peers keep their order, so later ones wait for it."""
+
+
 class Topology(FrozenModel):
     """The backbone: regions or routers joined by links with latency, jitter, loss and bandwidth."""
 
@@ -134,6 +146,8 @@ class Topology(FrozenModel):
     """Probability that a message is lost, on every path."""
     backbone_bandwidth: Bandwidth | None = None
     """Capacity of each backbone edge, shared by the traffic crossing it; null: unlimited."""
+    tcp: TcpEffects = TcpEffects()
+    """What TCP adds to messages, for runs closer to a real deployment (off: datagrams)."""
 
     @field_validator("path")
     @classmethod

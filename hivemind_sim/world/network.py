@@ -30,6 +30,7 @@ from typing import Protocol
 
 import simpy
 
+from .tcp_model import TcpModel, TcpOptions
 from .topology import Bottleneck, Node, Topology
 from .trace import TraceDigest
 
@@ -123,6 +124,8 @@ class NetworkStats:
     dropped_unreachable: int = 0
     dropped_frozen: int = 0
     """Frames beyond a frozen peer's buffer (see ``SimNetwork.freeze``)."""
+    retransmitted: int = 0
+    """Frames sent again after a loss (only with the TCP model's ``retransmit``)."""
 
 
 @dataclass(eq=False)
@@ -181,7 +184,10 @@ class SimNetwork:
         trace: TraceDigest | None = None,
         jitter: float = 0.0,
         loss: float = 0.0,
+        tcp: TcpOptions | None = None,
     ) -> None:
+        """``tcp``: TCP's handshakes, retransmissions and ordering (``tcp_model``); None or all
+        off: frames travel as datagrams."""
         if not 0 <= jitter <= 10:
             raise ValueError(f"jitter is a fraction of the path latency in [0, 10], got {jitter}")
         self.env = env
@@ -197,6 +203,7 @@ class SimNetwork:
         self._group_of: dict[str, int] | None = None
         self._bottleneck = topology.bottleneck if topology.limited else None  # None: nothing to check
         self._edge_free_at: dict[tuple[Node, Node], float] = {}
+        self._tcp = TcpModel(tcp) if tcp is not None and tcp.active else None
 
     # ---- membership -----------------------------------------------------------------------
 
@@ -219,6 +226,8 @@ class SimNetwork:
         peer.state = PeerState.UP
 
     def detach(self, address: str, *, crashed: bool) -> None:
+        if self._tcp is not None:
+            self._tcp.forget(address)
         peer = self._peer(address)
         peer.transport = None
         peer.frozen = None  # a stopped process that dies takes what its kernel held with it
@@ -358,7 +367,9 @@ class SimNetwork:
         if self._group_of is not None and self.cut(src, dst):
             stats.dropped_partition += 1
             return
-        if (self.loss or sender.link.loss or receiver.link.loss) and self._lost(sender, receiver):
+        lost = bool(self.loss or sender.link.loss or receiver.link.loss) and self._lost(sender, receiver)
+        tcp = self._tcp
+        if lost and tcp is None:
             stats.dropped_loss += 1
             return
         backbone = self.topology.latency(sender.node, receiver.node)
@@ -366,6 +377,22 @@ class SimNetwork:
         if latency == math.inf:
             stats.dropped_unreachable += 1
             return
+        if tcp is not None:
+            leaves = tcp.departure(
+                src,
+                dst,
+                sent_at=sent_at,
+                now=now,
+                rtt=2 * latency,
+                lost=lost,
+                survive=self._survival(sender, receiver),
+                rng=self.rng,
+            )
+            stats.retransmitted = tcp.retransmissions
+            if leaves is None:
+                stats.dropped_loss += 1
+                return
+            sent_at = leaves
         stretch = 1.0
         if self.jitter:
             stretch = 1 + self.jitter * self.rng.random()
@@ -416,8 +443,10 @@ class SimNetwork:
         return group_of is not None and group_of.get(src, -1) != group_of.get(dst, -1)
 
     def _lost(self, sender: _Peer, receiver: _Peer) -> bool:
-        survive = (1 - self.loss) * (1 - sender.link.loss) * (1 - receiver.link.loss)
-        return self.rng.random() >= survive
+        return self.rng.random() >= self._survival(sender, receiver)
+
+    def _survival(self, sender: _Peer, receiver: _Peer) -> float:
+        return (1 - self.loss) * (1 - sender.link.loss) * (1 - receiver.link.loss)
 
     def _cross_backbone(
         self,

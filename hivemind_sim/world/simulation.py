@@ -14,6 +14,7 @@ from hivemind_core.world import WORLD_ATTRIBUTE
 
 from .loop import VirtualTimeLoop
 from .network import AccessLink, SimNetwork
+from .tcp_model import TcpOptions
 from .topology import Node, Topology
 from .trace import TraceDigest
 from .transport import SimTransport
@@ -25,7 +26,13 @@ class Simulation:
     """A deterministic world: same seed and same code give the same trace digest."""
 
     def __init__(
-        self, *, seed: int = 0, topology: Topology | None = None, jitter: float = 0.0, loss: float = 0.0
+        self,
+        *,
+        seed: int = 0,
+        topology: Topology | None = None,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        tcp: TcpOptions | None = None,
     ) -> None:
         self.seed = seed
         self.env = simpy.Environment()
@@ -41,6 +48,7 @@ class Simulation:
             trace=self.trace,
             jitter=jitter,
             loss=loss,
+            tcp=tcp,
         )
 
     @property
