@@ -230,14 +230,3 @@ def test_an_unknown_behaviour_is_refused_by_name() -> None:
             await swarm.stop()
 
         sim.run(main())
-
-
-def test_the_scenario_format_names_every_behaviour_the_swarm_knows() -> None:
-    """The format's `behaviour` values and the simulator's are written twice (the schema must not
-    import the simulator): they must agree, in order."""
-    from typing import get_args
-
-    from hivemind_sim.scenario import schema
-    from hivemind_sim.swarms.hostile import BEHAVIOURS
-
-    assert get_args(schema.HostileBehaviour) == BEHAVIOURS

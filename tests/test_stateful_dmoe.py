@@ -26,10 +26,10 @@ from hypothesis.stateful import initialize, rule
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
 from hivemind_core.moe.client.beam_search import MoEBeamSearcher
 from hivemind_sim.scenario import schema
+from hivemind_sim.strategies import MISBEHAVIOURS
 from hivemind_sim.testing import invariants
 from hivemind_sim.testing.stateful import SwarmMachine
 
-MISBEHAVIOURS = ("nan", "garbage", "slow", "plausible")
 FORWARD_TIMEOUT = 1.0
 BACKWARD_TIMEOUT = 1.0
 MAX_SEARCHES: int = inspect.signature(RemoteMixtureOfExperts).parameters["max_searches"].default

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..swarms.behaviours import FLOODS as FLOOD_BEHAVIOURS
+from ..swarms.behaviours import HOSTILE_BEHAVIOURS
 from .names import (
     COUNTER_STATS,
     COUNTERS,
@@ -558,16 +560,8 @@ class MisbehaveEvent(_SelectingEvent):
 DEFAULT_SLOW_DELAY = 5.0
 """How late a `slow` misbehaving expert answers when the event gives no `delay`."""
 
-HostileBehaviour = Literal[
-    "foreign_endpoint",
-    "unparsable_endpoint",
-    "junk_contacts",
-    "phantom_contacts",
-    "phantom_values",
-    "store_flood",
-    "never_read",
-]
-FLOODS = frozenset({"store_flood", "never_read"})
+HostileBehaviour = Literal[HOSTILE_BEHAVIOURS]  # type: ignore[valid-type]  # the names, from one place
+FLOODS = FLOOD_BEHAVIOURS
 """Behaviours that send requests at a `rate`."""
 DEFAULT_FLOOD_RATE = 100.0
 """Requests per second of a flood whose event gives no `rate`."""

@@ -47,19 +47,12 @@ from hivemind_core.moe.declare import declare_experts
 from hivemind_core.moe.server import ExpertServer
 from hivemind_core.net.frames import KIND_AND_ID, PREFIX, FrameKind, encode_frame
 
+from .behaviours import HOSTILE_BEHAVIOURS
 from .dht_swarm import DHTSwarm
 
 logger = logging.getLogger(__name__)
 
-BEHAVIOURS = (
-    "foreign_endpoint",
-    "unparsable_endpoint",
-    "junk_contacts",
-    "phantom_contacts",
-    "phantom_values",
-    "store_flood",
-    "never_read",
-)
+BEHAVIOURS = HOSTILE_BEHAVIOURS
 UNPARSABLE = ("junk", "1.2.3.4:0080", "::1:80", "host:99999", "bad\nendpoint")
 """Endpoints a hostile peer announces that no transport should dial."""
 PHANTOM_PREFIX = "phantom-"
