@@ -108,7 +108,7 @@ EXEMPT = {
     "moe/server/device.py": {"threading", "concurrent"},
     # the real-mode trainer: a thread per batch in flight, step times on the wall clock; the
     # simulator's trainers run its model and step (training/model.py) under the baton instead
-    "training/trainer.py": {"threading", "time"},
+    "training/trainer.py": {"threading", "concurrent", "time"},
     "cli.py": {"torch_settings"},  # the command line owns its process: --torch-threads
 }
 

@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,12 +139,16 @@ class Trainer:
         """Train until :meth:`stop` (or ``steps`` steps in all); returns once every batch's thread
         has finished its step in progress."""
         loop = asyncio.get_running_loop()
-        threads = [loop.run_in_executor(None, self._train, replica, steps) for replica in self.replicas]
+        # its own threads, one per batch: asyncio's default pool has a handful (min(32, CPUs + 4)),
+        # so more batches than that would wait in its queue without a word
+        pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="trainer-batch")
+        threads = [loop.run_in_executor(pool, self._train, replica, steps) for replica in self.replicas]
         try:
             await asyncio.gather(*threads)
         finally:
             self._stopping.set()
             await asyncio.gather(*threads, return_exceptions=True)
+            pool.shutdown(wait=False)
 
     def stop(self) -> None:
         """Let each batch finish its step in progress, then end :meth:`run`."""
