@@ -223,6 +223,13 @@ def _training_config(args: argparse.Namespace) -> Any:
 
     if args.k_min > args.k_best:
         raise ValueError(f"argument --k-min: {args.k_min} is more than --k-best {args.k_best}")
+    if args.dataset == "digits":
+        try:
+            import sklearn  # noqa: F401  # the digits come with it
+        except ModuleNotFoundError:
+            raise ValueError(
+                "argument --dataset: `digits` needs scikit-learn: pip install '.[examples]'"
+            ) from None
     return TrainingConfig(
         dataset=args.dataset,
         hidden_dim=args.hidden_dim,

@@ -120,10 +120,20 @@ def test_bad_announcements_and_training_flags_are_refused_while_parsing(
             ["train", "--k-min", "5", "--k-best", "4", "--initial-peers", "127.0.0.1:1"],
             "argument --k-min: 5 is more than --k-best 4",
         ),
+        (
+            ["train", "--dataset", "digits", "--initial-peers", "127.0.0.1:1"],
+            "argument --dataset: `digits` needs scikit-learn",
+        ),
     ],
 )
-def test_what_cannot_work_is_refused_at_start_naming_the_flag(capsys, argv: list[str], message: str) -> None:
+def test_what_cannot_work_is_refused_at_start_naming_the_flag(
+    capsys, monkeypatch, argv: list[str], message: str
+) -> None:
+    import sys
+
     from hivemind_core.cli import main
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
 
     assert main(argv) == 2
     assert message in capsys.readouterr().err
