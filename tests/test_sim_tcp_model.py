@@ -74,6 +74,30 @@ def test_a_restarted_peer_shakes_hands_again() -> None:
         assert sim.run(main()) == pytest.approx([4 * ONE_WAY, 2 * ONE_WAY, 4 * ONE_WAY], abs=1e-6)
 
 
+def test_a_full_pool_closes_its_least_recently_used_connection() -> None:
+    """With room for 2 connections, a third closes the one used longest ago: its next request
+    shakes hands again, the others' do not."""
+    with Simulation(seed=1, tcp=TcpOptions(handshake=True, max_connections=2)) as sim:
+        a = sim.add_peer("a", link=LINK)
+        servers = {name: sim.add_peer(name, link=LINK) for name in "bcd"}
+
+        async def echo(_peer: str, payload: bytes) -> bytes:
+            return payload
+
+        async def timed(to: str) -> float:
+            started = asyncio.get_running_loop().time()
+            await a.request(to, b"x", timeout=5)
+            return asyncio.get_running_loop().time() - started
+
+        async def main() -> list[float]:
+            for server in servers.values():
+                await server.listen(echo)
+            return [await timed(to) for to in "bcbdbc"]
+
+        fresh, open_ = 4 * ONE_WAY, 2 * ONE_WAY
+        assert sim.run(main()) == pytest.approx([fresh, fresh, open_, fresh, open_, fresh], abs=1e-6)
+
+
 def test_lost_messages_arrive_late_instead_of_never_with_retransmit() -> None:
     pauses = [1.0] * 40
     dropped = round_trips(None, pauses, loss=0.3)

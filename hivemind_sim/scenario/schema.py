@@ -119,8 +119,9 @@ class TcpEffects(FrozenModel):
     """TCP's effects on messages between peers; each off by default (the plain model)."""
 
     handshake: bool = False
-    """The first message between two peers, and the first after their connection idled 60 s or
-    was reset by a crash or close, waits one round trip (the connection's handshake)."""
+    """The first message between two peers, and the first after their connection idled 60 s,
+    was closed to make room among a peer's 256 connections (least recently used first), or was
+    reset by a crash or close, waits one round trip (the connection's handshake)."""
     retransmit: bool = False
     """A lost message arrives late instead of never: it is sent again after a retransmission
     timeout (max(200 ms, 2 round trips), doubling on each further loss; dropped after 6);

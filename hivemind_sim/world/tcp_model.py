@@ -4,8 +4,9 @@ The plain network model sends frames as datagrams: the first message to a peer c
 latency, and a lost frame is gone (the request times out). Real peers talk over TCP, so:
 
 - **handshake**: the first frame between two peers, or the first after their connection sat
-  idle for ``idle_timeout`` (the TCP transport's own idle close) or was reset by a crash or a
-  close, leaves one round trip later (SYN, SYN-ACK);
+  idle for ``idle_timeout`` (the TCP transport's own idle close), was closed to make room in a
+  peer's pool of ``max_connections``, or was reset by a crash or a close, leaves one round trip
+  later (SYN, SYN-ACK);
 - **retransmit**: a lost frame is sent again after a retransmission timeout (``max(rto_min,
   2 x round trip)``, doubling on every further loss) instead of vanishing; after ``max_tries``
   losses in a row the connection would break, and the frame is dropped;
@@ -30,8 +31,20 @@ class TcpOptions:
     handshake: bool = False
     retransmit: bool = False
     idle_timeout: float = 60.0
+    max_connections: int = 256
+    """Open connections per peer (the TCP transport's pool of outgoing ones): one more closes
+    the least recently used, whose next frame shakes hands again."""
     rto_min: float = 0.2
     max_tries: int = 6
+
+    def __post_init__(self) -> None:
+        if not (
+            self.idle_timeout > 0 and self.rto_min > 0 and self.max_tries >= 0 and self.max_connections >= 1
+        ):
+            raise ValueError(
+                "TcpOptions needs idle_timeout > 0, rto_min > 0, max_tries >= 0 and max_connections >= 1, "
+                f"got {self}"
+            )
 
     @property
     def active(self) -> bool:
@@ -93,8 +106,14 @@ class TcpModel:
         return used is not None and now - used <= self.options.idle_timeout
 
     def _use(self, src: str, dst: str, now: float) -> None:
-        self.last_used.setdefault(src, {})[dst] = now
-        self.last_used.setdefault(dst, {})[src] = now
+        for here, there in ((src, dst), (dst, src)):
+            peers = self.last_used.setdefault(here, {})
+            peers.pop(there, None)
+            peers[there] = now  # most recently used last
+            if len(peers) > self.options.max_connections:  # the pool closes its least recently used
+                oldest = next(iter(peers))
+                del peers[oldest]
+                self.last_used.get(oldest, {}).pop(here, None)
 
     def forget(self, address: str) -> None:
         """``address`` crashed or closed: its connections are gone (the next frame shakes hands)."""
