@@ -58,6 +58,7 @@ def test_a_peer_file_becomes_the_command_of_the_same_peer() -> None:
     [
         ("role: dht\n", ["dht"]),
         ("role: dht\nclient_mode: true\n", ["dht", "--client-mode"]),
+        ("role: dht\ntraining: {grid: [4]}\n", ["dht"]),  # a training section changes nothing for it
         (
             "role: server\nexperts: 2\ntraining: {grid: [4], model: {hidden_dim: 8}}\n",
             ["expert-server", "--experts", "ffn.0", "ffn.1", "--expert-type", "ffn", "--hidden-dim", "8"],

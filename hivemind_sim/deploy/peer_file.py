@@ -107,7 +107,7 @@ def core_command(peer: PeerFile) -> list[str]:
     training = peer.training
     if training is not None and peer.role in ("server", "peer"):
         argv += ["--experts", *peer.expert_uids(), "--expert-type", training.model.expert]
-    if training is not None:
+    if training is not None and peer.role != "dht":  # a DHT peer has no model
         argv += ["--hidden-dim", str(training.model.hidden_dim)]
     if training is not None and peer.role in ("trainer", "peer"):
         grid = "x".join(map(str, training.grid))
