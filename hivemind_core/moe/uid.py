@@ -35,6 +35,21 @@ class ExpertUID:
         return [(prefix_of(self.grid, self.coords[:d]), self.coords[d]) for d in range(len(self.coords))]
 
 
+def grid_share(grid: str, size: tuple[int, ...], first: int, count: int) -> list[str]:
+    """``count`` experts of grid ``grid`` (of ``size``) from the ``first``-th in row-major order
+    (``ffn.0.0`` is 0, ``ffn.0.1`` is 1...), wrapping round, never more than the grid holds: a
+    peer's share of the experts, in a scenario and in a real deployment alike."""
+    total = math.prod(size)
+    share = []
+    for index in range(first, first + min(count, total)):
+        coords, rest = [], index % total
+        for dim in reversed(size):
+            rest, coord = divmod(rest, dim)
+            coords.append(coord)
+        share.append(str(ExpertUID(grid, tuple(reversed(coords)))))
+    return share
+
+
 def prefix_of(grid: str, coords: tuple[int, ...]) -> str:
     """The DHT key under which the coordinates following ``coords`` are announced."""
     return ".".join([grid, *map(str, coords)]) + "."

@@ -17,6 +17,8 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from hivemind_core.moe.uid import grid_share
+
 from ..scenario.loader import ScenarioError, parse_model, read_text
 from ..scenario.schema import FrozenModel, Role, ScenarioProblems, TrainingWorkload
 
@@ -82,15 +84,7 @@ class PeerFile(FrozenModel):
         """The UIDs it hosts: ``experts`` consecutive ones from ``first_expert``, wrapping round."""
         if self.training is None or self.role not in ("server", "peer"):
             return []
-        grid, size = self.training.grid, math.prod(self.training.grid)
-        uids = []
-        for index in range(self.first_expert, self.first_expert + min(self.experts, size)):
-            coords, rest = [], index % size
-            for dim in reversed(grid):
-                rest, coord = divmod(rest, dim)
-                coords.append(coord)
-            uids.append(".".join([self.training.model.expert, *map(str, reversed(coords))]))
-        return uids
+        return grid_share(self.training.model.expert, self.training.grid, self.first_expert, self.experts)
 
 
 def load_peer_file(path: str | Path) -> PeerFile:

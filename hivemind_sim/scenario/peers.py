@@ -20,7 +20,7 @@ import torch
 
 from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
-from hivemind_core.moe.uid import ExpertUID
+from hivemind_core.moe.uid import grid_share
 
 from ..swarms.baton import Baton
 from ..swarms.compute import DeviceModel, SimulatedDevice
@@ -141,7 +141,7 @@ class ScenarioPeers:
         cursor = 0
         for name in hosts:
             count = min(self.placements[name].group.experts, size)
-            hosted[name] = [_uid(training, (cursor + i) % size) for i in range(count)]
+            hosted[name] = grid_share(training.model.expert, training.grid, cursor, count)
             cursor += count
         return hosted
 
@@ -273,15 +273,6 @@ class ScenarioPeers:
 
 def _sample(quantity: object, rng: random.Random) -> float:
     return math.inf if quantity is None else quantity.sample(rng)  # type: ignore[attr-defined]
-
-
-def _uid(training: schema.TrainingWorkload, index: int) -> str:
-    """The grid's ``index``-th expert in row-major order."""
-    coords = []
-    for size in reversed(training.grid):
-        index, coord = divmod(index, size)
-        coords.append(coord)
-    return str(ExpertUID(training.model.expert, tuple(reversed(coords))))
 
 
 def _stable_seed(*parts: object) -> int:
