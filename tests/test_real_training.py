@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hivemind_core.training import TrainingConfig
 from hivemind_sim.swarms.processes import PeerProcess, dht_peer, expert_server, peer, trainer
 
 HID = "16"
@@ -84,7 +85,7 @@ def test_training_goes_on_through_a_killed_and_a_frozen_server(swarm) -> None:
     peer_after = until(both, 40)
     frozen.signal(signal.SIGCONT)
 
-    worst = 3 * FORWARD + BACKWARD  # every search round waits out its timeout, then the backward
+    worst = TrainingConfig(forward_timeout=FORWARD, backward_timeout=BACKWARD).longest_step
     for status in (after, peer_after):
         assert status["longest"] <= worst, f"a step took {status['longest']} s, over {worst} s"
     assert after["expert_failures"] > 0, "the faults were met"

@@ -5,7 +5,7 @@ The simulator's trainers (``hivemind_sim.scenario.training``) and a real peer's
 deployed one compute the same thing.
 """
 
-from .model import STEP_FAILURES, Replica, TrainerModel, attach_mixtures, make_optimizer
+from .model import STEP_FAILURES, Replica, TrainerModel, attach_mixtures, make_mixture, make_optimizer
 from .tasks import DATASETS, Dataset, make_dataset
 from .trainer import Trainer, TrainingConfig, TrainingStats
 
@@ -20,5 +20,6 @@ __all__ = [
     "TrainingStats",
     "attach_mixtures",
     "make_dataset",
+    "make_mixture",
     "make_optimizer",
 ]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..moe.client import REMOTE_FAILURES, ExpertsUnavailable, RemoteMixtureOfExperts
+from ..moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
 
 STEP_FAILURES = (ExpertsUnavailable, *REMOTE_FAILURES)
 """What a training step may fail with when experts or the trainer's own peer go away."""
@@ -76,6 +76,33 @@ class Replica:
         hidden = torch.relu(self.first(x))
         loss = nn.functional.cross_entropy(self.last(self.mixture(hidden) + hidden), y)
         return loss, torch.autograd.grad(loss, self.params, allow_unused=True)
+
+
+def make_mixture(
+    client: MoEClient,
+    *,
+    hidden_dim: int,
+    grid: Sequence[int],
+    expert: str,
+    k_best: int,
+    k_min: int,
+    forward_timeout: float,
+    backward_timeout: float,
+) -> RemoteMixtureOfExperts:
+    """The DMoE layer a trainer trains through, in a scenario and on a real peer alike: once
+    every sample has ``k_min`` answers, it waits for slower experts half a second at most (or
+    the forward timeout, if shorter)."""
+    return RemoteMixtureOfExperts(
+        in_features=hidden_dim,
+        grid_size=list(grid),
+        uid_prefix=expert,
+        client=client,
+        k_best=k_best,
+        k_min=k_min,
+        forward_timeout=forward_timeout,
+        backward_timeout=backward_timeout,
+        timeout_after_k_min=min(0.5, forward_timeout),
+    )
 
 
 def attach_mixtures(replicas: list[Replica], make: Callable[[], RemoteMixtureOfExperts]) -> None:

@@ -22,8 +22,9 @@ import torch
 
 from ..dht import DHTNode
 from ..moe.client import MoEClient, RemoteMixtureOfExperts
+from ..moe.client.moe import DEFAULT_MAX_SEARCHES as MAX_SEARCHES
 from ..moe.client.stats import ExpertCall
-from .model import STEP_FAILURES, Replica, TrainerModel, attach_mixtures, make_optimizer
+from .model import STEP_FAILURES, Replica, TrainerModel, attach_mixtures, make_mixture, make_optimizer
 from .tasks import make_dataset
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ class TrainingConfig:
 
     @property
     def longest_step(self) -> float:
-        """A step's worst case: every search round waits out the forward timeout, then the
-        backward waits out its own."""
-        return 3 * self.forward_timeout + self.backward_timeout
+        """A step's worst case: every search round (the layer's default ``max_searches``) waits
+        out the forward timeout, then the backward waits out its own."""
+        return MAX_SEARCHES * self.forward_timeout + self.backward_timeout
 
 
 @dataclass
@@ -114,11 +115,11 @@ class Trainer:
 
     def _mixture(self) -> RemoteMixtureOfExperts:
         config = self.config
-        mixture = RemoteMixtureOfExperts(
-            in_features=config.hidden_dim,
-            grid_size=list(config.grid),
-            uid_prefix=config.expert,
-            client=self.client,
+        mixture = make_mixture(
+            self.client,
+            hidden_dim=config.hidden_dim,
+            grid=config.grid,
+            expert=config.expert,
             k_best=config.k_best,
             k_min=config.k_min,
             forward_timeout=config.forward_timeout,

@@ -23,7 +23,7 @@ from hivemind_core.net import TransportError
 
 from . import schema
 from .peers import ScenarioPeers
-from .training import STEP_FAILURES
+from .training import STEP_FAILURES, mixture_for
 
 
 @dataclass(frozen=True)
@@ -167,17 +167,7 @@ class Operations:
             return held[1], held[2]
         if held is not None:
             await held[1].searcher.close()
-        mixture = RemoteMixtureOfExperts(
-            in_features=training.model.hidden_dim,
-            grid_size=training.grid,
-            uid_prefix=training.model.expert,
-            client=MoEClient(rpc=node.rpc, dht=node, bridge=self.peers.baton),
-            k_best=training.k_best,
-            k_min=training.k_min,
-            forward_timeout=training.forward_timeout,
-            backward_timeout=training.backward_timeout,
-            timeout_after_k_min=min(0.5, training.forward_timeout),
-        )
+        mixture = mixture_for(training, MoEClient(rpc=node.rpc, dht=node, bridge=self.peers.baton))
         seen = _watch(mixture, training.model.expert)
         self._mixtures[name] = (node, mixture, seen)
         return mixture, seen

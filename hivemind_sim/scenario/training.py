@@ -23,6 +23,7 @@ from hivemind_core.training import (
     TrainerModel,
     attach_mixtures,
     make_dataset,
+    make_mixture,
     make_optimizer,
 )
 
@@ -86,17 +87,7 @@ class Trainer:
         workload = self.workload
         attach_mixtures(
             self.in_flight,
-            lambda: RemoteMixtureOfExperts(
-                in_features=workload.model.hidden_dim,
-                grid_size=workload.grid,
-                uid_prefix=workload.model.expert,
-                client=client,
-                k_best=workload.k_best,
-                k_min=workload.k_min,
-                forward_timeout=workload.forward_timeout,
-                backward_timeout=workload.backward_timeout,
-                timeout_after_k_min=min(0.5, workload.forward_timeout),
-            ),
+            lambda: mixture_for(workload, client),
         )
         for batch in self.in_flight:
             assert batch.mixture is not None
@@ -175,3 +166,17 @@ class Trainer:
         if bans > self._reported_bans:
             self.recorder.count("moe.bans", now, bans - self._reported_bans)
         self._reported_bans = bans
+
+
+def mixture_for(workload: TrainingWorkload, client: MoEClient) -> RemoteMixtureOfExperts:
+    """The DMoE layer the scenario's `training` describes (the one real trainers build too)."""
+    return make_mixture(
+        client,
+        hidden_dim=workload.model.hidden_dim,
+        grid=workload.grid,
+        expert=workload.model.expert,
+        k_best=workload.k_best,
+        k_min=workload.k_min,
+        forward_timeout=workload.forward_timeout,
+        backward_timeout=workload.backward_timeout,
+    )

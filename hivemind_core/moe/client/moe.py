@@ -57,6 +57,10 @@ T = TypeVar("T")
 __all__ = ("ExpertsUnavailable", "RemoteMixtureOfExperts")
 
 
+DEFAULT_MAX_SEARCHES = 3
+"""Beam searches a forward tries (each avoiding the experts that just failed) before it gives up."""
+
+
 @dataclass
 class _Assignment:
     """One expert call: which samples it got (and, once answered, in which of their slots)."""
@@ -99,7 +103,7 @@ class RemoteMixtureOfExperts(nn.Module):
         forward_timeout: float = 10.0,
         backward_timeout: float = 20.0,
         timeout_after_k_min: float = 1.0,
-        max_searches: int = 3,
+        max_searches: int = DEFAULT_MAX_SEARCHES,
         beam_size: int | None = None,
         output_shape: Sequence[int] | None = None,
         answer_check: NormCheck | None = NormCheck(),  # noqa: B008 (frozen, so safely shared)
