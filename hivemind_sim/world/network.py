@@ -203,7 +203,7 @@ class SimNetwork:
         self._group_of: dict[str, int] | None = None
         self._bottleneck = topology.bottleneck if topology.limited else None  # None: nothing to check
         self._edge_free_at: dict[tuple[Node, Node], float] = {}
-        self._tcp = TcpModel(tcp) if tcp is not None and tcp.active else None
+        self._tcp = TcpModel(tcp, self.stats) if tcp is not None and tcp.active else None
 
     # ---- membership -----------------------------------------------------------------------
 
@@ -388,7 +388,6 @@ class SimNetwork:
                 survive=self._survival(sender, receiver),
                 rng=self.rng,
             )
-            stats.retransmitted = tcp.retransmissions
             if leaves is None:
                 stats.dropped_loss += 1
                 return

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .network import NetworkStats
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,12 @@ class TcpModel:
     """Connection state per pair of peers, and the delay TCP adds to each frame."""
 
     options: TcpOptions
+    stats: NetworkStats
+    """Where retransmissions are counted (the network's)."""
     last_used: dict[str, dict[str, float]] = field(default_factory=dict)
     """address -> peer -> when a frame last went between them (their connection is open)."""
     held_until: dict[tuple[str, str], float] = field(default_factory=dict)
     """(src, dst) -> the departure of the latest frame: later frames do not leave before it."""
-    retransmissions: int = 0
 
     def departure(
         self,
@@ -88,7 +93,7 @@ class TcpModel:
             for _ in range(options.max_tries):
                 leaves += rto
                 rto *= 2
-                self.retransmissions += 1
+                self.stats.retransmitted += 1
                 if rng.random() < survive:
                     break
             else:
@@ -111,13 +116,17 @@ class TcpModel:
             peers.pop(there, None)
             peers[there] = now  # most recently used last
             if len(peers) > self.options.max_connections:  # the pool closes its least recently used
-                oldest = next(iter(peers))
-                del peers[oldest]
-                self.last_used.get(oldest, {}).pop(here, None)
+                self._close(here, next(iter(peers)))
 
     def forget(self, address: str) -> None:
         """``address`` crashed or closed: its connections are gone (the next frame shakes hands)."""
-        for peer in self.last_used.pop(address, {}):
-            self.last_used.get(peer, {}).pop(address, None)
-            self.held_until.pop((address, peer), None)
-            self.held_until.pop((peer, address), None)
+        for peer in list(self.last_used.get(address, {})):
+            self._close(address, peer)
+        self.last_used.pop(address, None)
+
+    def _close(self, a: str, b: str) -> None:
+        """The connection between ``a`` and ``b`` is gone, and its byte stream with it."""
+        self.last_used.get(a, {}).pop(b, None)
+        self.last_used.get(b, {}).pop(a, None)
+        self.held_until.pop((a, b), None)
+        self.held_until.pop((b, a), None)
