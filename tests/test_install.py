@@ -3,6 +3,7 @@ module and both console scripts, and the peer runs from it (not from this checko
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,19 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_the_whole_core_and_runs_from_where_it_is_installed(tmp_path: Path) -> None:
+    # from a copy: an in-tree build leaves build/ behind, whose stale modules a later wheel would carry
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "*.egg-info", "__pycache__")
+    )
+    wheel_command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            tmp_path,
-            ROOT,
-        ],
+        [*wheel_command, "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
