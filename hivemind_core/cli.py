@@ -27,6 +27,7 @@ from .moe.uid import expand_pattern, pattern_size
 from .net import RPC, TcpTransport, TransportError
 from .net.endpoints import check_remote_endpoint, format_endpoint, parse_endpoint
 from .net.tcp import resolve_endpoint
+from .operator import Metrics, operated
 
 # torch takes about a second to import: only the subcommands that host experts or train load it,
 # so that ping, serve and dht start at once.
@@ -126,7 +127,8 @@ async def _dht(args: argparse.Namespace) -> int:
     node = await _join(args)
     where = _listening_on(node.rpc.transport) if node.endpoint else "in client mode"
     print(f"dht peer {node.node_id:040x} {where}", flush=True)
-    await _wait_for_stop(stop, args.duration)
+    async with operated(node, args.operator):
+        await _wait_for_stop(stop, args.duration)
     await node.shutdown()
     print("stopped", flush=True)
     return 0
@@ -211,7 +213,8 @@ async def _expert_server(args: argparse.Namespace) -> int:
         f"expert server with {len(backends)} {args.expert_type} experts {_listening_on(node.rpc.transport)}",
         flush=True,
     )
-    await _wait_for_stop(stop, args.duration)
+    async with operated(node, args.operator):
+        await _wait_for_stop(stop, args.duration)
     await server.shutdown()
     await node.shutdown()
     print("stopped", flush=True)
@@ -263,7 +266,24 @@ async def _train_on(
         torch.set_num_threads(args.torch_threads)
     client = MoEClient(rpc=node.rpc, dht=node, bridge=LoopBridge(asyncio.get_running_loop()))
     metrics = _serve_metrics(args, node, client)
-    trainer = Trainer(node, config, client, metrics=metrics)
+    async with operated(node, args.operator) as operator:
+        if operator is not None:
+            operator.client = client  # its steps report the client's new bans
+        trainer = Trainer(node, config, client, metrics=Metrics(metrics, operator))
+        await _train_until_stopped(args, config, node, trainer, metrics, operator, stop, who)
+
+
+async def _train_until_stopped(
+    args: argparse.Namespace,
+    config: Any,
+    node: DHTNode,
+    trainer: Any,
+    metrics: Any,
+    operator: Any,
+    stop: asyncio.Event,
+    who: str,
+) -> None:
+    """The training loop of :func:`_train_on`, once the trainer and its sinks are built."""
     if metrics is not None:
         metrics.watch(
             "moe_experts_answering",
@@ -279,9 +299,13 @@ async def _train_on(
     )
     if metrics is not None:
         print(f"metrics at {metrics.url}", flush=True)
-    training = asyncio.create_task(trainer.run(steps=args.steps))
     deadline = None if args.duration is None else asyncio.get_running_loop().time() + args.duration
     waiting = asyncio.create_task(stop.wait())
+    if operator is not None:  # the deployment's window opens when it says so
+        told = asyncio.create_task(operator.train.wait())
+        await asyncio.wait({told, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        told.cancel()
+    training = asyncio.create_task(trainer.run(steps=0 if stop.is_set() else args.steps))
     try:
         while not training.done() and not stop.is_set():
             left = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -578,6 +602,12 @@ def _add_joining_options(parser: argparse.ArgumentParser) -> None:
         help="file holding this peer's private key (created if missing; default: a new key each run)",
     )
     parser.add_argument("--no-subnet-limit", action="store_true", help="allow any number of contacts per /24")
+    parser.add_argument(
+        "--operator",
+        action="store_true",
+        help="driven by the process that started it (hivemind-sim deploy): JSON commands on stdin, "
+        "'@hm ' records on stdout; trainers wait for the command to train",
+    )
 
 
 def _add_expert_options(parser: argparse.ArgumentParser) -> None:

@@ -128,6 +128,58 @@ def _run(args: argparse.Namespace) -> int:
     return FAILED if result.failed else 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .deploy.local import DeployOptions, deploy_scenario
+    from .deploy.scale import default_max_peers, scale_scenario
+    from .scenario.report import write_run_report
+    from .scenario.runlog import logs_to
+
+    scenario = _load(args)
+    network, reason = _deploy_network(args)
+    if network is None:
+        print(f"hivemind-sim: {reason}", file=sys.stderr)
+        return INVALID
+    max_peers = args.max_peers or default_max_peers()
+    try:
+        scenario, notes = scale_scenario(scenario, max_peers)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    console = Console(stderr=True)
+    out = _report_folder(args, scenario, console)
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"[bold]{scenario.name}[/bold] (seed {scenario.seed}) deployed as {scenario.total_peers} real "
+        f"processes on {'loopback' if args.local else 'network namespaces'}: {scenario.warmup:g} s warmup "
+        f"+ {scenario.duration:g} s measured, wall-clock"
+    )
+    for note in notes:
+        console.print(f"  scaled: {note}", markup=False)
+    options = DeployOptions(emulate_delays=not args.no_delays)
+    with logs_to(out / "run.log"):
+        with _progress(console, args.quiet) as progress:
+            deployed = deploy_scenario(
+                scenario, out, network=network, options=options, notes=notes, progress=progress
+            )
+        write_run_report(out, deployed.result, overrides=_overrides(args), deployment=deployed.notes)
+    result = deployed.result
+    _print_results(console, result, out)
+    if result.stopped:
+        print(f"hivemind-sim: the deployment stopped early: {result.stopped}", file=sys.stderr)
+        return STOPPED
+    return FAILED if result.failed else 0
+
+
+def _deploy_network(args: argparse.Namespace) -> tuple[Any, str]:
+    """The network to deploy on, or None and why it cannot be had here."""
+    from .deploy.local import Loopback
+
+    if args.local:
+        return Loopback(), ""
+    return None, "--netns is not available yet"
+
+
 def _report_folder(args: argparse.Namespace, scenario: Any, console: Any) -> Path:
     """Where the report goes: never over the report of another run unless `--overwrite` says so.
 
@@ -228,7 +280,8 @@ def _print_results(console: Any, result: Any, out: Path) -> None:
         table.add_row(f"[{colours[outcome.status]}]{outcome.status}[/]", outcome.line)
     if result.results:
         console.print(table)
-    console.print(f"trace digest: {result.digest}")
+    if result.digest:
+        console.print(f"trace digest: {result.digest}")
     console.print(f"wall time: {result.wall_s:.1f} s")
     console.print(f"report: [bold]{out / 'report.md'}[/bold]")
 
@@ -339,6 +392,33 @@ def build_parser() -> argparse.ArgumentParser:
         f"finished runs are kept and reported, and the same command runs the others. {EXIT_STATUSES}"
     )
     sweep.set_defaults(handler=_sweep)
+    deploy = scenario_command(
+        "deploy", "run a scenario's peers as real processes, measured and reported as `run` does"
+    )
+    where = deploy.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true", help="every peer a process on loopback")
+    where.add_argument(
+        "--netns",
+        action="store_true",
+        help="every peer a process in its own network namespace (root or unprivileged user namespaces)",
+    )
+    deploy.add_argument("--seed", type=int, default=None, help="root seed (default: the file's)")
+    deploy.add_argument(
+        "--max-peers",
+        type=_positive,
+        default=None,
+        help="scale the scenario's groups down to this many processes in all (default: 6 per core, "
+        "within half the memory)",
+    )
+    deploy.add_argument(
+        "--no-delays",
+        action="store_true",
+        help="do not add the topology's one-way delays to what each peer sends",
+    )
+    deploy.add_argument("--out", default=None, help="report folder (as for `run`)")
+    deploy.add_argument("--overwrite", action="store_true", help="as for `run`")
+    deploy.add_argument("--quiet", action="store_true", help="no progress bar")
+    deploy.set_defaults(handler=_deploy)
     peer = commands.add_parser(
         "peer",
         help="run a real peer described by a peer file (a scenario peer group's keys)",

@@ -104,7 +104,8 @@ class ScenarioPeers:
         self.devices: dict[str, SimulatedDevice] = {}
         self.trainers: dict[str, Trainer] = {}
         self._backends: dict[str, list[ExpertBackend]] = {}
-        self._hosted = self._assign_experts()
+        self.hosted = self._assign_experts()
+        """Grid expert UIDs per hosting peer (what a deployment hands each real server too)."""
 
     # ---- who is where --------------------------------------------------------------------------------
 
@@ -208,7 +209,7 @@ class ScenarioPeers:
         placement = self.placements[address]
         self.live_count[placement.group.group] += 1
         self.on_change(address)
-        if address in self._hosted:
+        if address in self.hosted:
             device = self.devices.setdefault(
                 address, SimulatedDevice(DeviceModel(flops=placement.device_flops))
             )
@@ -249,7 +250,7 @@ class ScenarioPeers:
                     lr=training.optimizer.lr,
                     generator=torch.Generator().manual_seed(_stable_seed(self.scenario.seed, address, uid)),
                 )
-                for uid in self._hosted[address]
+                for uid in self.hosted[address]
             ]
         return self._backends[address]
 

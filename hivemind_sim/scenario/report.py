@@ -47,11 +47,14 @@ def write_report(
     description: str = "",
     stopped: str | None = None,
     overrides: Sequence[str] = (),
+    deployment: Sequence[str] | None = None,
 ) -> Path:
     """Writes every report file into out_dir (created if missing) and returns out_dir.
 
     stopped: why the run ended before its end (None: it did not); overrides: the `key.path=value`
-    strings applied to the file (`--set`, and `seed=N` for `--seed`), shown in report.md."""
+    strings applied to the file (`--set`, and `seed=N` for `--seed`), shown in report.md;
+    deployment: for real processes (`hivemind-sim deploy`), what the deployment did differently
+    from a simulation (scaled groups, skipped events), kept in metrics.json and report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.yaml").write_text(
@@ -67,6 +70,8 @@ def write_report(
         stopped=stopped,
     )
     metrics[WALL_KEY] = round(float(wall_s), 3)
+    if deployment is not None:
+        metrics["deployment"] = list(deployment)
     (out / "metrics.json").write_text(
         json.dumps(_finite(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n"
     )
@@ -86,7 +91,13 @@ def write_report(
     return out
 
 
-def write_run_report(out_dir: str | Path, result: RunResult, *, overrides: Sequence[str] = ()) -> Path:
+def write_run_report(
+    out_dir: str | Path,
+    result: RunResult,
+    *,
+    overrides: Sequence[str] = (),
+    deployment: Sequence[str] | None = None,
+) -> Path:
     """``write_report`` for a finished ``run_scenario``: what `hivemind-sim run` and sweep workers
     write, with the overrides that made the scenario from its file (only they know them)."""
     scenario = result.scenario
@@ -102,6 +113,7 @@ def write_run_report(out_dir: str | Path, result: RunResult, *, overrides: Seque
         description=scenario.description,
         stopped=result.stopped,
         overrides=overrides,
+        deployment=deployment,
     )
 
 
@@ -191,11 +203,14 @@ def _markdown(
         lines.append(f"- overrides of the scenario file: {shown} (`scenario.yaml` has them applied)")
     lines += [
         f"- seed: `{metrics['seed']}` (re-run `scenario.yaml` in this folder to repeat the run)",
-        f"- trace digest: `{metrics['digest']}`",
+        f"- trace digest: `{metrics['digest']}`"
+        if "deployment" not in metrics
+        else "- real processes (`hivemind-sim deploy`): times are wall-clock seconds, and no trace digest",
         f"- measured window: {format_value(metrics['duration_s'], 's')}, "
         f"sampled every {format_value(metrics['sample_interval_s'], 's')}",
         f"- peers ever alive: {metrics['peers_ever_alive']}",
-        f"- wall time: {wall_s:.1f} s (the only figure that differs between runs of one seed)",
+        f"- wall time: {wall_s:.1f} s"
+        + ("" if "deployment" in metrics else " (the only figure that differs between runs of one seed)"),
         "",
         "## Assertions",
         "",
@@ -209,6 +224,9 @@ def _markdown(
             lines.append(f"| {r.status.upper()} | `{wanted}` | {observed} |")
     else:
         lines.append("No assertions in this scenario.")
+    if "deployment" in metrics:
+        lines += ["", "## Deployment", ""]
+        lines += [f"- {note}" for note in metrics["deployment"]]
     lines += ["", "## Fault windows", ""]
     if recorder.windows:
         lines += ["| event | action | start | end |", "|---|---|---|---|"]

@@ -1,0 +1,168 @@
+"""`hivemind-sim deploy --local`: a scenario's peers as real processes, with real signals.
+
+The deployment test runs a small scenario end to end (real `hivemind-core` processes on
+loopback, a crash by SIGKILL and a freeze by SIGSTOP) and checks what it measured and wrote;
+the others check the scaling and one peer process's signals on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hivemind_sim.cli import main as sim_main
+from hivemind_sim.deploy.placement import plan_layout
+from hivemind_sim.deploy.processes import PeerDown, PeerProcess, core_argv
+from hivemind_sim.deploy.scale import scale_scenario
+from hivemind_sim.scenario.loader import load_scenario, parse_scenario
+from hivemind_sim.scenario.peers import ScenarioPeers  # noqa: F401  # the simulator's placement
+
+SMALL = textwrap.dedent(
+    """\
+    schema_version: 1
+    name: deploy-small
+    seed: 3
+    warmup: 1s
+    duration: 14s
+    sample_interval: 1s
+    topology: {kind: world_regions}
+    peers:
+      - {group: dht, role: dht, count: 2, link: {latency: 5ms}}
+      - {group: servers, role: server, count: 2, experts: 4, link: {latency: 5ms}}
+      - {group: peers, role: peer, count: 1, experts: 4, link: {latency: 5ms}}
+    events:
+      - {name: crash-one, at: 3s, duration: 5s, action: crash, select: {group: servers, count: 1}}
+      - {name: freeze-one, at: 4s, duration: 4s, action: freeze, select: {group: dht, count: 1}}
+      - {name: bad-expert, at: 5s, duration: 2s, action: misbehave, output: nan, select: {group: servers}}
+    workload:
+      dht: {stores_per_second: 2, gets_per_second: 4, lookups_per_second: 2, keys: 20}
+      training:
+        model: {hidden_dim: 8, expert: ffn}
+        grid: [3, 4]
+        k_best: 2
+        k_min: 1
+        forward_timeout: 1s
+        backward_timeout: 2s
+        batch_size: 8
+        optimizer: {name: adam, lr: 0.01}
+    assertions:
+      - dht.get.success_rate >= 0.5
+      - moe.step.success_rate >= 0.5
+      - peers.alive.min >= 4
+    """
+)
+
+
+def test_a_small_scenario_deploys_as_real_processes_and_reports_like_a_run(tmp_path: Path) -> None:
+    scenario_file = tmp_path / "small.yaml"
+    scenario_file.write_text(SMALL)
+    out = tmp_path / "report"
+    status = sim_main(["deploy", str(scenario_file), "--local", "--no-delays", "--out", str(out), "--quiet"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert status == 0, (out / "report.md").read_text()
+    for name in ("report.md", "timeseries.csv", "events.csv", "scenario.yaml", "alive_peers.png"):
+        assert (out / name).exists(), name
+    summary = metrics["summary"]
+    # the trainer trained through the servers' experts and reported every step
+    assert summary["moe.step.count"] >= 5
+    assert summary["moe.expert_call.count"] > summary["moe.step.count"]
+    assert summary["train.loss.first"] == summary["train.loss.first"]  # a number, not NaN
+    # the DHT workload ran on the real peers and lookups were judged against the live peers
+    assert summary["dht.store.count"] >= 5 and summary["dht.get.count"] >= 5
+    assert 0 <= summary["dht.lookup.overlap.mean"] <= 1
+    assert summary["dht.lookup.hops.mean"] >= 1
+    # the crash was a SIGKILL: one peer fewer while it lasted, back afterwards
+    assert metrics["during"]["crash-one"]["peers.alive.min"] == 4
+    assert summary["peers.alive.final"] == 5
+    assert summary["peers.errors.total"] == 0
+    crashed_logs = [(out / "peers" / f"servers-{i}.log").read_text() for i in range(2)]
+    assert sum("--- start 2" in log for log in crashed_logs) == 1  # restarted with its identity
+    assert sum("--- exit -9" in log for log in crashed_logs) == 1  # killed, not stopped
+    # what a deployment cannot do is said, not silently dropped; the rest is a run's report
+    assert any("bad-expert" in note and "skipped" in note for note in metrics["deployment"])
+    assert [w["name"] for w in metrics["windows"]] == ["crash-one", "freeze-one"]
+    assert metrics["digest"] == ""
+    assert "## Deployment" in (out / "report.md").read_text()
+
+
+def test_scaling_keeps_every_group_and_scales_what_counts_peers() -> None:
+    scenario = load_scenario("scenarios/quickstart.yaml")
+    scaled, notes = scale_scenario(scenario, 6)
+    assert scaled.total_peers == 6
+    assert {g.group: g.count for g in scaled.peers} == {"peers": 2, "servers": 1, "dht": 3}
+    peers = next(g for g in scaled.peers if g.group == "peers")
+    assert peers.churn is not None and peers.churn.min_alive == 1  # 3 of 6 -> 1 of 2
+    alive = next(a for a in scaled.assertions if a.metric == "peers.alive.min")
+    assert alive.threshold == 4  # 16 of 24 -> 4 of 6
+    assert any("24 peers scaled to 6" in note for note in notes)
+    assert scale_scenario(scenario, 100) == (scenario, [])
+    with pytest.raises(ValueError, match="--max-peers 2 is fewer than the scenario's 3 peer groups"):
+        scale_scenario(scenario, 2)
+
+
+def test_real_peers_sit_where_the_simulator_places_them() -> None:
+    scenario = parse_scenario(SMALL)
+
+    class Loop:
+        name = "local"
+
+        def host(self, peer: str) -> str:
+            return "127.0.0.1"
+
+    layout = plan_layout(scenario, Loop())
+    assert layout.names == ["dht-0", "dht-1", "servers-0", "servers-1", "peers-0"]
+    hosted = [uid for name in ("servers-0", "servers-1", "peers-0") for uid in layout.hosted[name]]
+    assert sorted(hosted) == sorted(f"ffn.{i}.{j}" for i in range(3) for j in range(4))  # the whole grid
+    assert len(set(layout.ports.values())) == 5  # one port each on the shared host
+    a, b = "dht-0", "servers-1"
+    regions = layout.placements[a].region, layout.placements[b].region
+    assert layout.latency[a, b] == layout.latency[b, a] >= 0.010  # both access links at least
+    delays = layout.delays_from(a)
+    assert delays["endpoints"][layout.endpoint(b)] == layout.latency[a, b]
+    assert layout.endpoint(a) not in delays["endpoints"]
+    assert regions[0] is not None
+
+
+@pytest.mark.asyncio(loop_factories=["tcp"])
+async def test_a_frozen_peer_answers_nothing_until_it_is_thawed(tmp_path: Path) -> None:
+    records: list[dict] = []
+    exits: list[int] = []
+    peer = PeerProcess(
+        "dht-0",
+        lambda initial: core_argv("dht", "--operator", *initial),
+        log_path=tmp_path / "dht-0.log",
+        on_record=lambda name, record: records.append(record),
+        on_exit=lambda name, code: exits.append(code),
+    )
+    await peer.start([], timeout=60)
+    assert peer.up and peer.endpoint is not None
+    assert (await peer.ask({"op": "get", "key": "nothing"}))["ok"] is False
+    peer.freeze()
+    await _until_state(peer, "T")  # stopped by the signal
+    reply = asyncio.ensure_future(peer.ask({"op": "store", "key": "k", "size": 3, "ttl": 60}))
+    done, _ = await asyncio.wait([reply], timeout=0.5)
+    assert not done  # a stopped process reads nothing
+    peer.thaw()
+    assert (await asyncio.wait_for(reply, 30))["ok"] is True
+    peer.kill()
+    await peer.wait(10)
+    assert not peer.up and exits == []  # a kill the deployer asked for is no peer error
+    with pytest.raises(PeerDown):
+        await peer.ask({"op": "get", "key": "k"})
+
+
+async def _until_state(peer: PeerProcess, state: str) -> None:
+    """Wait (bounded) until the kernel reports the peer's process in ``state``."""
+    assert peer.process is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{peer.process.pid}/stat").read_text()
+        if stat.rpartition(")")[2].split()[0] == state:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{peer.name} never reached state {state}")
