@@ -171,6 +171,60 @@ def _deploy(args: argparse.Namespace) -> int:
     return FAILED if result.failed else 0
 
 
+def _fidelity(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .deploy.fidelity import fidelity_failed, run_fidelity, write_fidelity_report
+    from .deploy.local import DeployOptions, Loopback, deploy_scenario
+    from .deploy.scale import default_max_peers, scale_scenario
+    from .scenario.report import write_run_report
+    from .scenario.runlog import logs_to
+    from .scenario.runner import run_scenario
+
+    scenario = _load(args)
+    try:
+        scenario, scaled = scale_scenario(scenario, args.max_peers or default_max_peers())
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    console = Console(stderr=True)
+    out = Path(args.out) if args.out else RUNS / scenario.name / "fidelity"
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = list(scaled)
+    options = DeployOptions(emulate_delays=not args.no_delays)
+
+    def simulate(seeded: Any) -> Any:
+        folder = out / "simulated" / str(seeded.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        with logs_to(folder / "run.log"):
+            result = run_scenario(seeded)
+            write_run_report(folder, result)
+        return result
+
+    def deploy(seeded: Any) -> Any:
+        folder = out / "deployed" / str(seeded.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        with logs_to(folder / "run.log"):
+            deployed = deploy_scenario(seeded, folder, network=Loopback(), options=options)
+            write_run_report(folder, deployed.result, deployment=deployed.notes)
+        notes.extend(note for note in deployed.notes if note not in notes)
+        return deployed.result
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            console.print(text, markup=False, highlight=False)
+
+    seeds = [scenario.seed + i for i in range(args.seeds)]
+    console.print(
+        f"[bold]{scenario.name}[/bold]: simulated and deployed ({scenario.total_peers} real processes on "
+        f"loopback) for seeds {', '.join(map(str, seeds))}, {scenario.warmup + scenario.duration:g} s of "
+        "wall time per deployment"
+    )
+    result = run_fidelity(scenario, seeds, simulate=simulate, deploy=deploy, progress=say)
+    write_fidelity_report(out, result, command=args.command_line, notes=notes)
+    console.print(f"fidelity: [bold]{result.verdict}[/bold]; report: [bold]{out / 'fidelity.md'}[/bold]")
+    return FAILED if fidelity_failed(result) else 0
+
+
 def _deploy_network(args: argparse.Namespace) -> tuple[Any, str]:
     """The network to deploy on, or None and why it cannot be had here."""
     from .deploy.local import Loopback
@@ -419,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--overwrite", action="store_true", help="as for `run`")
     deploy.add_argument("--quiet", action="store_true", help="no progress bar")
     deploy.set_defaults(handler=_deploy)
+    fidelity = scenario_command(
+        "fidelity",
+        "simulate and deploy (--local) a scenario for several seeds, and report how far apart they are",
+    )
+    fidelity.add_argument(
+        "--seeds", type=_positive, default=3, help="runs of each kind, seeds counted up from the file's"
+    )
+    fidelity.add_argument("--max-peers", type=_positive, default=None, help="as for `deploy`")
+    fidelity.add_argument("--no-delays", action="store_true", help="as for `deploy`")
+    fidelity.add_argument("--out", default=None, help="report folder (default: runs/<name>/fidelity/)")
+    fidelity.add_argument("--quiet", action="store_true", help="no line per run")
+    fidelity.set_defaults(handler=_fidelity)
     peer = commands.add_parser(
         "peer",
         help="run a real peer described by a peer file (a scenario peer group's keys)",
@@ -468,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if core_args and args.command != "peer":
         parser.error(f"arguments after `--` are for `peer` (hivemind-core's), not `{args.command}`")
     args.core_args = core_args
+    args.command_line = shlex.join(["hivemind-sim", *argv])
     from .scenario.compare import CompareError
     from .scenario.loader import ScenarioError
     from .scenario.sweep import ClusterError

@@ -293,9 +293,12 @@ class _Deployment:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.network.heal()
-        for peer in self.peers.values():
-            peer.terminate()
-        await asyncio.gather(*(peer.wait(STOP_GRACE) for peer in self.peers.values()))
+        # trainers first: a server that stops under a trainer's step would fail it after the end
+        trainers = [p for n, p in self.peers.items() if self.layout.placements[n].group.trains]
+        for stage in (trainers, [p for p in self.peers.values() if p not in trainers]):
+            for peer in stage:
+                peer.terminate()
+            await asyncio.gather(*(peer.wait(STOP_GRACE) for peer in stage))
 
     def _now(self) -> float:
         """Measured-window time (negative during the warmup)."""
@@ -305,6 +308,8 @@ class _Deployment:
 
     def _record(self, name: str, record: Record) -> None:
         t = float(record.get("t", time.time())) - self.window_start
+        if t > self.scenario.duration:
+            return  # after the window: the run is over, as a simulated run's is
         recorder = self.recorder
         if "event" in record:
             event = str(record["event"])
@@ -574,6 +579,8 @@ class _Deployment:
             self.recorder.event(metric, self._now(), ok=False, latency=time.time() - began)
             return
         t = float(reply["t"]) - self.window_start
+        if t > self.scenario.duration:
+            return
         ok, latency = bool(reply.get("ok")), float(reply["latency"])
         if metric != "dht.lookup":
             self.recorder.event(metric, t, ok=ok, latency=latency)
