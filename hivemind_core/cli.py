@@ -25,6 +25,7 @@ from . import __version__
 from .dht import DHTConfig, DHTNode, Identity
 from .moe.uid import expand_pattern, pattern_size
 from .net import RPC, TcpTransport, TransportError
+from .net.delays import EmulatedDelays, load_delays
 from .net.endpoints import check_remote_endpoint, format_endpoint, parse_endpoint
 from .net.tcp import resolve_endpoint
 from .operator import Metrics, operated
@@ -526,6 +527,13 @@ def _grid(text: str) -> tuple[str, tuple[int, ...]]:
     return prefix, dims
 
 
+def _delays_file(text: str) -> EmulatedDelays:
+    try:
+        return load_delays(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _expert_pattern(text: str) -> str:
     """A UID pattern naming at most MAX_SERVER_EXPERTS experts (counted, not listed)."""
     try:
@@ -574,6 +582,14 @@ def _add_listen_options(parser: argparse.ArgumentParser) -> None:
         type=_count,
         default=64,
         help="cap on incoming connections from one host (0: no cap; raise it behind a shared NAT)",
+    )
+    parser.add_argument(
+        "--emulate-delays",
+        type=_delays_file,
+        default=None,
+        metavar="FILE",
+        help="for hivemind-sim deploy, never on by default: add the one-way delays in this JSON file "
+        "to the connections this peer dials (kernels without netem; see hivemind_core.net.delays)",
     )
 
 
@@ -698,6 +714,7 @@ def _listening_transport(args: argparse.Namespace) -> TcpTransport:
         max_incoming_per_host=args.max_connections_per_host or None,
         announce_host=announce_host,
         announce_port=announce_port,
+        delays=getattr(args, "emulate_delays", None),
     )
 
 

@@ -30,6 +30,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .delays import DelayLine, EmulatedDelays
 from .endpoints import canonical_host, check_remote_endpoint, format_endpoint, parse_endpoint
 from .errors import PeerUnavailable, RequestTimeout, TransportClosed
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, KIND_AND_ID, PREFIX, FrameKind, encode_header
@@ -133,8 +134,22 @@ def _source_address(local_host: str, remote_host: str) -> str | None:
     return local_host if local.is_loopback == remote.is_loopback else None
 
 
+class _Lost:
+    """A connection's loss, held in its receive delay line behind the data that came before it."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception | None) -> None:
+        self.exc = exc
+
+
 class _Connection(asyncio.Protocol):
-    """One TCP connection: splits the byte stream into frames and handles flow control."""
+    """One TCP connection: splits the byte stream into frames and handles flow control.
+
+    With emulated delays (``TcpTransport(delays=...)``, deployments only), a connection this
+    side dialled holds what it writes and what it reads in a :class:`DelayLine` each; see
+    ``hivemind_core.net.delays``. Held bytes count as queued (``queued_bytes``).
+    """
 
     def __init__(self, owner: TcpTransport, peer: Endpoint | None, *, incoming: bool) -> None:
         self.owner = owner
@@ -159,6 +174,15 @@ class _Connection(asyncio.Protocol):
         self._frame_started: float | None = None  # when the incomplete frame in the buffer began
         self._stalled_since: float | None = None  # backlogged since (or since the last check)
         self._stall_mark = 0  # backlog then
+        self._send_line: DelayLine[tuple[bytes, bytes]] | None = None
+        self._receive_line: DelayLine[bytes | _Lost] | None = None
+        self._delayed_bytes = 0  # written, but held in the send line
+        if not incoming and peer is not None and owner.delays is not None:
+            delay = owner.delays.to(peer)
+            if delay.there > 0:
+                self._send_line = DelayLine(delay.there, self._send_late)
+            if delay.back > 0:
+                self._receive_line = DelayLine(delay.back, self._receive_late)
         if incoming:  # accepted: its socket is open already, before connection_made
             owner._sockets[self] = None
 
@@ -197,6 +221,9 @@ class _Connection(asyncio.Protocol):
         self.owner._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._receive_line is not None:  # emulated delay: read it when it would have arrived
+            self._receive_line.push(data)
+            return
         if self.dropped:
             return
         self.last_active = self.loop.time()
@@ -207,6 +234,12 @@ class _Connection(asyncio.Protocol):
             self.owner._hand_over(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._receive_line is not None and len(self._receive_line):
+            self._receive_line.push(_Lost(exc))  # the close arrives after the data sent before it
+            return
+        if self._send_line is not None:
+            self._send_line.close()
+            self._delayed_bytes = 0
         self.transport = None
         self.owner._sockets.pop(self, None)
         self._frame_started = self._stalled_since = None
@@ -295,11 +328,38 @@ class _Connection(asyncio.Protocol):
         if not self.writable:
             return
         assert self.transport is not None
-        if len(payload) < _COALESCE_LIMIT:
+        if self._send_line is not None:  # emulated delay: write it when it would have left
+            self._send_line.push((header, payload))
+            self._delayed_bytes += len(header) + len(payload)
+        elif len(payload) < _COALESCE_LIMIT:
             self.transport.write(header + payload)
         else:
             self.transport.writelines((header, payload))
         self.last_active = self.loop.time()
+
+    def _send_late(self, frame: tuple[bytes, bytes]) -> None:
+        """A frame out of the send delay line: written now (dropped if the connection closed)."""
+        header, payload = frame
+        self._delayed_bytes -= len(header) + len(payload)
+        if not self.writable:
+            return
+        assert self.transport is not None
+        if len(payload) < _COALESCE_LIMIT:
+            self.transport.write(header + payload)
+        else:
+            self.transport.writelines((header, payload))
+
+    def _receive_late(self, item: bytes | _Lost) -> None:
+        """Bytes (or the loss of the connection) out of the receive delay line: taken now."""
+        line, self._receive_line = self._receive_line, None
+        try:
+            if isinstance(item, _Lost):
+                self.connection_lost(item.exc)
+            else:
+                self.data_received(item)
+        finally:
+            if self.transport is not None:
+                self._receive_line = line
 
     async def drain(self, until: asyncio.Future[bytes] | None = None) -> None:
         """Wait while the backlog is over its limit (or until the connection or ``until`` ends)."""
@@ -329,7 +389,8 @@ class _Connection(asyncio.Protocol):
 
     @property
     def queued_bytes(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        held = self._delayed_bytes
+        return held + self.transport.get_write_buffer_size() if self.transport is not None else held
 
     # internals
 
@@ -427,6 +488,10 @@ class TcpTransport(FramedTransport):
     the connections with the biggest backlogs wait and the peers that read keep being served.
     ``max_concurrent_requests`` caps requests served at once per connection (backpressure,
     not errors), and connections take turns, host by host, at handing requests over.
+
+    ``delays`` (deployments only, never by default): one-way delays per destination, which
+    connections this side dials add in user space both ways, for kernels without ``netem``
+    (see ``hivemind_core.net.delays``). ``None`` leaves every path as it is.
     """
 
     def __init__(
@@ -448,6 +513,7 @@ class TcpTransport(FramedTransport):
         backlog: int = 1024,
         announce_host: str | None = None,
         announce_port: int | None = None,
+        delays: EmulatedDelays | None = None,
     ) -> None:
         super().__init__(max_frame_size=max_frame_size)
         if announce_host is not None:
@@ -483,6 +549,7 @@ class TcpTransport(FramedTransport):
         self.backlog = backlog
         self.announce_host = announce_host
         self.announce_port = announce_port
+        self.delays = delays
         self._endpoint: Endpoint | None = None
         self._bound: Endpoint | None = None
         self._server: asyncio.Server | None = None
@@ -812,6 +879,21 @@ class TcpTransport(FramedTransport):
         return connection
 
     async def _dial(self, peer: Endpoint, host: str, port: int) -> _Connection:
+        """A new connection to ``peer``; with emulated delays, set up in their round trip."""
+        delay = self.delays.to(peer) if self.delays is not None else None
+        if not delay:
+            return await self._dial_socket(peer, host, port)
+        await asyncio.sleep(delay.there)  # the SYN on its way
+        connection = await self._dial_socket(peer, host, port)
+        try:
+            await asyncio.sleep(delay.back)  # the SYN-ACK on its way back
+        except BaseException:
+            if connection.transport is not None:
+                connection.transport.abort()
+            raise
+        return connection
+
+    async def _dial_socket(self, peer: Endpoint, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
         # dial from the address we listen on, so peers see requests from the host we announce
         source = _source_address(self.host, host) if self._server is not None else None
