@@ -129,6 +129,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    scenario = _load(args)
+    if args.netns:
+        from .deploy.netns import NamespaceNetwork, inside_namespace, netns_unavailable, reexec_in_namespace
+
+        reason = netns_unavailable()
+        if reason is not None:
+            print(f"hivemind-sim: --netns: {reason}", file=sys.stderr)
+            return INVALID
+        if not inside_namespace():  # the same command, as root of namespaces made for it
+            return reexec_in_namespace([sys.executable, "-m", "hivemind_sim.cli", *args.argv])
+        with NamespaceNetwork() as network:
+            return _deploy_on(args, scenario, network)
+    from .deploy.local import Loopback
+
+    return _deploy_on(args, scenario, Loopback())
+
+
+def _deploy_on(args: argparse.Namespace, scenario: Any, network: Any) -> int:
     from rich.console import Console
 
     from .deploy.local import DeployOptions, deploy_scenario
@@ -136,11 +154,6 @@ def _deploy(args: argparse.Namespace) -> int:
     from .scenario.report import write_run_report
     from .scenario.runlog import logs_to
 
-    scenario = _load(args)
-    network, reason = _deploy_network(args)
-    if network is None:
-        print(f"hivemind-sim: {reason}", file=sys.stderr)
-        return INVALID
     max_peers = args.max_peers or default_max_peers()
     try:
         scenario, notes = scale_scenario(scenario, max_peers)
@@ -223,15 +236,6 @@ def _fidelity(args: argparse.Namespace) -> int:
     write_fidelity_report(out, result, command=args.command_line, notes=notes)
     console.print(f"fidelity: [bold]{result.verdict}[/bold]; report: [bold]{out / 'fidelity.md'}[/bold]")
     return FAILED if fidelity_failed(result) else 0
-
-
-def _deploy_network(args: argparse.Namespace) -> tuple[Any, str]:
-    """The network to deploy on, or None and why it cannot be had here."""
-    from .deploy.local import Loopback
-
-    if args.local:
-        return Loopback(), ""
-    return None, "--netns is not available yet"
 
 
 def _report_folder(args: argparse.Namespace, scenario: Any, console: Any) -> Path:
@@ -534,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if core_args and args.command != "peer":
         parser.error(f"arguments after `--` are for `peer` (hivemind-core's), not `{args.command}`")
     args.core_args = core_args
+    args.argv = argv
     args.command_line = shlex.join(["hivemind-sim", *argv])
     from .scenario.compare import CompareError
     from .scenario.loader import ScenarioError

@@ -62,7 +62,7 @@ def test_a_small_scenario_deploys_as_real_processes_and_reports_like_a_run(tmp_p
     scenario_file = tmp_path / "small.yaml"
     scenario_file.write_text(SMALL)
     out = tmp_path / "report"
-    status = sim_main(["deploy", str(scenario_file), "--local", "--no-delays", "--out", str(out), "--quiet"])
+    status = sim_main(["deploy", str(scenario_file), "--local", "--out", str(out), "--quiet"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert status == 0, (out / "report.md").read_text()
     for name in ("report.md", "timeseries.csv", "events.csv", "scenario.yaml", "alive_peers.png"):
@@ -76,6 +76,8 @@ def test_a_small_scenario_deploys_as_real_processes_and_reports_like_a_run(tmp_p
     assert summary["dht.store.count"] >= 5 and summary["dht.get.count"] >= 5
     assert 0 <= summary["dht.lookup.overlap.mean"] <= 1
     assert summary["dht.lookup.hops.mean"] >= 1
+    # the topology's delays were added to every message: a round trip crosses 4 links of 5 ms
+    assert summary["dht.lookup.p50"] >= 0.020 and summary["moe.expert_call.p90"] >= 0.020
     # the crash was a SIGKILL: one peer fewer while it lasted, back afterwards
     assert metrics["during"]["crash-one"]["peers.alive.min"] == 4
     assert summary["peers.alive.final"] == 5
@@ -166,3 +168,36 @@ async def _until_state(peer: PeerProcess, state: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{peer.name} never reached state {state}")
+
+
+BAD_EXPERT = (
+    "{name: bad-expert, at: 5s, duration: 2s, action: misbehave, output: nan, select: {group: servers}}"
+)
+NETNS = SMALL.replace("name: deploy-small", "name: deploy-netns").replace(
+    BAD_EXPERT, "{name: cut, at: 9s, duration: 4s, action: partition, sides: [{group: servers}]}"
+)
+assert "name: cut" in NETNS
+
+
+def test_deploy_netns_puts_each_peer_in_a_namespace_and_partitions_real_links(tmp_path: Path) -> None:
+    from hivemind_sim.deploy.netns import netns_unavailable
+
+    reason = netns_unavailable()
+    if reason is not None:
+        pytest.skip(f"--netns: {reason}")
+    scenario_file = tmp_path / "netns.yaml"
+    scenario_file.write_text(NETNS)
+    out = tmp_path / "report"
+    status = sim_main(["deploy", str(scenario_file), "--netns", "--out", str(out), "--quiet"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert status == 0, (out / "report.md").read_text()
+    # every peer listened on, and announced, an address of its own namespace, not loopback
+    for name in ("dht-0", "servers-1", "peers-0"):
+        log = (out / "peers" / f"{name}.log").read_text()
+        assert "listening on 10.77." in log and "127.0.0.1" not in log, log
+    # the partition cut the servers' links: the trainer's calls to their experts failed then
+    during = metrics["during"]["cut"]
+    assert during["moe.expert_failures.total"] > 0
+    assert not any("cut" in note and "skipped" in note for note in metrics["deployment"])
+    assert metrics["summary"]["moe.step.count"] >= 5
+    assert metrics["during"]["crash-one"]["peers.alive.min"] == 4

@@ -11,10 +11,12 @@ every step. Everything lands in the same ``Recorder``, so ``metrics.json``, the 
 ``report.md`` and the assertions are those of a simulated run.
 
 The peers are placed as the simulator places them (same seed, same regions and access links),
-and each is given its one-way delays to every other peer, which its TCP transport adds to what
-it sends (``--emulate-delays``): loopback has no latency of its own, and this kernel's ``netem``
-may be missing. What a deployment cannot do (``rpc.*`` counters, misbehaving or hostile peers,
-slowed compute, loss, partitions on loopback) is skipped and said in the report's notes.
+and each is given its one-way delays to every other peer, which its TCP transport holds back on
+the connections it dials, both ways (``--emulate-delays``): loopback has no latency of its own,
+and a kernel may lack ``netem``. In network namespaces, each peer's access link also gets its
+rates (``tc tbf``). What a deployment cannot do (``rpc.*`` counters, misbehaving or hostile
+peers, slowed compute, loss; partitions and rates on loopback) is skipped and said in the
+report's notes.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class Network(Protocol):
     def host(self, peer: str) -> str:
         """The address ``peer`` listens on and announces."""
 
+    def add(self, peer: str, uplink_bps: float | None = None, downlink_bps: float | None = None) -> str:
+        """Give ``peer`` its place and access rates (bits/s, None: uncapped); returns its address."""
+
     def command(self, peer: str, argv: list[str]) -> list[str]:
         """``argv`` run where ``peer`` lives."""
 
@@ -83,6 +88,9 @@ class Loopback:
 
     def host(self, peer: str) -> str:
         return "127.0.0.1"
+
+    def add(self, peer: str, uplink_bps: float | None = None, downlink_bps: float | None = None) -> str:
+        return self.host(peer)  # loopback has no rates: said in the report
 
     def command(self, peer: str, argv: list[str]) -> list[str]:
         return argv
@@ -165,13 +173,20 @@ class _Deployment:
             for name in ("moe.bans", "moe.expert_failures", "moe.rejected"):
                 self.recorder.count(name, 0.0, 0)
         self.layout: Layout = plan_layout(scenario, network)
+        for name in self.layout.names:
+            link = self.layout.placements[name].link
+            network.add(name, _rate(link.uplink_bps), _rate(link.downlink_bps))
         self.notes: list[str] = [
             f"real processes on {'loopback' if network.name == 'local' else 'network namespaces'}; "
             "times are wall-clock seconds",
             f"not measured in a deployment: {', '.join(UNMEASURED)}",
         ]
         if options.emulate_delays:
-            self.notes.append("the topology's one-way delays are added in each peer's TCP send path")
+            self.notes.append("the topology's one-way delays are held back in each peer's TCP transport")
+        if network.name == "local":
+            self.notes.append("access links are not rate-limited on loopback")
+        else:
+            self.notes.append("access links' rates are tc tbf qdiscs on each peer's veth pair")
         self.peers = {name: self._peer(name) for name in self.layout.names}
         self.window_start = math.inf  # wall-clock time (time.time()) the measured window began
         self.rng = random.Random(f"{scenario.seed}/deploy")
