@@ -121,9 +121,14 @@ def _run(args: argparse.Namespace) -> int:
     except WarmupTooShort as error:
         print(f"hivemind-sim: error: {error}", file=sys.stderr)
         return INVALID
+    return _finished(console, result, out, "run")
+
+
+def _finished(console: Any, result: Any, out: Path, what: str) -> int:
+    """Print a run's (or a deployment's) results and return its exit status."""
     _print_results(console, result, out)
     if result.stopped:
-        print(f"hivemind-sim: the run stopped early: {result.stopped}", file=sys.stderr)
+        print(f"hivemind-sim: the {what} stopped early: {result.stopped}", file=sys.stderr)
         return STOPPED
     return FAILED if result.failed else 0
 
@@ -176,12 +181,7 @@ def _deploy_on(args: argparse.Namespace, scenario: Any, network: Any) -> int:
                 scenario, out, network=network, options=options, notes=notes, progress=progress
             )
         write_run_report(out, deployed.result, overrides=_overrides(args), deployment=deployed.notes)
-    result = deployed.result
-    _print_results(console, result, out)
-    if result.stopped:
-        print(f"hivemind-sim: the deployment stopped early: {result.stopped}", file=sys.stderr)
-        return STOPPED
-    return FAILED if result.failed else 0
+    return _finished(console, deployed.result, out, "deployment")
 
 
 def _fidelity(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ SMALL = textwrap.dedent(
     name: deploy-small
     seed: 3
     warmup: 1s
-    duration: 14s
+    duration: 16s
     sample_interval: 1s
     topology: {kind: world_regions}
     peers:
@@ -36,7 +36,7 @@ SMALL = textwrap.dedent(
       - {group: servers, role: server, count: 2, experts: 4, link: {latency: 5ms}}
       - {group: peers, role: peer, count: 1, experts: 4, link: {latency: 5ms}}
     events:
-      - {name: crash-one, at: 3s, duration: 5s, action: crash, select: {group: servers, count: 1}}
+      - {name: crash-one, at: 2s, duration: 3s, action: crash, select: {group: servers, count: 1}}
       - {name: freeze-one, at: 4s, duration: 4s, action: freeze, select: {group: dht, count: 1}}
       - {name: bad-expert, at: 5s, duration: 2s, action: misbehave, output: nan, select: {group: servers}}
     workload:
@@ -59,12 +59,7 @@ SMALL = textwrap.dedent(
 
 
 def test_a_small_scenario_deploys_as_real_processes_and_reports_like_a_run(tmp_path: Path) -> None:
-    scenario_file = tmp_path / "small.yaml"
-    scenario_file.write_text(SMALL)
-    out = tmp_path / "report"
-    status = sim_main(["deploy", str(scenario_file), "--local", "--out", str(out), "--quiet"])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert status == 0, (out / "report.md").read_text()
+    out, metrics = _deploy(tmp_path, SMALL, "--local")
     for name in ("report.md", "timeseries.csv", "events.csv", "scenario.yaml", "alive_peers.png"):
         assert (out / name).exists(), name
     summary = metrics["summary"]
@@ -90,6 +85,16 @@ def test_a_small_scenario_deploys_as_real_processes_and_reports_like_a_run(tmp_p
     assert [w["name"] for w in metrics["windows"]] == ["crash-one", "freeze-one"]
     assert metrics["digest"] == ""
     assert "## Deployment" in (out / "report.md").read_text()
+
+
+def _deploy(tmp_path: Path, scenario: str, where: str) -> tuple[Path, dict]:
+    """Deploy ``scenario`` (YAML text) with ``hivemind-sim deploy``; its report folder and metrics."""
+    scenario_file = tmp_path / "scenario.yaml"
+    scenario_file.write_text(scenario)
+    out = tmp_path / "report"
+    status = sim_main(["deploy", str(scenario_file), where, "--out", str(out), "--quiet"])
+    assert status == 0, (out / "report.md").read_text()
+    return out, json.loads((out / "metrics.json").read_text())
 
 
 def test_scaling_keeps_every_group_and_scales_what_counts_peers() -> None:
@@ -185,12 +190,7 @@ def test_deploy_netns_puts_each_peer_in_a_namespace_and_partitions_real_links(tm
     reason = netns_unavailable()
     if reason is not None:
         pytest.skip(f"--netns: {reason}")
-    scenario_file = tmp_path / "netns.yaml"
-    scenario_file.write_text(NETNS)
-    out = tmp_path / "report"
-    status = sim_main(["deploy", str(scenario_file), "--netns", "--out", str(out), "--quiet"])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert status == 0, (out / "report.md").read_text()
+    out, metrics = _deploy(tmp_path, NETNS, "--netns")
     # every peer listened on, and announced, an address of its own namespace, not loopback
     for name in ("dht-0", "servers-1", "peers-0"):
         log = (out / "peers" / f"{name}.log").read_text()

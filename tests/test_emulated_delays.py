@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tcp_transport import serving
 
 from hivemind_core.cli import _listening_transport, build_parser
 from hivemind_core.net import RPC, TcpTransport
@@ -22,17 +23,6 @@ pytestmark = pytest.mark.timeout(60)
 tcp = pytest.mark.asyncio(loop_factories=["tcp"])
 
 SANITY = 3.0  # seconds on top of the delays that a loaded CI machine may take
-
-
-async def echo(_peer: str, body: Any) -> Any:
-    return body
-
-
-async def serving(**options: Any) -> RPC:
-    rpc = RPC(TcpTransport(**options))
-    rpc.register("echo", echo)
-    await rpc.serve()
-    return rpc
 
 
 async def timed_call(client: RPC, endpoint: str, body: Any) -> float:
