@@ -85,6 +85,7 @@ def test_the_simulator_needs_only_the_sim_extra() -> None:
     assert testing <= module_names(extras["testing"]) | SIM_EXTRA
     assert third_party_imports("hivemind_sim", top_level_only=True) - testing <= core | SIM_EXTRA
     optional = module_names(extras["examples"]) | module_names(extras.get("cluster", [])) | testing
+    optional |= module_names(extras["deploy"])  # pyroute2, imported by deploy --netns only
     assert third_party_imports("hivemind_sim") <= core | SIM_EXTRA | optional, "lazy imports of other extras"
     assert "hivemind-sim[sim]" in extras["test"], "the tests run the simulator"
 

@@ -122,6 +122,9 @@ REDUCED = {
         "events.6.at=18s",  # phantom contacts, alongside the phantom values
         "events.6.duration=8s",
     ],
+    # small already (they are deployed as real processes too): a shorter window
+    "fidelity_dht": ["duration=30s"],
+    "fidelity_dmoe": ["duration=30s"],
     "churn_models": [
         "duration=90s",
         "workload.dht.gets_per_second=5",
