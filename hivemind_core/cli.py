@@ -128,7 +128,7 @@ async def _dht(args: argparse.Namespace) -> int:
     node = await _join(args)
     where = _listening_on(node.rpc.transport) if node.endpoint else "in client mode"
     print(f"dht peer {node.node_id:040x} {where}", flush=True)
-    async with operated(node, args.operator):
+    async with operated(node, args.operator, stop):
         await _wait_for_stop(stop, args.duration)
     await node.shutdown()
     print("stopped", flush=True)
@@ -214,7 +214,7 @@ async def _expert_server(args: argparse.Namespace) -> int:
         f"expert server with {len(backends)} {args.expert_type} experts {_listening_on(node.rpc.transport)}",
         flush=True,
     )
-    async with operated(node, args.operator):
+    async with operated(node, args.operator, stop):
         await _wait_for_stop(stop, args.duration)
     await server.shutdown()
     await node.shutdown()
@@ -267,7 +267,7 @@ async def _train_on(
         torch.set_num_threads(args.torch_threads)
     client = MoEClient(rpc=node.rpc, dht=node, bridge=LoopBridge(asyncio.get_running_loop()))
     metrics = _serve_metrics(args, node, client)
-    async with operated(node, args.operator) as operator:
+    async with operated(node, args.operator, stop) as operator:
         if operator is not None:
             operator.client = client  # its steps report the client's new bans
         trainer = Trainer(node, config, client, metrics=Metrics(metrics, operator))

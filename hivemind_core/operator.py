@@ -3,8 +3,10 @@
 The peer reads one JSON command per line on stdin and writes what it did as lines on stdout
 that start with ``@hm `` followed by one JSON object, next to its ordinary output (which the
 deployer keeps as the peer's log). Only the parent process holds the pipes, so nothing here
-listens on the network. Records carry ``t``, the wall-clock time (``time.time()``) at which
-an operation ended, so a peer frozen with SIGSTOP reports its late steps at their true time.
+listens on the network; when stdin closes (the parent ended, even by SIGKILL), the peer stops
+as on SIGTERM instead of running on as an orphan. Records carry ``t``, the wall-clock time
+(``time.time()``) at which an operation ended, so a peer frozen with SIGSTOP reports its late
+steps at their true time.
 
 Commands (``id`` is echoed in the reply)::
 
@@ -48,8 +50,11 @@ MAX_VALUE_SIZE = 1 << 20
 class Operator:
     """Writes records to stdout and carries out the parent's commands through ``node``."""
 
-    def __init__(self, node: DHTNode) -> None:
+    def __init__(self, node: DHTNode, parent_gone: asyncio.Event | None = None) -> None:
+        """``parent_gone`` is set when stdin closes: the process that drove this peer has ended
+        (or let it go), and a peer nobody drives stops rather than run on as an orphan."""
         self.node = node
+        self.parent_gone = parent_gone
         self.train = asyncio.Event()
         """Set by the ``train`` command."""
         self._write_lock = threading.Lock()  # training threads write records too
@@ -92,8 +97,10 @@ class Operator:
             except ValueError:  # over the limit: StreamReader drops the line
                 logger.warning("operator: a command over %d bytes was refused", MAX_COMMAND_BYTES)
                 continue
-            if not line:
-                return  # the parent closed our stdin
+            if not line:  # the parent closed our stdin, or died
+                if self.parent_gone is not None:
+                    self.parent_gone.set()
+                return
             try:
                 command = json.loads(line)
                 if not isinstance(command, dict):
@@ -183,12 +190,13 @@ class Metrics:
 
 
 @contextlib.asynccontextmanager
-async def operated(node: DHTNode, enabled: bool):  # type: ignore[no-untyped-def]
-    """An :class:`Operator` for ``node`` while the block runs, or None when not ``enabled``."""
+async def operated(node: DHTNode, enabled: bool, stop: asyncio.Event):  # type: ignore[no-untyped-def]
+    """An :class:`Operator` for ``node`` while the block runs (``stop`` is set when its parent
+    goes), or None when not ``enabled``."""
     if not enabled:
         yield None
         return
-    operator = Operator(node)
+    operator = Operator(node, stop)
     operator.start()
     try:
         yield operator

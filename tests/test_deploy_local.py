@@ -201,3 +201,46 @@ def test_deploy_netns_puts_each_peer_in_a_namespace_and_partitions_real_links(tm
     assert not any("cut" in note and "skipped" in note for note in metrics["deployment"])
     assert metrics["summary"]["moe.step.count"] >= 5
     assert metrics["during"]["crash-one"]["peers.alive.min"] == 4
+
+
+def test_bringing_back_a_peer_that_is_up_leaves_it_running(tmp_path: Path) -> None:
+    """A crash's end and a churn return may both bring a peer back: the second finds it up."""
+    from hivemind_sim.deploy.local import DeployOptions, Loopback, _Deployment
+
+    scenario = parse_scenario(SMALL).model_copy(update={"events": ()})
+    deployment = _Deployment(scenario, tmp_path, Loopback(), DeployOptions(emulate_delays=False), None)
+    peer = deployment.peers["dht-0"]
+
+    async def bring_back_twice() -> None:
+        await peer.start([], timeout=60)
+        pid = peer.process.pid if peer.process else None
+        await asyncio.gather(deployment._come_back("dht-0"), deployment._come_back("dht-0"))
+        assert peer.up and peer.process is not None and peer.process.pid == pid and peer.starts == 1
+        deployment._leave("dht-0", graceful=False)
+        assert peer.leaving
+        await asyncio.gather(deployment._come_back("dht-0"), deployment._come_back("dht-0"))
+        assert peer.up and peer.starts == 2  # started again once, not twice
+        peer.terminate()
+        await peer.wait(10)
+
+    asyncio.run(bring_back_twice())
+
+
+@pytest.mark.asyncio(loop_factories=["tcp"])
+async def test_a_peer_stops_when_the_process_driving_it_goes(tmp_path: Path) -> None:
+    """Its stdin closes when the deployer ends (even killed): the peer stops, no orphan."""
+    exits: list[int] = []
+    peer = PeerProcess(
+        "dht-0",
+        lambda initial: core_argv("dht", "--operator"),
+        log_path=tmp_path / "dht-0.log",
+        on_record=lambda name, record: None,
+        on_exit=lambda name, code: exits.append(code),
+    )
+    await peer.start([], timeout=60)
+    assert peer.process is not None and peer.process.stdin is not None
+    peer.process.stdin.close()
+    await asyncio.wait_for(peer.process.wait(), 30)
+    await peer.wait(1)
+    assert exits == [0]  # a clean stop, as on SIGTERM
+    assert "stopped" in (tmp_path / "dht-0.log").read_text()

@@ -397,9 +397,12 @@ class _Deployment:
         self._alive_changed(name)
 
     async def _come_back(self, name: str) -> None:
+        """Start ``name`` again, once a leave in progress has ended; nothing if it is up (churn
+        or another event brought it back already) or starting."""
         peer = self.peers[name]
-        await peer.wait(STOP_GRACE)  # a leave still in progress ends first
-        if not peer.up:
+        if peer.leaving:
+            await peer.wait(STOP_GRACE)
+        if not peer.up and not peer.starting:
             await self._start(name)
 
     async def _crowd(self, group: schema.PeerGroup) -> None:

@@ -62,6 +62,7 @@ class PeerProcess:
         self._ids = itertools.count()
         self._reader: asyncio.Task[None] | None = None
         self._expected_exit = False
+        self._starting = False
         self._log: IO[bytes] | None = None
 
     @property
@@ -69,10 +70,27 @@ class PeerProcess:
         """Its process runs (a frozen one too: it is alive, only stopped)."""
         return self.process is not None and self.process.returncode is None
 
+    @property
+    def leaving(self) -> bool:
+        """It was told to stop (killed or terminated) and its process has not ended yet."""
+        return self.up and self._expected_exit
+
+    @property
+    def starting(self) -> bool:
+        """A :meth:`start` is in progress."""
+        return self._starting
+
     async def start(self, initial_peers: Sequence[str], *, timeout: float) -> None:
         """Start a process and wait until it has joined; raises ``PeerDown`` if it does not."""
-        if self.up:
+        if self.up or self._starting:
             raise RuntimeError(f"{self.name} is already running")
+        self._starting = True
+        try:
+            await self._start(initial_peers, timeout)
+        finally:
+            self._starting = False
+
+    async def _start(self, initial_peers: Sequence[str], timeout: float) -> None:
         self.starts += 1
         self._log = self.log_path.open("ab")
         self._log.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
