@@ -244,3 +244,45 @@ async def test_a_peer_stops_when_the_process_driving_it_goes(tmp_path: Path) -> 
     await peer.wait(1)
     assert exits == [0]  # a clean stop, as on SIGTERM
     assert "stopped" in (tmp_path / "dht-0.log").read_text()
+
+
+CHURN = textwrap.dedent(
+    """\
+    schema_version: 1
+    name: deploy-churn
+    seed: 5
+    warmup: 1s
+    duration: 12s
+    sample_interval: 1s
+    topology: {kind: world_regions}
+    peers:
+      - group: dht
+        role: dht
+        count: 5
+        link: {latency: 5ms}
+        churn:
+          session: {distribution: exponential, mean: 3s}
+          downtime: {distribution: exponential, mean: 1s}
+          graceful: 50%
+          min_alive: 2
+    workload:
+      dht: {stores_per_second: 2, gets_per_second: 4, lookups_per_second: 2, keys: 20}
+    """
+)
+
+
+def test_churn_takes_real_peers_down_and_back_with_their_identity(tmp_path: Path) -> None:
+    out, metrics = _deploy(tmp_path, CHURN, "--local")
+    summary = metrics["summary"]
+    logs = [(out / "peers" / f"dht-{i}.log").read_text() for i in range(5)]
+    assert summary["peers.alive.min"] >= 2  # min_alive held
+    assert summary["peers.alive.min"] < 5 and summary["peers.errors.total"] == 0
+    assert sum(log.count("--- start") for log in logs) > 5  # peers came back
+    assert any("--- exit -9" in log for log in logs)  # crashes were SIGKILLs...
+    assert any(
+        "--- exit 0" in log.split("--- start 2")[0] for log in logs if "--- start 2" in log
+    )  # ...and leaves SIGTERMs
+    for log in logs:  # a peer that came back kept its identity
+        ids = {line.split()[2] for line in log.splitlines() if line.startswith("dht peer ")}
+        assert len(ids) == 1, ids
+    assert summary["dht.get.count"] >= 5 and summary["dht.get.success_rate"] > 0

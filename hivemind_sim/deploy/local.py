@@ -426,8 +426,9 @@ class _Deployment:
                 await asyncio.sleep(session)
                 if time.time() >= end:
                     return
+                graceful = rng.random() < model.graceful_fraction  # drawn as the simulator draws
                 if sum(self.peers[n].up for n in names) > churn.min_alive:
-                    self._leave(name, rng.random() < model.graceful_fraction)
+                    self._leave(name, graceful)
                 await asyncio.sleep(model.downtime.sample(rng))
                 if time.time() >= end:
                     return
