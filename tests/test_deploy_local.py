@@ -286,3 +286,28 @@ def test_churn_takes_real_peers_down_and_back_with_their_identity(tmp_path: Path
         ids = {line.split()[2] for line in log.splitlines() if line.startswith("dht peer ")}
         assert len(ids) == 1, ids
     assert summary["dht.get.count"] >= 5 and summary["dht.get.success_rate"] > 0
+
+
+def test_deploy_netns_says_in_one_line_why_it_cannot_run_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hivemind_sim.deploy.netns as netns
+
+    why = "network namespaces are not permitted here: unshare failed (Operation not permitted)"
+    monkeypatch.setattr(netns, "netns_unavailable", lambda: why)
+    scenario_file = tmp_path / "small.yaml"
+    scenario_file.write_text(SMALL)
+    status = sim_main(["deploy", str(scenario_file), "--netns", "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == f"hivemind-sim: --netns: {why}"
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_deploy_names_the_flag_when_the_cap_is_below_one_peer_per_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario_file = tmp_path / "small.yaml"
+    scenario_file.write_text(SMALL)
+    status = sim_main(["deploy", str(scenario_file), "--local", "--max-peers", "2"])
+    assert status == 2
+    assert "--max-peers 2 is fewer than the scenario's 3 peer groups" in capsys.readouterr().err
