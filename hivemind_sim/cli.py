@@ -155,15 +155,10 @@ def _deploy_on(args: argparse.Namespace, scenario: Any, network: Any) -> int:
     from rich.console import Console
 
     from .deploy.local import DeployOptions, deploy_scenario
-    from .deploy.scale import default_max_peers, scale_scenario
     from .scenario.report import write_run_report
     from .scenario.runlog import logs_to
 
-    max_peers = args.max_peers or default_max_peers()
-    try:
-        scenario, notes = scale_scenario(scenario, max_peers)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    scenario, notes = _scaled(args, scenario)
     console = Console(stderr=True)
     out = _report_folder(args, scenario, console)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,21 +179,27 @@ def _deploy_on(args: argparse.Namespace, scenario: Any, network: Any) -> int:
     return _finished(console, deployed.result, out, "deployment")
 
 
+def _scaled(args: argparse.Namespace, scenario: Any) -> tuple[Any, list[str]]:
+    """The scenario cut to ``--max-peers`` processes, and what was scaled."""
+    from .deploy.scale import default_max_peers, scale_scenario
+
+    try:
+        return scale_scenario(scenario, args.max_peers or default_max_peers())
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def _fidelity(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .deploy.fidelity import fidelity_failed, run_fidelity, write_fidelity_report
     from .deploy.local import DeployOptions, Loopback, deploy_scenario
-    from .deploy.scale import default_max_peers, scale_scenario
     from .scenario.report import write_run_report
     from .scenario.runlog import logs_to
     from .scenario.runner import run_scenario
 
     scenario = _load(args)
-    try:
-        scenario, scaled = scale_scenario(scenario, args.max_peers or default_max_peers())
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    scenario, scaled = _scaled(args, scenario)
     console = Console(stderr=True)
     out = Path(args.out) if args.out else RUNS / scenario.name / "fidelity"
     out.mkdir(parents=True, exist_ok=True)
