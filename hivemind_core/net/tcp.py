@@ -331,23 +331,23 @@ class _Connection(asyncio.Protocol):
         if self._send_line is not None:  # emulated delay: write it when it would have left
             self._send_line.push((header, payload))
             self._delayed_bytes += len(header) + len(payload)
-        elif len(payload) < _COALESCE_LIMIT:
-            self.transport.write(header + payload)
         else:
-            self.transport.writelines((header, payload))
+            self._write_now(header, payload)
         self.last_active = self.loop.time()
 
-    def _send_late(self, frame: tuple[bytes, bytes]) -> None:
-        """A frame out of the send delay line: written now (dropped if the connection closed)."""
-        header, payload = frame
-        self._delayed_bytes -= len(header) + len(payload)
-        if not self.writable:
-            return
+    def _write_now(self, header: bytes, payload: bytes) -> None:
         assert self.transport is not None
         if len(payload) < _COALESCE_LIMIT:
             self.transport.write(header + payload)
         else:
             self.transport.writelines((header, payload))
+
+    def _send_late(self, frame: tuple[bytes, bytes]) -> None:
+        """A frame out of the send delay line: written now (dropped if the connection closed)."""
+        header, payload = frame
+        self._delayed_bytes -= len(header) + len(payload)
+        if self.writable:
+            self._write_now(header, payload)
 
     def _receive_late(self, item: bytes | _Lost) -> None:
         """Bytes (or the loss of the connection) out of the receive delay line: taken now."""

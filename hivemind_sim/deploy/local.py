@@ -28,7 +28,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -259,8 +259,7 @@ class _Deployment:
         for at in range(0, len(rest), wave):
             await asyncio.gather(*(self._start(name) for name in rest[at : at + wave]))
             self._progress(-1.0)
-        up = sum(peer.up for peer in self.peers.values())
-        logger.info("%d of %d peers joined during the warmup", up, len(names))
+        logger.info("%d of %d peers joined during the warmup", self._up(names), len(names))
 
     async def _start(self, name: str) -> None:
         peer = self.peers[name]
@@ -355,13 +354,10 @@ class _Deployment:
             self._sample(step * interval)
 
     def _sample(self, t: float) -> None:
-        alive = [name for name, peer in self.peers.items() if peer.up]
-        for name in alive:
-            self.recorder.mark_peer(name)
-        self.recorder.gauge("peers.alive", t, len(alive))
-        for group in self.scenario.peers:
-            count = sum(self.peers[name].up for name in self.layout.groups[group.group])
-            self.recorder.gauge(f"peers.alive.{group.group}", t, count)
+        for name, peer in self.peers.items():
+            if peer.up:
+                self.recorder.mark_peer(name)
+        self._gauge_alive(t, [group.group for group in self.scenario.peers])
         self._progress(t)
 
     def _alive_changed(self, name: str) -> None:
@@ -369,14 +365,20 @@ class _Deployment:
         if t < 0:
             return
         self.recorder.mark_peer(name)
-        group = self.layout.placements[name].group.group
-        self.recorder.gauge("peers.alive", t, sum(peer.up for peer in self.peers.values()))
-        count = sum(self.peers[n].up for n in self.layout.groups[group])
-        self.recorder.gauge(f"peers.alive.{group}", t, count)
+        self._gauge_alive(t, [self.layout.placements[name].group.group])
+
+    def _gauge_alive(self, t: float, groups: list[str]) -> None:
+        """The swarm's and ``groups``' levels of live peers at ``t``."""
+        self.recorder.gauge("peers.alive", t, self._up(self.peers))
+        for group in groups:
+            self.recorder.gauge(f"peers.alive.{group}", t, self._up(self.layout.groups[group]))
+
+    def _up(self, names: Iterable[str]) -> int:
+        return sum(self.peers[name].up for name in names)
 
     def _progress(self, t: float) -> None:
         if self.progress is not None:
-            alive = {"peers.alive": float(sum(peer.up for peer in self.peers.values()))}
+            alive = {"peers.alive": float(self._up(self.peers))}
             live = self.recorder.live(10 * self.scenario.sample_interval) if t >= 0 else {}
             self.progress(t, self.scenario.duration, {**live, **alive})
 
@@ -427,12 +429,12 @@ class _Deployment:
                 if time.time() >= end:
                     return
                 graceful = rng.random() < model.graceful_fraction  # drawn as the simulator draws
-                if sum(self.peers[n].up for n in names) > churn.min_alive:
+                if self._up(names) > churn.min_alive:
                     self._leave(name, graceful)
                 await asyncio.sleep(model.downtime.sample(rng))
                 if time.time() >= end:
                     return
-                if churn.max_alive is None or sum(self.peers[n].up for n in names) < churn.max_alive:
+                if churn.max_alive is None or self._up(names) < churn.max_alive:
                     await self._come_back(name)
                 session = model.session.sample(rng)
 

@@ -9,6 +9,7 @@ propagation latency: both access links' latency plus the backbone's between thei
 
 from __future__ import annotations
 
+import collections
 import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -96,7 +97,8 @@ def plan_layout(scenario: schema.Scenario, network: _Hosts) -> Layout:
 def _ports(hosts: dict[str, str]) -> dict[str, int]:
     """A port per peer: on a shared host, free ones the kernel hands out (held open together so
     that no two peers get the same); on a host of its own, one fixed port."""
-    shared = [name for name in hosts if list(hosts.values()).count(hosts[name]) > 1]
+    sharing = collections.Counter(hosts.values())
+    shared = [name for name in hosts if sharing[hosts[name]] > 1]
     ports = {name: 7000 for name in hosts if name not in shared}
     sockets = []
     try:
