@@ -82,6 +82,7 @@ def test_a_small_scenario_deploys_as_real_processes_and_reports_like_a_run(tmp_p
     assert sum("--- exit -9" in log for log in crashed_logs) == 1  # killed, not stopped
     # what a deployment cannot do is said, not silently dropped; the rest is a run's report
     assert any("bad-expert" in note and "skipped" in note for note in metrics["deployment"])
+    assert not any("loss and jitter" in note for note in metrics["deployment"])  # SMALL has none
     assert [w["name"] for w in metrics["windows"]] == ["crash-one", "freeze-one"]
     assert metrics["digest"] == ""
     assert "## Deployment" in (out / "report.md").read_text()
@@ -286,6 +287,15 @@ def test_churn_takes_real_peers_down_and_back_with_their_identity(tmp_path: Path
         ids = {line.split()[2] for line in log.splitlines() if line.startswith("dht peer ")}
         assert len(ids) == 1, ids
     assert summary["dht.get.count"] >= 5 and summary["dht.get.success_rate"] > 0
+
+
+def test_what_a_deployment_cannot_model_is_said_in_its_notes(tmp_path: Path) -> None:
+    from hivemind_sim.deploy.local import DeployOptions, Loopback, _Deployment
+
+    lossy = parse_scenario(SMALL.replace("link: {latency: 5ms}", "link: {latency: 5ms, loss: 1%}", 1))
+    deployment = _Deployment(lossy, tmp_path, Loopback(), DeployOptions(), None)
+    assert any("loss and jitter are not applied" in note for note in deployment.notes)
+    assert any("not rate-limited on loopback" in note for note in deployment.notes)
 
 
 def test_deploy_netns_says_in_one_line_why_it_cannot_run_here(

@@ -183,6 +183,12 @@ class _Deployment:
         ]
         if options.emulate_delays:
             self.notes.append("the topology's one-way delays are held back in each peer's TCP transport")
+        topology = scenario.topology
+        lossy = topology.loss > 0 or any(p.link.loss > 0 for p in self.layout.placements.values())
+        if lossy or topology.jitter > 0:
+            self.notes.append(
+                "the scenario's loss and jitter are not applied by a deployment (TCP on a clean link)"
+            )
         if network.name == "local":
             self.notes.append("access links are not rate-limited on loopback")
         else:
