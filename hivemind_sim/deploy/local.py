@@ -15,7 +15,7 @@ and each is given its one-way delays to every other peer, which its TCP transpor
 the connections it dials, both ways (``--emulate-delays``): loopback has no latency of its own,
 and a kernel may lack ``netem``. In network namespaces, each peer's access link also gets its
 rates (``tc tbf``). What a deployment cannot do (``rpc.*`` counters, misbehaving or hostile
-peers, slowed compute, loss; partitions and rates on loopback) is skipped and said in the
+peers, slowed compute, loss and jitter; partitions and rates on loopback) is skipped and said in the
 report's notes.
 """
 
