@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -342,3 +343,32 @@ def test_fidelity_simulates_and_deploys_each_seed_and_reports_both(tmp_path: Pat
             assert metrics["seed"] == seed and metrics["summary"]["dht.lookup.count"] > 0
             assert ("deployment" in metrics) == (world == "deployed")
     assert "dht.lookup.p50" in (out / "fidelity.md").read_text()
+
+
+def test_a_peer_that_sends_records_it_should_not_is_still_read(tmp_path: Path) -> None:
+    """Malformed records are logged and skipped: the deployer keeps reading that peer's output."""
+    script = tmp_path / "liar.py"
+    script.write_text(
+        "import sys\n"
+        "for line in ['@hm not json', '@hm [1, 2]', '@hm {\"event\": \"moe.step\"}', '@hm {\"ready\": 3}',\n"
+        '             \'@hm {"ready": {"endpoint": "127.0.0.1:1", "node_id": "ff"}}\']:\n'
+        "    print(line, flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    seen: list[dict] = []
+    peer = PeerProcess(
+        "liar",
+        lambda initial: [sys.executable, str(script)],
+        log_path=tmp_path / "liar.log",
+        on_record=lambda name, record: seen.append(record) if record["latency"] else None,
+        on_exit=lambda name, code: None,
+    )
+
+    async def start_and_stop() -> None:
+        await peer.start([], timeout=30)  # the ready record after the bad ones still arrives
+        assert peer.node_id == 0xFF
+        peer.terminate()
+        await peer.wait(10)
+
+    asyncio.run(start_and_stop())
+    assert seen == []

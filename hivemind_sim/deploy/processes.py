@@ -125,10 +125,9 @@ class PeerProcess:
                 continue
             try:
                 record = json.loads(text[len(PREFIX) :])
-            except ValueError:
+                self._handle(record)
+            except (KeyError, TypeError, ValueError, AttributeError):  # a record we cannot use: go on reading
                 logger.warning("%s sent an unreadable record: %r", self.name, text[:200])
-                continue
-            self._handle(record)
         code = await process.wait()
         log.write(f"--- exit {code} at {time.time():.3f}\n".encode())
         log.close()
