@@ -27,7 +27,7 @@ from hivemind_core.dht import DHTNode
 from hivemind_core.moe.client import MoEBeamSearcher, MoEClient
 from hivemind_core.moe.server import DeviceThread, ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import expand_pattern
-from hivemind_core.net import TcpTransport
+from hivemind_core.net import TcpConfig, TcpTransport
 
 
 async def timed(calls: int, search) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -56,7 +56,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     nodes: list[DHTNode] = []
     for i in range(args.servers):
         initial = [nodes[0].endpoint] if nodes else []
-        node = await DHTNode.create(TcpTransport(host="127.0.0.1"), initial_peers=initial)
+        node = await DHTNode.create(TcpTransport(TcpConfig(host="127.0.0.1")), initial_peers=initial)
         nodes.append(node)
         mine = uids[i :: args.servers] if args.layout == "stripes" else uids[i * share : (i + 1) * share]
         backends = [ExpertBackend.create(uid, "ffn", 4, seed=j) for j, uid in enumerate(mine)]
@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     await servers[0].announce()
     announce_cpu_ms = 1000 * (time.process_time() - started)
     client_node = await DHTNode.create(
-        TcpTransport(host="127.0.0.1"), initial_peers=[nodes[0].endpoint], client_mode=True
+        TcpTransport(TcpConfig(host="127.0.0.1")), initial_peers=[nodes[0].endpoint], client_mode=True
     )
     client = MoEClient(rpc=client_node.rpc, dht=client_node, bridge=LoopBridge(asyncio.get_running_loop()))
     searcher = MoEBeamSearcher(client, "ffn", [rows, cols], cache_ttl=3600, max_staleness=3600)

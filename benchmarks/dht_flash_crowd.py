@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hivemind_core.dht import DHTConfig, DHTNode
-from hivemind_core.net import TcpTransport
+from hivemind_core.net import TcpConfig, TcpTransport
 from hivemind_sim import AccessLink, Simulation, Topology
 from hivemind_sim.swarms.dht_swarm import DHTSwarm
 
@@ -99,7 +99,7 @@ async def run_tcp(joiners: int, *, readers: int, seed: int, recheck: float) -> d
         # one loopback address per peer, as on the internet: the transport counts and serves
         # incoming connections per remote host
         host = f"127.0.{index // 250}.{index % 250 + 1}"
-        return TcpTransport(host=host, max_outgoing=8, idle_timeout=30)
+        return TcpTransport(TcpConfig(host=host, max_outgoing=8, idle_timeout=30))
 
     def join(index: int) -> Awaitable[DHTNode]:
         return DHTNode.create(transport(index), initial_peers=[first.endpoint], config=config)

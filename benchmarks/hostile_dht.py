@@ -57,7 +57,7 @@ from hivemind_core.dht import DHTConfig, DHTNode
 from hivemind_core.dht.codec import encode_node, encode_record
 from hivemind_core.dht.ids import ID_BYTES, key_id
 from hivemind_core.dht.storage import DHTRecord
-from hivemind_core.net import TcpTransport
+from hivemind_core.net import TcpConfig, TcpTransport
 
 UNPARSABLE = ("junk", "1.2.3.4:0080", "::1:80", "host:99999")
 """As in ``hivemind_sim.swarms.hostile`` (not imported: it pulls in torch)."""
@@ -320,7 +320,9 @@ async def attack(
 ) -> tuple[float, int, subprocess.Popen[str]]:
     """Join the attacker, start the client, attack once it has run ``before`` seconds; returns
     when the attack began, how many hostile acts it made, and the client process."""
-    node = await DHTNode.create(TcpTransport(host=ATTACKER_HOST), initial_peers=[victim], config=LOOPBACK)
+    node = await DHTNode.create(
+        TcpTransport(TcpConfig(host=ATTACKER_HOST)), initial_peers=[victim], config=LOOPBACK
+    )
     attacker = Attacker(node, victim, honest, random.Random(name))
     command = [sys.executable, __file__, "--good-client", victim, "--seconds", str(before + during)]
     if name.endswith("_owned"):

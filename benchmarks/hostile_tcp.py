@@ -43,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hivemind_core.net import RPC, TcpTransport, parse_endpoint
+from hivemind_core.net import RPC, TcpConfig, TcpTransport, parse_endpoint
 from hivemind_core.net.frames import FrameKind, encode_frame, encode_header
 from hivemind_core.net.rpc import pack
 
@@ -262,7 +262,7 @@ async def find_repeat(endpoint: str, deadline: float) -> None:
     me = encode_node(Identity.generate().public_key, None)
     key = serialize_key("find_repeat")
     expiration = time.time() + 3600
-    rpc = RPC(TcpTransport(host=ATTACKER_HOST))
+    rpc = RPC(TcpTransport(TcpConfig(host=ATTACKER_HOST)))
     try:
         for i in range(0, BIG_SUBKEYS, 16):
             records = [
@@ -294,7 +294,7 @@ async def contact_flood(endpoint: str, deadline: float) -> None:
         encode_node(rng.randbytes(32), f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:7000")
         for i in range(300_000)
     ]
-    rpc = RPC(TcpTransport(host=ATTACKER_HOST))
+    rpc = RPC(TcpTransport(TcpConfig(host=ATTACKER_HOST)))
 
     async def answer_find(_peer: str, body: Any) -> Any:
         return [me, fakes, [[None, list(range(20))] for _ in body[1]]]

@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__
 from .dht import DHTConfig, DHTNode, Identity
 from .moe.uid import expand_pattern, pattern_size
-from .net import RPC, TcpTransport, TransportError
+from .net import RPC, TcpConfig, TcpTransport, TransportError
 from .net.delays import EmulatedDelays, load_delays
 from .net.endpoints import check_remote_endpoint, format_endpoint, parse_endpoint
 from .net.tcp import resolve_endpoint
@@ -708,13 +708,15 @@ def _listening_transport(args: argparse.Namespace) -> TcpTransport:
     announce_host, announce_port = args.announce or (None, None)
     _check_announced(args.host, announce_host, getattr(args, "initial_peers", []))
     return TcpTransport(
-        host=args.host,
-        port=args.port,
-        max_incoming=args.max_connections or 1 << 30,
-        max_incoming_per_host=args.max_connections_per_host or None,
-        announce_host=announce_host,
-        announce_port=announce_port,
-        delays=getattr(args, "emulate_delays", None),
+        TcpConfig(
+            host=args.host,
+            port=args.port,
+            max_incoming=args.max_connections or 1 << 30,
+            max_incoming_per_host=args.max_connections_per_host or None,
+            announce_host=announce_host,
+            announce_port=announce_port,
+            delays=getattr(args, "emulate_delays", None),
+        )
     )
 
 

@@ -19,7 +19,7 @@ from hivemind_core.bridge import Bridge, LoopBridge
 from hivemind_core.dht import DHTConfig, DHTNode
 from hivemind_core.moe.client import MoEClient
 from hivemind_core.moe.server import ComputeExecutor, DeviceThread, ExpertBackend, ExpertServer
-from hivemind_core.net import RPC, TcpTransport, Transport
+from hivemind_core.net import RPC, TcpConfig, TcpTransport, Transport
 from hivemind_sim import AccessLink, SimTransport, Simulation
 from hivemind_sim.swarms.baton import Baton
 from hivemind_sim.swarms.compute import SimulatedDevice
@@ -84,7 +84,7 @@ class World:
         if self.sim is not None:
             transport: Transport = self.sim.add_peer(f"peer{len(self.transports)}", link=SIM_LINK, **options)
         else:
-            transport = TcpTransport(host="127.0.0.1", **options)
+            transport = TcpTransport(TcpConfig(host="127.0.0.1", **options))
         self.transports.append(transport)
         return transport
 

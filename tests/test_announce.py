@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from hivemind_core.dht import DHTConfig, DHTNode
-from hivemind_core.net import TcpTransport
+from hivemind_core.net import TcpConfig, TcpTransport
 
 CONFIG = DHTConfig(max_per_subnet=None)
 
@@ -17,8 +17,11 @@ CONFIG = DHTConfig(max_per_subnet=None)
 async def test_a_peer_listening_on_every_interface_is_known_by_the_address_it_announces() -> None:
     """Peers dial what a peer announces, not what it bound: the announced address is in their
     routing tables (also of a peer that heard of it from another), and stores and gets go through it."""
-    everywhere = TcpTransport(host="0.0.0.0", announce_host="127.0.0.2")
-    joiner_transport, third_transport = TcpTransport(host="127.0.0.3"), TcpTransport(host="127.0.0.4")
+    everywhere = TcpTransport(TcpConfig(host="0.0.0.0", announce_host="127.0.0.2"))
+    joiner_transport, third_transport = (
+        TcpTransport(TcpConfig(host="127.0.0.3")),
+        TcpTransport(TcpConfig(host="127.0.0.4")),
+    )
     nodes: list[DHTNode] = []
     try:
         async with asyncio.timeout(60):
@@ -49,7 +52,7 @@ async def test_a_peer_listening_on_every_interface_is_known_by_the_address_it_an
 
 @pytest.mark.asyncio(loop_factories=["tcp"])
 async def test_an_announced_port_replaces_the_bound_one() -> None:
-    transport = TcpTransport(host="127.0.0.1", announce_host="127.0.0.4", announce_port=7999)
+    transport = TcpTransport(TcpConfig(host="127.0.0.1", announce_host="127.0.0.4", announce_port=7999))
     try:
         await transport.listen(lambda *_: None)  # type: ignore[arg-type,return-value]
         assert transport.endpoint == "127.0.0.4:7999"
@@ -61,10 +64,10 @@ async def test_an_announced_port_replaces_the_bound_one() -> None:
 @pytest.mark.asyncio(loop_factories=["tcp"])
 async def test_the_transport_refuses_what_no_peer_can_dial() -> None:
     with pytest.raises(ValueError, match="a multicast address cannot be dialled"):
-        TcpTransport(announce_host="224.0.0.1")
+        TcpTransport(TcpConfig(announce_host="224.0.0.1"))
     with pytest.raises(ValueError, match="an unspecified address cannot be dialled"):
-        TcpTransport(announce_host="0.0.0.0")
-    transport = TcpTransport(host="0.0.0.0")
+        TcpTransport(TcpConfig(announce_host="0.0.0.0"))
+    transport = TcpTransport(TcpConfig(host="0.0.0.0"))
     try:
         with pytest.raises(ValueError, match=r"every interface .* needs an announce_host"):
             await transport.listen(lambda *_: None)  # type: ignore[arg-type,return-value]

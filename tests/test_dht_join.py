@@ -21,7 +21,7 @@ from hivemind_core.dht import DHTConfig, DHTNode
 from hivemind_core.dht.maintenance import Maintenance
 from hivemind_core.dht.routing import Contact, RoutingTable
 from hivemind_core.dht.storage import DHTRecord, LocalStorage
-from hivemind_core.net import TcpTransport
+from hivemind_core.net import TcpConfig, TcpTransport
 from hivemind_sim import AccessLink, Simulation, Topology
 from hivemind_sim.swarms.dht_swarm import DHTSwarm
 
@@ -112,7 +112,9 @@ async def tcp_crowd(joiners: int, readers: int | None, *, within: float = 90.0) 
         index = len(transports) + 1
         host = f"127.0.{index // 250}.{index % 250 + 1}"
         # few fds per peer
-        transports.append(TcpTransport(host=host, max_outgoing=8, idle_timeout=30, transfer_timeout=60))
+        transports.append(
+            TcpTransport(TcpConfig(host=host, max_outgoing=8, idle_timeout=30, transfer_timeout=60))
+        )
         return transports[-1]
 
     nodes: list[DHTNode] = []

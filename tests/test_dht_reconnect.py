@@ -14,7 +14,7 @@ from hivemind_core.dht.background import Background
 from hivemind_core.dht.membership import MAX_UNRESPONSIVE, Membership
 from hivemind_core.dht.routing import Contact
 from hivemind_core.dht.stats import DHTStats
-from hivemind_core.net import TcpTransport
+from hivemind_core.net import TcpConfig, TcpTransport
 
 # ---- reconnecting ---------------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ async def test_over_tcp_a_client_reconnects_when_its_initial_peer_restarts(world
     assert not client.connected
     port = int(endpoint.rpartition(":")[2])
     restarted = await DHTNode.create(
-        TcpTransport(host="127.0.0.1", port=port), config=DHTConfig(max_per_subnet=None)
+        TcpTransport(TcpConfig(host="127.0.0.1", port=port)), config=DHTConfig(max_per_subnet=None)
     )
     world.dht_nodes.append(restarted)
     await asyncio.wait_for(client.wait_connected(), timeout=60)

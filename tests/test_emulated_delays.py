@@ -16,7 +16,7 @@ import pytest
 from test_tcp_transport import serving
 
 from hivemind_core.cli import _listening_transport, build_parser
-from hivemind_core.net import RPC, TcpTransport
+from hivemind_core.net import RPC, TcpConfig, TcpTransport
 from hivemind_core.net.delays import Delay, DelayLine, EmulatedDelays, load_delays
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,7 +35,7 @@ async def timed_call(client: RPC, endpoint: str, body: Any) -> float:
 async def test_a_round_trip_takes_both_directions_and_a_new_connection_one_more() -> None:
     server = await serving()
     delay = Delay(there=0.05, back=0.08)
-    client = RPC(TcpTransport(delays=EmulatedDelays(endpoints={server.endpoint: delay})))
+    client = RPC(TcpTransport(TcpConfig(delays=EmulatedDelays(endpoints={server.endpoint: delay}))))
     try:
         first = await timed_call(client, server.endpoint, b"x")  # SYN, SYN-ACK, request, reply
         again = await timed_call(client, server.endpoint, b"y")
@@ -50,13 +50,12 @@ async def test_a_round_trip_takes_both_directions_and_a_new_connection_one_more(
 async def test_peers_on_one_host_each_delay_only_the_connections_they_dial() -> None:
     """Loopback: the accepting side cannot tell callers apart, so it adds nothing, whatever its
     table says; a round trip is the dialler's two one-way delays, whichever side dials."""
-    a = await serving(delays=EmulatedDelays(default=Delay(5.0, 5.0)))
-    b = await serving(delays=EmulatedDelays(endpoints={a.endpoint: Delay(0.03, 0.04)}))
+    b = await serving(delays=EmulatedDelays(default=Delay(0.03, 0.04)))
+    to_b = {b.endpoint: Delay(0.06, 0.06)}
+    a = await serving(delays=EmulatedDelays(default=Delay(5.0, 5.0), endpoints=to_b))
     try:
         b_to_a = await timed_call(b, a.endpoint, b"b")
         assert 2 * 0.07 <= b_to_a < SANITY  # a's 5 s are not added to what it accepted
-        assert isinstance(a.transport, TcpTransport)
-        a.transport.delays = EmulatedDelays(endpoints={b.endpoint: Delay(0.06, 0.06)})
         a_to_b = await timed_call(a, b.endpoint, b"a")
         assert 2 * 0.12 <= a_to_b < 2 * 0.12 + SANITY
     finally:
@@ -75,7 +74,7 @@ async def test_frames_to_one_destination_keep_their_order() -> None:
     server = RPC(TcpTransport())
     server.register("record", record)
     await server.serve()
-    client = RPC(TcpTransport(delays=EmulatedDelays(default=Delay(0.02, 0.03))))
+    client = RPC(TcpTransport(TcpConfig(delays=EmulatedDelays(default=Delay(0.02, 0.03)))))
     try:
         await client.call(server.endpoint, "record", [-1, b""])  # the connection is up
         sizes = [10, 200_000, 3, 70_000, 1, 100_000] * 20  # small and large (two write paths)
@@ -115,7 +114,7 @@ async def test_delay_line_keeps_push_order_at_equal_deadlines() -> None:
 @tcp
 async def test_held_bytes_count_as_queued_until_written() -> None:
     server = await serving()
-    client = RPC(TcpTransport(delays=EmulatedDelays(endpoints={server.endpoint: Delay(0.3, 0.0)})))
+    client = RPC(TcpTransport(TcpConfig(delays=EmulatedDelays(endpoints={server.endpoint: Delay(0.3, 0.0)}))))
     transport = client.transport
     assert isinstance(transport, TcpTransport)
     try:
@@ -145,7 +144,7 @@ async def test_an_answer_sent_before_the_close_is_read_before_it() -> None:
     server = RPC(TcpTransport())
     server.register("slow", slow)
     await server.serve()
-    client = RPC(TcpTransport(delays=EmulatedDelays(default=Delay(0.0, 0.3))))
+    client = RPC(TcpTransport(TcpConfig(delays=EmulatedDelays(default=Delay(0.0, 0.3)))))
     try:
         async with asyncio.timeout(20):
             call = asyncio.create_task(client.call(server.endpoint, "slow", "answer", timeout=30))
@@ -165,7 +164,11 @@ async def test_without_a_table_or_with_zero_delays_nothing_is_held() -> None:
     plain = RPC(TcpTransport())
     zero = RPC(
         TcpTransport(
-            delays=EmulatedDelays(endpoints={server.endpoint: Delay()}, hosts={"127.0.0.1": Delay(9.0, 9.0)})
+            TcpConfig(
+                delays=EmulatedDelays(
+                    endpoints={server.endpoint: Delay()}, hosts={"127.0.0.1": Delay(9.0, 9.0)}
+                )
+            )
         )
     )
     try:
@@ -175,7 +178,7 @@ async def test_without_a_table_or_with_zero_delays_nothing_is_held() -> None:
             assert isinstance(transport, TcpTransport)
             (connection,) = transport._outgoing.values()
             assert connection._send_line is None and connection._receive_line is None
-        assert plain.transport.delays is None  # type: ignore[attr-defined]
+        assert plain.transport.config.delays is None  # type: ignore[attr-defined]
     finally:
         for rpc in (plain, zero, server):
             await rpc.transport.close()
@@ -233,11 +236,11 @@ def test_the_loader_names_a_missing_file(tmp_path: Path) -> None:
 def test_the_cli_flag_is_off_by_default_and_hands_the_table_to_the_transport(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _listening_transport(build_parser().parse_args(["serve"])).delays is None
+    assert _listening_transport(build_parser().parse_args(["serve"])).config.delays is None
     path = tmp_path / "delays.json"
     path.write_text(json.dumps({"endpoints": {"127.0.0.1:7001": 0.04}}))
     args = build_parser().parse_args(["dht", "--emulate-delays", str(path)])
-    assert _listening_transport(args).delays == EmulatedDelays(
+    assert _listening_transport(args).config.delays == EmulatedDelays(
         endpoints={"127.0.0.1:7001": Delay(0.04, 0.04)}
     )
     path.write_text('{"default": "slow"}')

@@ -237,18 +237,18 @@ async def test_a_second_close_waits_until_the_first_has_closed_every_connection(
 
 @pytest.mark.asyncio(loop_factories=["tcp"])
 async def test_the_sweeper_survives_an_error_and_keeps_closing_idle_connections(world, monkeypatch) -> None:
-    from hivemind_core.net import tcp
+    from hivemind_core.net.tcp.connection import Connection
 
-    original = tcp._Connection.check_deadlines
+    original = Connection.check_deadlines
     failed = asyncio.Event()
 
-    def fails_once(self: tcp._Connection, now: float) -> None:
+    def fails_once(self: Connection, now: float) -> None:
         if not failed.is_set():
             failed.set()
             raise RuntimeError("an unforeseen error while sweeping")
         original(self, now)
 
-    monkeypatch.setattr(tcp._Connection, "check_deadlines", fails_once)
+    monkeypatch.setattr(Connection, "check_deadlines", fails_once)
     server = world.transport(idle_timeout=0.2)
     server_endpoint = await server.listen(Victim())
     first = world.transport()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from good_client import GoodClient
 
-from hivemind_core.net import RPC, DropReason, TcpTransport, parse_endpoint
+from hivemind_core.net import RPC, DropReason, TcpConfig, TcpTransport, parse_endpoint
 from hivemind_core.net.frames import PREFIX, FrameKind, encode_frame
 from hivemind_core.net.rpc import pack
 
@@ -106,7 +106,7 @@ async def serving(**limits: Any) -> RPC:
     async def blob(_peer: str, size: int) -> bytes:
         return bytes(size)
 
-    rpc = RPC(TcpTransport(**limits))
+    rpc = RPC(TcpTransport(TcpConfig(**limits)))
     rpc.register("echo", echo)
     rpc.register("blob", blob)
     await rpc.serve()
@@ -257,11 +257,11 @@ async def test_outgoing_connections_come_from_the_host_a_peer_listens_on() -> No
     async def whoami(peer: str, _body: Any) -> str:
         return peer
 
-    server = RPC(TcpTransport(host="127.0.0.1"))
+    server = RPC(TcpTransport(TcpConfig(host="127.0.0.1")))
     server.register("whoami", whoami)
     await server.serve()
     assert server.endpoint is not None
-    peer = RPC(TcpTransport(host="127.0.0.3"))
+    peer = RPC(TcpTransport(TcpConfig(host="127.0.0.3")))
     await peer.serve()
     try:
         assert parse_endpoint(await peer.call(server.endpoint, "whoami"))[0] == "127.0.0.3"
@@ -274,11 +274,11 @@ async def test_a_peer_listening_on_ipv6_loopback_still_reaches_ipv4_peers() -> N
     async def whoami(peer: str, _body: Any) -> str:
         return peer
 
-    server = RPC(TcpTransport(host="127.0.0.1"))
+    server = RPC(TcpTransport(TcpConfig(host="127.0.0.1")))
     server.register("whoami", whoami)
     await server.serve()
     assert server.endpoint is not None
-    peer = RPC(TcpTransport(host="::1"))
+    peer = RPC(TcpTransport(TcpConfig(host="::1")))
     try:
         await peer.serve()
     except OSError as error:
@@ -292,9 +292,13 @@ async def test_a_peer_listening_on_ipv6_loopback_still_reaches_ipv4_peers() -> N
 
 
 async def test_limits_are_validated() -> None:
-    with pytest.raises(ValueError, match="max_incoming_per_host"):
-        TcpTransport(max_incoming_per_host=0)
+    with pytest.raises(ValueError, match=r"TcpConfig\.max_incoming_per_host must be at least 1 or None"):
+        TcpConfig(max_incoming_per_host=0)
     with pytest.raises(ValueError, match="max_connection_backlog"):
-        TcpTransport(max_connection_backlog=2048, max_total_backlog=1024)
-    with pytest.raises(ValueError, match="min_transfer_rate"):
-        TcpTransport(min_transfer_rate=0)
+        TcpConfig(max_connection_backlog=2048, max_total_backlog=1024)
+    with pytest.raises(ValueError, match=r"TcpConfig\.min_transfer_rate must be positive"):
+        TcpConfig(min_transfer_rate=0)
+    with pytest.raises(ValueError, match=r"TcpConfig\.max_frame_size must exceed the 13-byte header"):
+        TcpConfig(max_frame_size=13)
+    with pytest.raises(ValueError, match=r"TcpConfig\.port must be 0\.\.65535"):
+        TcpConfig(port=70000)

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from good_client import GoodClient
 
-from hivemind_core.net import RPC, DropReason, TcpTransport, parse_endpoint
+from hivemind_core.net import RPC, DropReason, TcpConfig, TcpTransport, parse_endpoint
 from hivemind_core.net.frames import PREFIX, FrameKind, encode_frame
 
 pytestmark = pytest.mark.asyncio(loop_factories=["tcp"])
@@ -24,7 +24,7 @@ async def echo(_peer: str, body: Any) -> Any:
 @pytest_asyncio.fixture
 async def server():
     # no per-host cap: the flood test below is about the overall one (test_tcp_hostile covers it)
-    rpc = RPC(TcpTransport(max_incoming=100, max_incoming_per_host=None))
+    rpc = RPC(TcpTransport(TcpConfig(max_incoming=100, max_incoming_per_host=None)))
     rpc.register("echo", echo)
     endpoint = await rpc.serve()
     good = GoodClient(endpoint)

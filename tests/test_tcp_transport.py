@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hivemind_core.net import RPC, PeerUnavailable, RequestTimeout, TcpTransport
+from hivemind_core.net import RPC, PeerUnavailable, RequestTimeout, TcpConfig, TcpTransport
 from hivemind_core.net.frames import HEADER, HEADER_SIZE, KIND_AND_ID, FrameKind, encode_frame
 from hivemind_core.net.rpc import pack
 
@@ -21,7 +21,7 @@ async def echo(_peer: str, body: Any) -> Any:
 
 
 async def serving(**options: Any) -> RPC:
-    rpc = RPC(TcpTransport(**options))
+    rpc = RPC(TcpTransport(TcpConfig(**options)))
     rpc.register("echo", echo)
     await rpc.serve()
     return rpc
@@ -41,7 +41,7 @@ async def test_concurrent_requests_share_one_connection() -> None:
 
 async def test_idle_connections_are_closed_and_reopened_on_demand() -> None:
     server = await serving(idle_timeout=0.4)
-    client = RPC(TcpTransport(idle_timeout=0.2))
+    client = RPC(TcpTransport(TcpConfig(idle_timeout=0.2)))
     try:
         assert await client.call(server.endpoint, "echo", 1) == 1
         assert client.transport.connection_count == 1
@@ -56,7 +56,7 @@ async def test_idle_connections_are_closed_and_reopened_on_demand() -> None:
 
 async def test_outgoing_pool_stays_within_its_limit() -> None:
     servers = [await serving() for _ in range(4)]
-    client = RPC(TcpTransport(max_outgoing=2))
+    client = RPC(TcpTransport(TcpConfig(max_outgoing=2)))
     try:
         for round_ in range(3):
             for server in servers:
@@ -74,18 +74,19 @@ async def test_concurrent_dials_beyond_the_pool_do_not_evict_each_other() -> Non
     slot do not count as holding one. Before, new connections evicted each other over and over
     until requests timed out (and 12 dials queued for 3 free slots waited forever)."""
     servers = [await serving() for _ in range(40)]
-    client = RPC(TcpTransport(max_outgoing=8))
+    client = RPC(TcpTransport(TcpConfig(max_outgoing=8)))
     transport = client.transport
     assert isinstance(transport, TcpTransport)
     dials = 0
-    dial = transport._dial
+    pool = transport._pool
+    dial = pool._dial
 
     async def counted_dial(*args: Any) -> Any:
         nonlocal dials
         dials += 1
         return await dial(*args)
 
-    transport._dial = counted_dial  # type: ignore[method-assign]
+    pool._dial = counted_dial  # type: ignore[method-assign]
     rng = random.Random(0)
 
     async def lookup_like(calls: int) -> list[int]:
@@ -112,7 +113,7 @@ async def test_backpressure_caps_requests_in_service_per_connection() -> None:
         active -= 1
         return body
 
-    server = RPC(TcpTransport(max_concurrent_requests=4))
+    server = RPC(TcpTransport(TcpConfig(max_concurrent_requests=4)))
     server.register("slow", slow)
     await server.serve()
     client = RPC(TcpTransport())
@@ -166,7 +167,7 @@ async def test_ipv6_loopback() -> None:
         server = await serving(host="::1")
     except OSError as error:
         pytest.skip(f"cannot bind [::1]: {error}")
-    client = RPC(TcpTransport(host="::1"))
+    client = RPC(TcpTransport(TcpConfig(host="::1")))
     try:
         assert server.endpoint is not None and server.endpoint.startswith("[::1]:")
         assert await client.call(server.endpoint, "echo", "v6") == "v6"

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ..bridge import LoopThread
-from ..net import TcpTransport
+from ..net import TcpConfig, TcpTransport
 from .config import DHTConfig
 from .identity import Identity
 from .node import DHTNode, StoreItem, ValueWithExpiration
@@ -47,7 +47,7 @@ class DHT:
         try:
             self.node: DHTNode = self._call(
                 DHTNode.create(
-                    TcpTransport(host=host, port=port),
+                    TcpTransport(TcpConfig(host=host, port=port)),
                     initial_peers=list(initial_peers),
                     identity=identity,
                     config=config,

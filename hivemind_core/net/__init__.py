@@ -19,7 +19,7 @@ from .errors import (
 )
 from .multiplex import FramedTransport
 from .rpc import RPC
-from .tcp import DropReason, TcpStats, TcpTransport
+from .tcp import DropReason, TcpConfig, TcpStats, TcpTransport
 from .transport import Endpoint, RequestHandler, Transport
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "RemoteError",
     "RequestHandler",
     "RequestTimeout",
+    "TcpConfig",
     "TcpStats",
     "TcpTransport",
     "Transport",

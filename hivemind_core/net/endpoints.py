@@ -59,7 +59,7 @@ def check_remote_endpoint(endpoint: Endpoint) -> None:
 
 def format_endpoint(host: str, port: int) -> Endpoint:
     """The canonical endpoint of an address as sockets report it (IPv4-mapped becomes IPv4)."""
-    address = _ip(host)
+    address = ip_of(host)
     if address is None:
         return f"{host.lower()}:{port}"
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -70,7 +70,7 @@ def format_endpoint(host: str, port: int) -> Endpoint:
 @functools.lru_cache(maxsize=4096)
 def canonical_host(host: str) -> str:
     """One spelling per address (an IPv4-mapped IPv6 address is its IPv4 address); names lower-cased."""
-    address = _ip(host)
+    address = ip_of(host)
     if address is None:
         return host.lower()
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -78,7 +78,8 @@ def canonical_host(host: str) -> str:
     return str(address)
 
 
-def _ip(host: str) -> IPAddress | None:
+def ip_of(host: str) -> IPAddress | None:
+    """The IP address ``host`` spells, or None for a name."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -102,7 +103,7 @@ def _parse(endpoint: str) -> tuple[str, int]:
         raise _invalid(endpoint, "the host is not ASCII")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        address = _ip(host)
+        address = ip_of(host)
         if not isinstance(address, ipaddress.IPv6Address) or "%" in host:
             raise _invalid(endpoint, "brackets must hold an IPv6 address without a zone")
         if address.ipv4_mapped is not None:
@@ -112,7 +113,7 @@ def _parse(endpoint: str) -> tuple[str, int]:
     elif ":" in host:
         raise _invalid(endpoint, "an IPv6 address must be in brackets")
     elif host.replace(".", "").isdigit():
-        address = _ip(host)
+        address = ip_of(host)
         if address is None or str(address) != host:
             raise _invalid(endpoint, "not a dotted-quad IPv4 address without leading zeros")
     elif not _is_name(host):
@@ -132,7 +133,7 @@ def _is_name(host: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _check_remote(host: str, port: int) -> None:
-    address = _ip(host)
+    address = ip_of(host)
     shown = format_endpoint(host, port)
     if address is None:
         raise ValueError(f"invalid endpoint {shown!r}: a peer must announce an IP address, not a name")
