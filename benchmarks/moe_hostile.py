@@ -35,8 +35,8 @@ import torch
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
 from hivemind_core.net import RPC, RemoteError, TcpTransport
-from hivemind_sim.scenario.loader import parse_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format.loader import parse_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 from hivemind_sim.swarms.processes import PeerProcess, expert_server
 
 JUNK = """\

@@ -14,9 +14,9 @@ import logging
 import time
 from pathlib import Path
 
-from hivemind_sim.scenario import runner
-from hivemind_sim.scenario.loader import load_scenario
-from hivemind_sim.scenario.metrics import Recorder
+from hivemind_sim.scenario.format.loader import load_scenario
+from hivemind_sim.scenario.results.metrics import Recorder
+from hivemind_sim.scenario.run import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 

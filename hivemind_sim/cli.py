@@ -65,14 +65,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .scenario.loader import load_scenario
+    from .scenario.format.loader import load_scenario
 
     return load_scenario(args.file, _overrides(args))
 
 
 def _peer(args: argparse.Namespace) -> int:
     from .deploy import core_command, load_peer_file
-    from .scenario.loader import ScenarioError
+    from .scenario.format.loader import ScenarioError
 
     try:
         peer = load_peer_file(args.file)
@@ -100,9 +100,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .scenario.report import write_run_report
-    from .scenario.runlog import logs_to
-    from .scenario.runner import WarmupTooShort, run_scenario
+    from .scenario.results.report import write_run_report
+    from .scenario.run.runlog import logs_to
+    from .scenario.run.runner import WarmupTooShort, run_scenario
 
     scenario = _load(args)
     console = Console(stderr=True)
@@ -155,8 +155,8 @@ def _deploy_on(args: argparse.Namespace, scenario: Any, network: Any) -> int:
     from rich.console import Console
 
     from .deploy.local import DeployOptions, deploy_scenario
-    from .scenario.report import write_run_report
-    from .scenario.runlog import logs_to
+    from .scenario.results.report import write_run_report
+    from .scenario.run.runlog import logs_to
 
     scenario, notes = _scaled(args, scenario)
     console = Console(stderr=True)
@@ -194,9 +194,9 @@ def _fidelity(args: argparse.Namespace) -> int:
 
     from .deploy.fidelity import fidelity_failed, run_fidelity, write_fidelity_report
     from .deploy.local import DeployOptions, Loopback, deploy_scenario
-    from .scenario.report import write_run_report
-    from .scenario.runlog import logs_to
-    from .scenario.runner import run_scenario
+    from .scenario.results.report import write_run_report
+    from .scenario.run.runlog import logs_to
+    from .scenario.run.runner import run_scenario
 
     scenario = _load(args)
     scenario, scaled = _scaled(args, scenario)
@@ -244,7 +244,7 @@ def _report_folder(args: argparse.Namespace, scenario: Any, console: Any) -> Pat
 
     `--out DIR` is refused when DIR holds another run's report; the default `runs/<name>/<seed>/`
     gives way to the first of `<seed>-2/`, `<seed>-3/`, ... that is free or holds this same run."""
-    from .scenario.loader import dump_resolved
+    from .scenario.format.loader import dump_resolved
 
     resolved = dump_resolved(scenario)
     wanted = Path(args.out) if args.out else RUNS / scenario.name / str(scenario.seed)
@@ -273,8 +273,8 @@ def _report_folder(args: argparse.Namespace, scenario: Any, console: Any) -> Pat
 def _other_run(folder: Path, resolved: str) -> str | None:
     """None when a run of the scenario ``resolved`` may write its report into ``folder`` (absent,
     holding no report, or a report of the same scenario); else how the report there differs."""
-    from .scenario.compare import differences_line, scenario_differences
-    from .scenario.sweep import REQUIRED_FILES
+    from .scenario.results.compare import differences_line, scenario_differences
+    from .scenario.run.sweep import REQUIRED_FILES
 
     if folder.exists() and not folder.is_dir():
         return "it is a file, not a folder"
@@ -348,7 +348,7 @@ def _print_results(console: Any, result: Any, out: Path) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .scenario.sweep import plan_sweep, run_sweep
+    from .scenario.run.sweep import plan_sweep, run_sweep
 
     console = Console(stderr=True)
     name = plan_sweep(args.file, args.set, seeds=1)[0].scenario.name
@@ -386,7 +386,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .scenario.compare import compare_reports, write_comparison
+    from .scenario.results.compare import compare_reports, write_comparison
 
     print(compare_reports(args.a, args.b))
     if args.out:
@@ -541,9 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.core_args = core_args
     args.argv = argv
     args.command_line = shlex.join(["hivemind-sim", *argv])
-    from .scenario.compare import CompareError
-    from .scenario.loader import ScenarioError
-    from .scenario.sweep import ClusterError
+    from .scenario.format.loader import ScenarioError
+    from .scenario.results.compare import CompareError
+    from .scenario.run.sweep import ClusterError
 
     try:
         return args.handler(args)

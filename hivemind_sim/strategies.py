@@ -27,8 +27,8 @@ from typing import Any, get_args
 import yaml
 from hypothesis import strategies as st
 
-from .scenario import schema
-from .scenario.units import parse_duration
+from .scenario.format import schema
+from .scenario.format.units import parse_duration
 
 Data = dict[str, Any]
 """One YAML mapping (a scenario, a group, an event...)."""

@@ -222,7 +222,7 @@ def test_sim_run_that_stopped_early_exits_3_says_why_and_keeps_its_report(
     import json
 
     from hivemind_sim.cli import main
-    from hivemind_sim.scenario import runner
+    from hivemind_sim.scenario.run import runner
 
     run_scenario = runner.run_scenario
     why = "the runner failed at 4.0 s: RuntimeError: boom"

@@ -20,8 +20,8 @@ from hivemind_sim.cli import main as sim_main
 from hivemind_sim.deploy.placement import plan_layout
 from hivemind_sim.deploy.processes import PeerDown, PeerProcess, core_argv
 from hivemind_sim.deploy.scale import scale_scenario
-from hivemind_sim.scenario.loader import load_scenario, parse_scenario
-from hivemind_sim.scenario.peers import ScenarioPeers  # noqa: F401  # the simulator's placement
+from hivemind_sim.scenario.format.loader import load_scenario, parse_scenario
+from hivemind_sim.scenario.run.peers import ScenarioPeers  # noqa: F401  # the simulator's placement
 
 SMALL = textwrap.dedent(
     """\

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from every_feature import shuffle_task_addresses
 
-from hivemind_sim.scenario.loader import load_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format.loader import load_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 
 
 def test_dht_swarm_with_churn_is_reproducible_across_hash_seeds() -> None:

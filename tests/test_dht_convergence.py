@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from hivemind_sim.scenario import schema
+from hivemind_sim.scenario.format import schema
 from hivemind_sim.testing import invariants
 from hivemind_sim.testing.driver import SwarmDriver
 

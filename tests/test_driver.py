@@ -13,9 +13,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 
-from hivemind_sim.scenario import schema
-from hivemind_sim.scenario.loader import load_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format import schema
+from hivemind_sim.scenario.format.loader import load_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 from hivemind_sim.testing import invariants, replay
 from hivemind_sim.testing.driver import SwarmDriver
 from hivemind_sim.testing.stateful import SwarmMachine

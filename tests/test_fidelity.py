@@ -18,10 +18,10 @@ from hivemind_sim.deploy.fidelity import (
     run_fidelity,
     write_fidelity_report,
 )
-from hivemind_sim.scenario.loader import load_scenario
-from hivemind_sim.scenario.metrics import Recorder
-from hivemind_sim.scenario.runner import RunResult
-from hivemind_sim.scenario.schema import Scenario
+from hivemind_sim.scenario.format.loader import load_scenario
+from hivemind_sim.scenario.format.schema import Scenario
+from hivemind_sim.scenario.results.metrics import Recorder
+from hivemind_sim.scenario.run.runner import RunResult
 
 SCENARIO = load_scenario(Path(__file__).parent.parent / "scenarios" / "quickstart.yaml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

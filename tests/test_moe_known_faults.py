@@ -21,8 +21,8 @@ from hivemind_core.moe.server import ExpertBackend, TensorSpec
 from hivemind_core.moe.server.batching import PoolFull, TaskPool
 from hivemind_core.moe.uid import expand_pattern
 from hivemind_core.net import RemoteError, RequestTimeout
-from hivemind_sim.scenario.loader import parse_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format.loader import parse_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 from hivemind_sim.swarms.faults import misbehave
 
 HID = 8

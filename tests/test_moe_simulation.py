@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hivemind_sim.scenario.loader import load_scenario
-from hivemind_sim.scenario.runner import RunResult, run_scenario
+from hivemind_sim.scenario.format.loader import load_scenario
+from hivemind_sim.scenario.run.runner import RunResult, run_scenario
 
 SWARM = """\
 schema_version: 1

@@ -11,8 +11,8 @@ import pytest
 
 from hivemind_core.cli import _training_config, build_parser
 from hivemind_sim.deploy.peer_file import SCENARIO_ONLY, PeerFile, core_command, load_peer_file
-from hivemind_sim.scenario.loader import ScenarioError, parse_model
-from hivemind_sim.scenario.schema import PeerGroup, TrainingWorkload
+from hivemind_sim.scenario.format.loader import ScenarioError, parse_model
+from hivemind_sim.scenario.format.schema import PeerGroup, TrainingWorkload
 
 PEER = """\
 role: peer

@@ -15,15 +15,16 @@ import every_feature
 import pytest
 
 from hivemind_sim.cli import main
-from hivemind_sim.scenario import report, schema
-from hivemind_sim.scenario.loader import load_scenario
-from hivemind_sim.scenario.names import COUNTERS, EVENTS
-from hivemind_sim.scenario.report import deterministic_metrics
+from hivemind_sim.scenario.format import schema
+from hivemind_sim.scenario.format.loader import load_scenario
+from hivemind_sim.scenario.format.names import COUNTERS, EVENTS
+from hivemind_sim.scenario.results import report
+from hivemind_sim.scenario.results.report import deterministic_metrics
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scenarios.md"
 NO_PLOTS = (
     "import sys\n"
-    "from hivemind_sim.scenario import report\n"
+    "from hivemind_sim.scenario.results import report\n"
     "report.write_plots = lambda *args, **kwargs: None  # not compared, and most of a report's time\n"
     "from hivemind_sim.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"

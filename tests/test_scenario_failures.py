@@ -15,10 +15,11 @@ import pytest
 from hivemind_core.dht import DHTNode
 from hivemind_core.moe.server import ExpertServer
 from hivemind_sim.cli import main
-from hivemind_sim.scenario import report, runner
-from hivemind_sim.scenario.loader import parse_scenario
-from hivemind_sim.scenario.runner import run_scenario
-from hivemind_sim.scenario.training import Trainer
+from hivemind_sim.scenario.format.loader import parse_scenario
+from hivemind_sim.scenario.results import report
+from hivemind_sim.scenario.run import runner
+from hivemind_sim.scenario.run.runner import run_scenario
+from hivemind_sim.scenario.run.training import Trainer
 
 DHT_ONLY = """\
 schema_version: 1
@@ -196,4 +197,4 @@ def test_run_log_lines_carry_simulated_time_and_repeats_are_counted(tmp_path: Pa
     assert float(first[0]) > 0 and first[1] == "s"
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     more = int(summary["peers.errors.total"]) - 3
-    assert f"{more} more like this from hivemind_sim.scenario.failures" in (out / "run.log").read_text()
+    assert f"{more} more like this from hivemind_sim.scenario.run.failures" in (out / "run.log").read_text()

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from hivemind_core.moe.server import ExpertBackend
-from hivemind_sim.scenario.loader import ScenarioError, dump_resolved, parse_scenario
-from hivemind_sim.scenario.runner import open_run, run_scenario
-from hivemind_sim.scenario.schema import Scenario
+from hivemind_sim.scenario.format.loader import ScenarioError, dump_resolved, parse_scenario
+from hivemind_sim.scenario.format.schema import Scenario
+from hivemind_sim.scenario.run.runner import open_run, run_scenario
 from hivemind_sim.swarms import faults
 
 SWARM = """\

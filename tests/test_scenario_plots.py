@@ -9,9 +9,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from hivemind_sim.scenario import plots
-from hivemind_sim.scenario.metrics import Recorder
-from hivemind_sim.scenario.plots import MAX_CDF_POINTS
+from hivemind_sim.scenario.results import plots
+from hivemind_sim.scenario.results.metrics import Recorder
+from hivemind_sim.scenario.results.plots import MAX_CDF_POINTS
 
 
 def _axes(fig: Figure) -> Axes:

@@ -9,11 +9,11 @@ import random
 import pytest
 from matplotlib import pyplot as plt
 
-from hivemind_sim.scenario import plots
-from hivemind_sim.scenario.assertions import Assertion, evaluate, format_duration
-from hivemind_sim.scenario.metrics import Recorder
-from hivemind_sim.scenario.plots import NOT_OBSERVED, PLOTS
-from hivemind_sim.scenario.report import deterministic_metrics, write_report
+from hivemind_sim.scenario.results import plots
+from hivemind_sim.scenario.results.assertions import Assertion, evaluate, format_duration
+from hivemind_sim.scenario.results.metrics import Recorder
+from hivemind_sim.scenario.results.plots import NOT_OBSERVED, PLOTS
+from hivemind_sim.scenario.results.report import deterministic_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

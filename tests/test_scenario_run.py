@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hivemind_sim.cli import main
-from hivemind_sim.scenario.report import deterministic_metrics
+from hivemind_sim.scenario.results.report import deterministic_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_FILES = {

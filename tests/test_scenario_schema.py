@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, BeforeValidator, TypeAdapter
 
-from hivemind_sim.scenario import schema, units
-from hivemind_sim.scenario.loader import (
+from hivemind_sim.scenario.format import schema, units
+from hivemind_sim.scenario.format.loader import (
     ScenarioError,
     TraceSession,
     dump_resolved,
@@ -30,8 +30,8 @@ from hivemind_sim.scenario.loader import (
     parse_scenario,
     read_churn_trace,
 )
-from hivemind_sim.scenario.schema import Assertion, Scenario
-from hivemind_sim.scenario.units import (
+from hivemind_sim.scenario.format.schema import Assertion, Scenario
+from hivemind_sim.scenario.format.units import (
     Bandwidth,
     ChurnTime,
     Compute,

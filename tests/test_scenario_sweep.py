@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_sim.scenario.compare import CompareError, compare_reports, write_comparison
-from hivemind_sim.scenario.loader import ScenarioError, load_scenario
-from hivemind_sim.scenario.plots import PLOTS
-from hivemind_sim.scenario.report import deterministic_metrics
-from hivemind_sim.scenario.sweep import (
+from hivemind_sim.scenario.format.loader import ScenarioError, load_scenario
+from hivemind_sim.scenario.results.compare import CompareError, compare_reports, write_comparison
+from hivemind_sim.scenario.results.plots import PLOTS
+from hivemind_sim.scenario.results.report import deterministic_metrics
+from hivemind_sim.scenario.run.sweep import (
     REQUIRED_FILES,
     ClusterError,
     SweepRun,
@@ -120,7 +120,7 @@ def test_nothing_swept_is_one_point_of_replicates(tiny: Path) -> None:
 
 def test_seeds_are_the_same_in_every_process(tiny: Path) -> None:
     point = (("peers.0.count", "3"), ("churn.session.median", "10m"))
-    code = f"from hivemind_sim.scenario.sweep import derive_seed; print(derive_seed(5, {point!r}, 1))"
+    code = f"from hivemind_sim.scenario.run.sweep import derive_seed; print(derive_seed(5, {point!r}, 1))"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -216,7 +216,7 @@ def test_tiny_sweep_on_two_workers_writes_everything_and_resumes(tiny: Path, tmp
         assert f"]({png.name})" in markdown
 
     # a worker's run is the run: the same digest when its resolved scenario.yaml runs here
-    from hivemind_sim.scenario.runner import run_scenario
+    from hivemind_sim.scenario.run.runner import run_scenario
 
     first = summary.records[0]
     again = run_scenario(load_scenario(out / first.run.rel_dir / "scenario.yaml"))
@@ -296,8 +296,8 @@ def test_sweep_on_a_local_dask_cluster(tiny: Path, tmp_path: Path) -> None:
 @pytest.fixture
 def two_reports(tiny: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A real report, and a copy edited as a worse run would be (compare reads files only)."""
-    from hivemind_sim.scenario.report import write_run_report
-    from hivemind_sim.scenario.runner import run_scenario
+    from hivemind_sim.scenario.results.report import write_run_report
+    from hivemind_sim.scenario.run.runner import run_scenario
 
     a, b = tmp_path / "a", tmp_path / "b"
     write_run_report(a, run_scenario(load_scenario(tiny)))
@@ -335,7 +335,7 @@ def test_compare_refuses_a_folder_without_a_report(tmp_path: Path) -> None:
 
 
 def test_every_kind_of_summary_metric_gets_words() -> None:
-    from hivemind_sim.scenario.names import describe_metric
+    from hivemind_sim.scenario.format.names import describe_metric
 
     assert describe_metric("dht.get.p99 during cut") == "DHT get latency p99 during cut"
     assert describe_metric("dht.lookup.hops.mean") == "DHT lookup hops, mean"
@@ -497,8 +497,8 @@ def test_compare_names_the_scenario_keys_that_differ(
 
 
 def test_scenario_differences_name_keys_as_set_does() -> None:
-    from hivemind_sim.scenario.compare import Difference, differences_line, scenario_differences
-    from hivemind_sim.scenario.loader import dump_resolved
+    from hivemind_sim.scenario.format.loader import dump_resolved
+    from hivemind_sim.scenario.results.compare import Difference, differences_line, scenario_differences
 
     quickstart = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.yaml"
     a = dump_resolved(load_scenario(quickstart))
@@ -526,7 +526,7 @@ def test_scenario_differences_name_keys_as_set_does() -> None:
 
 def test_a_sweep_shows_its_runs_that_stopped_early(tiny: Path, tmp_path: Path, monkeypatch) -> None:
     from hivemind_sim import cli
-    from hivemind_sim.scenario import sweep
+    from hivemind_sim.scenario.run import sweep
 
     runs = plan_sweep(tiny, [], seeds=2)
     metrics = {

@@ -6,8 +6,8 @@ import functools
 
 import pytest
 
-from hivemind_sim.scenario.loader import parse_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format.loader import parse_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 
 TRAINING = """\
 schema_version: 1

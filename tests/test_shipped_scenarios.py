@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from hivemind_sim.cli import main
-from hivemind_sim.scenario.units import parse_duration
+from hivemind_sim.scenario.format.units import parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))

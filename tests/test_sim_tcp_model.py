@@ -8,8 +8,8 @@ import pytest
 
 from hivemind_core.net import RequestTimeout
 from hivemind_sim import AccessLink, SimTransport, Simulation, TcpOptions
-from hivemind_sim.scenario.loader import parse_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format.loader import parse_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 
 ONE_WAY = 0.020  # two 10 ms access links
 LINK = AccessLink(latency=0.010, uplink_bps=1e12, downlink_bps=1e12)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 
-from hivemind_sim.scenario import schema
+from hivemind_sim.scenario.format import schema
 from hivemind_sim.testing import invariants
 from hivemind_sim.testing.stateful import SwarmMachine
 

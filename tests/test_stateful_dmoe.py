@@ -25,7 +25,7 @@ from hypothesis.stateful import initialize, rule
 
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
 from hivemind_core.moe.client.beam_search import MoEBeamSearcher
-from hivemind_sim.scenario import schema
+from hivemind_sim.scenario.format import schema
 from hivemind_sim.strategies import MISBEHAVIOURS
 from hivemind_sim.testing import invariants
 from hivemind_sim.testing.stateful import SwarmMachine

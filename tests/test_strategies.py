@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 from hivemind_sim import Topology
-from hivemind_sim.scenario import schema
-from hivemind_sim.scenario.loader import parse_scenario
-from hivemind_sim.scenario.runner import run_scenario
+from hivemind_sim.scenario.format import schema
+from hivemind_sim.scenario.format.loader import parse_scenario
+from hivemind_sim.scenario.run.runner import run_scenario
 from hivemind_sim.strategies import (
     GENERATED_KINDS,
     HOSTILE_BEHAVIOURS,

@@ -1,6 +1,6 @@
 """Training through a DMoE layer: the built-in tasks, the trainer's model, and its step.
 
-The simulator's trainers (``hivemind_sim.scenario.training``) and a real peer's
+The simulator's trainers (``hivemind_sim.scenario.run.training``) and a real peer's
 (``hivemind-core train`` and ``peer``) use these same pieces, so a scenario's training and a
 deployed one compute the same thing.
 """

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..scenario.runner import RunResult
-    from ..scenario.schema import Scenario
+    from ..scenario.format.schema import Scenario
+    from ..scenario.run.runner import RunResult
 
 Kind = Literal["relative", "absolute"]
 Verdict = Literal["pass", "fail", "unknown", "reported"]

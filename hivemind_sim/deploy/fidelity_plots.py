@@ -1,6 +1,6 @@
 """The fidelity report's plots: each world's runs drawn on shared axes, simulated solid, deployed dashed.
 
-Styled as a run report's plots (``scenario.plots``: its figure size, CDF drawing, tick formats
+Styled as a run report's plots (``scenario.results.plots``: its figure size, CDF drawing, tick formats
 and "not observed" panels), with one colour and one line style per world so the two read apart
 in print too. Built on the Agg canvas without pyplot, matplotlib imported only when drawn.
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..scenario.plots import (
+from ..scenario.results.plots import (
     EVENT_LABELS,
     NOT_OBSERVED,
     _cdf,
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..scenario.runner import RunResult
+    from ..scenario.run.runner import RunResult
 
 FIDELITY_PLOTS = (
     "fidelity_latency_cdf.png",

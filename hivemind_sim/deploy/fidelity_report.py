@@ -14,15 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..scenario.assertions import format_duration
-from ..scenario.compare import _percent, _value
-from ..scenario.names import describe_metric, metric_unit
-from ..scenario.report import _finite
+from ..scenario.format.names import describe_metric, metric_unit
+from ..scenario.results.assertions import format_duration
+from ..scenario.results.compare import _percent, _value
+from ..scenario.results.report import _finite
 from .fidelity import MIN_SEEDS, WORLDS, Check, FidelityResult, FigureResult
 from .fidelity_plots import write_fidelity_plots
 
 if TYPE_CHECKING:
-    from ..scenario.runner import RunResult
+    from ..scenario.run.runner import RunResult
 
 FIDELITY_FORMAT = 1  # bump when the layout of fidelity.json changes
 VERDICT_WORDS = {"pass": "pass", "fail": "**FAIL**", "unknown": "**unknown**", "reported": "reported"}

@@ -35,11 +35,11 @@ from typing import Any, Protocol
 
 from hivemind_core.dht import DHTConfig
 
-from ..scenario import schema
-from ..scenario.assertions import evaluate
-from ..scenario.events import event_name
-from ..scenario.metrics import Recorder
-from ..scenario.runner import Progress, RunResult
+from ..scenario.format import schema
+from ..scenario.results.assertions import evaluate
+from ..scenario.results.metrics import Recorder
+from ..scenario.run.events import event_name
+from ..scenario.run.runner import Progress, RunResult
 from .peer_file import PeerFile, core_command
 from .placement import Layout, plan_layout
 from .processes import PeerDown, PeerProcess, Record, core_argv

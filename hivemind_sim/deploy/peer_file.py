@@ -19,8 +19,8 @@ from pydantic import Field, model_validator
 
 from hivemind_core.moe.uid import grid_share
 
-from ..scenario.loader import ScenarioError, parse_model, read_text
-from ..scenario.schema import FrozenModel, Role, ScenarioProblems, TrainingWorkload
+from ..scenario.format.loader import ScenarioError, parse_model, read_text
+from ..scenario.format.schema import FrozenModel, Role, ScenarioProblems, TrainingWorkload
 
 SCENARIO_ONLY = {
     "group": "it names a group of simulated peers",

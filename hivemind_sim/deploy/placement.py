@@ -14,10 +14,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..scenario import schema
-from ..scenario.failures import PeerFailures
-from ..scenario.metrics import Recorder
-from ..scenario.peers import Placement, ScenarioPeers, build_topology
+from ..scenario.format import schema
+from ..scenario.results.metrics import Recorder
+from ..scenario.run.failures import PeerFailures
+from ..scenario.run.peers import Placement, ScenarioPeers, build_topology
 from ..swarms.baton import Baton
 from ..world.simulation import Simulation
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 
-from ..scenario import schema
+from ..scenario.format import schema
 
 PROCESS_MEMORY = 400 * 2**20
 """What one peer process may take (torch, experts, buffers), for the default cap."""

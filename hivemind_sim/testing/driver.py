@@ -2,7 +2,7 @@
 
 A property test needs to act on a swarm between checks: crash this peer, store that key, let
 ten seconds pass, look at every routing table. ``SwarmDriver`` opens a scenario run
-(``scenario.runner.open_run``), joins its peers, and then applies each action as a scenario
+(``scenario.run.runner.open_run``), joins its peers, and then applies each action as a scenario
 event at the current simulated time through ``Timeline.apply_at_now`` (the timeline's own code
 path). ``driver.scenario()`` is therefore the base scenario plus the events applied, and
 ``hivemind-sim run`` on it (``replay.to_yaml``) gives the trace digest ``driver.finish()`` gave.
@@ -24,9 +24,9 @@ from pydantic import TypeAdapter
 
 from hivemind_core.dht import DHTNode
 
-from ..scenario import schema
-from ..scenario.peers import ScenarioPeers
-from ..scenario.runner import open_run
+from ..scenario.format import schema
+from ..scenario.run.peers import ScenarioPeers
+from ..scenario.run.runner import open_run
 from ..swarms.dht_swarm import DHTSwarm
 from ..world.simulation import Simulation
 
@@ -310,7 +310,7 @@ def _capture_peer_errors(errors: list[tuple[str, str, BaseException | None]]) ->
             logger.removeHandler(handler)
 
 
-_FAILURES = "hivemind_sim.scenario.failures"
+_FAILURES = "hivemind_sim.scenario.run.failures"
 
 
 class _PeerErrors(logging.Handler):

@@ -68,7 +68,7 @@ def swarm() -> Iterator[Callable[..., Any]]:
 
 def dht_swarm(peers: int, seed: int = 0) -> Any:
     """A scenario of ``peers`` plain DHT peers with 10 ms links, joined in a 30 s warmup."""
-    from ..scenario.schema import Scenario
+    from ..scenario.format.schema import Scenario
 
     return Scenario.model_validate(
         {

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..scenario import schema
-from ..scenario.loader import dump_resolved, load_scenario
-from ..scenario.runner import run_scenario
+from ..scenario.format import schema
+from ..scenario.format.loader import dump_resolved, load_scenario
+from ..scenario.run.runner import run_scenario
 from .driver import SwarmDriver
 
 REPLAY_DIR_ENV = "HIVEMIND_REPLAY_DIR"

@@ -17,7 +17,7 @@ from typing import ClassVar
 from hypothesis.errors import HypothesisException
 from hypothesis.stateful import RuleBasedStateMachine
 
-from ..scenario import schema
+from ..scenario.format import schema
 from . import replay
 from .driver import SwarmDriver
 

@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..swarms.behaviours import FLOODS as FLOOD_BEHAVIOURS
-from ..swarms.behaviours import HOSTILE_BEHAVIOURS
+from ...swarms.behaviours import FLOODS as FLOOD_BEHAVIOURS
+from ...swarms.behaviours import HOSTILE_BEHAVIOURS
 from .names import (
     COUNTER_STATS,
     COUNTERS,
@@ -66,7 +66,7 @@ from .units import (
 )
 
 if TYPE_CHECKING:
-    from ..swarms.churn import ChurnModel
+    from ...swarms.churn import ChurnModel
 
 Loc = tuple[str | int, ...]
 
@@ -297,7 +297,7 @@ class Churn(FrozenModel):
 
     def model(self) -> ChurnModel:
         """The churn of drawn sessions, to pass to ``swarms.churn.start_churn`` (not for a trace)."""
-        from ..swarms.churn import ChurnModel  # lazy: the format is read without loading the simulator
+        from ...swarms.churn import ChurnModel  # lazy: the format is read without loading the simulator
 
         assert self.session is not None and self.downtime is not None and self.start is not None
         return ChurnModel(self.session.to_churn(), self.downtime.to_churn(), self.graceful, self.start)

@@ -18,10 +18,10 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..swarms import faults, hostile
-from ..world.network import AccessLink
-from . import schema
-from .metrics import Recorder
+from ...swarms import faults, hostile
+from ...world.network import AccessLink
+from ..format import schema
+from ..results.metrics import Recorder
 from .operations import Operations, Outcome
 from .peers import ScenarioPeers
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..format.names import COUNTERS, EVENTS
 from .assertions import format_duration
 from .metrics import Recorder, Window
-from .names import COUNTERS, EVENTS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -47,11 +47,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .assertions import format_duration, format_value
-from .loader import Problem, ScenarioError, dump_resolved, parse_scenario
-from .names import describe_metric, metric_unit
-from .report import METRICS_FORMAT, counts_text
-from .schema import Scenario
+from ..format.loader import Problem, ScenarioError, dump_resolved, parse_scenario
+from ..format.names import describe_metric, metric_unit
+from ..format.schema import Scenario
+from ..results.assertions import format_duration, format_value
+from ..results.report import METRICS_FORMAT, counts_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -486,7 +486,7 @@ def execute(source: Source, overrides: Sequence[str]) -> tuple[dict[str, bytes] 
 
     The core's log (lost gradients, bans, timeouts) goes to the report's `run.log`, as with
     `hivemind-sim run`, instead of flooding the sweep's console from every worker."""
-    from .report import write_run_report
+    from ..results.report import write_run_report
     from .runlog import logs_to
     from .runner import run_scenario  # heavy (torch): imported in the worker, not by the planner
 
@@ -892,7 +892,7 @@ def write_sweep_plots(summary: SweepSummary) -> list[Path]:
 def sweep_figure(summary: SweepSummary, metric: str) -> Figure:
     """The metric against the first axis: the mean with min-max bars, each seed a dot beside it,
     one line per combination of the other axes, assertion thresholds dashed."""
-    from .plots import new_figure
+    from ..results.plots import new_figure
 
     x_key, x_values = summary.axes[0] if summary.axes else ("", ["base"])
     title = describe_metric(metric)

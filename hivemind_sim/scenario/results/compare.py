@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..format.names import describe_metric, metric_unit
+from ..run.sweep import assertion_text, run_metrics, show
 from .assertions import format_duration
-from .names import describe_metric, metric_unit
 from .plots import duration_ticks, integer_ticks
 from .report import counts_text
-from .sweep import assertion_text, run_metrics, show
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..format.loader import dump_resolved
+from ..format.names import metric_unit
 from .assertions import AssertionResult, format_value
-from .loader import dump_resolved
 from .metrics import Recorder
-from .names import metric_unit
 from .plots import PLOTS, write_plots
 
 if TYPE_CHECKING:
-    from .runner import RunResult
+    from ..run.runner import RunResult
 
 METRICS_FORMAT = 2  # bump when the layout of metrics.json changes
 WALL_KEY = "wall_s"

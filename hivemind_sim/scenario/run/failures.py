@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from .metrics import Recorder
+from ..results.metrics import Recorder
 
 logger = logging.getLogger(__name__)
 

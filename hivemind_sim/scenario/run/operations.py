@@ -21,7 +21,7 @@ from hivemind_core.dht import DHTNode, StoreItem
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
 from hivemind_core.net import TransportError
 
-from . import schema
+from ..format import schema
 from .peers import ScenarioPeers
 from .training import STEP_FAILURES, mixture_for
 

@@ -22,15 +22,15 @@ from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import grid_share
 
-from ..swarms.baton import Baton
-from ..swarms.compute import DeviceModel, SimulatedDevice
-from ..swarms.dht_swarm import DHTSwarm
-from ..world.network import AccessLink
-from ..world.simulation import Simulation
-from ..world.topology import Topology
-from . import schema
+from ...swarms.baton import Baton
+from ...swarms.compute import DeviceModel, SimulatedDevice
+from ...swarms.dht_swarm import DHTSwarm
+from ...world.network import AccessLink
+from ...world.simulation import Simulation
+from ...world.topology import Topology
+from ..format import schema
+from ..results.metrics import Recorder
 from .failures import PeerFailures, RunStopped
-from .metrics import Recorder
 from .training import Dataset, Trainer
 
 JOIN_WAVE = 25

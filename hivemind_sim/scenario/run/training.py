@@ -27,10 +27,10 @@ from hivemind_core.training import (
     make_optimizer,
 )
 
-from ..swarms.baton import Baton
+from ...swarms.baton import Baton
+from ..format.schema import TrainingWorkload
+from ..results.metrics import Recorder
 from .failures import PeerFailures
-from .metrics import Recorder
-from .schema import TrainingWorkload
 
 __all__ = ["STEP_FAILURES", "Dataset", "Trainer", "make_dataset"]
 

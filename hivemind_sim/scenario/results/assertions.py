@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
+from ..format.names import metric_unit
 from .metrics import Recorder
-from .names import metric_unit
 
 Status = Literal["pass", "fail", "unknown"]
 

@@ -23,17 +23,18 @@ import torch
 from hivemind_core.dht import DHTNode, StoreItem
 from hivemind_core.net import TransportError
 
-from ..swarms.baton import Baton
-from ..swarms.churn import start_churn
-from ..world.simulation import Simulation
-from ..world.tcp_model import TcpOptions
-from . import runlog, schema
-from .assertions import AssertionResult, evaluate
+from ...swarms.baton import Baton
+from ...swarms.churn import start_churn
+from ...world.simulation import Simulation
+from ...world.tcp_model import TcpOptions
+from ..format import schema
+from ..format.loader import read_churn_trace
+from ..format.names import COUNTERS
+from ..results.assertions import AssertionResult, evaluate
+from ..results.metrics import Recorder
+from . import runlog
 from .events import Timeline
 from .failures import PeerFailures, RunStopped
-from .loader import read_churn_trace
-from .metrics import Recorder
-from .names import COUNTERS
 from .peers import ScenarioPeers, build_topology
 from .training import make_dataset
 

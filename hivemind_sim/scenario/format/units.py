@@ -500,7 +500,7 @@ Varying = _VaryingFactory()
 
 
 def _churn_module() -> Any:
-    from ..swarms import churn  # lazy: the format is read without loading the simulator
+    from ...swarms import churn  # lazy: the format is read without loading the simulator
 
     return churn
 
