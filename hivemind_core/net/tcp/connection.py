@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .transport import TcpTransport
 
 _COALESCE_LIMIT = 64 * 1024  # payloads below this are copied into one write with their header
-_COPY_LIMIT = 4096  # payloads below this are sliced out of the buffer; larger ones through a view
+_COPY_LIMIT = 4096  # payloads below this are sliced out of a bytearray; larger ones through a view
 _READ_AHEAD = 256 * 1024  # unparsed bytes a connection may hold while it waits for its turn
 # Requests a backlogged connection may have in service (they wait for the backlog to drain before
 # their handler runs): enough to keep reading ahead while a large reply drains, few enough that a
@@ -61,7 +61,9 @@ class Connection(asyncio.Protocol):
         self.host_state: Host | None = None  # set once the owner admits the connection
         self.incoming = incoming
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        # Bytes not yet cut into frames: the rest of one chunk as it was read (bytes), which is
+        # sliced without copying it first, or a bytearray once later chunks add to it.
+        self.buffer: bytes | bytearray = b""
         self.loop = asyncio.get_running_loop()
         self.last_active = self.loop.time()  # when it was last busy (see ``TcpTransport._on_inflight``)
         self.pending = 0
@@ -131,7 +133,14 @@ class Connection(asyncio.Protocol):
             return
         if self.dropped:
             return
-        self.buffer += data
+        buffer = self.buffer
+        if not buffer:
+            self.buffer = data
+        elif type(buffer) is bytes:
+            self.buffer = bytearray(buffer)
+            self.buffer += data
+        else:
+            buffer += data
         if self.waiting_turn or self.blocked:
             self.update_reading()
         else:
@@ -181,13 +190,16 @@ class Connection(asyncio.Protocol):
         if self.dropped or self.transport is None:
             return 0
         buffer = self.buffer
+        in_place = type(buffer) is bytes
+        limit = self.max_frame_size
         deliver = self.owner._frame_received
         offset, end = 0, len(buffer)
         handed = 0
         more = blocked = False
         while end - offset >= HEADER_SIZE:
             length, kind, request_id = HEADER.unpack_from(buffer, offset)
-            if not self._length_ok(length):
+            if length + _PREFIX_SIZE > limit or length < _MIN_LENGTH:
+                self._refuse_length(length)
                 return handed
             stop = offset + _PREFIX_SIZE + length
             if stop > end:
@@ -200,7 +212,9 @@ class Connection(asyncio.Protocol):
                     more = True
                     break
                 handed += 1
-            if length < _COPY_LIMIT:
+            if in_place:
+                payload = buffer[offset + HEADER_SIZE : stop]
+            elif length < _COPY_LIMIT:
                 payload = bytes(buffer[offset + HEADER_SIZE : stop])
             else:  # one copy, not two
                 with memoryview(buffer) as view:
@@ -210,11 +224,16 @@ class Connection(asyncio.Protocol):
             if self.dropped:
                 return handed
         else:
-            if end - offset >= _PREFIX_SIZE and not self._length_ok(PREFIX.unpack_from(buffer, offset)[0]):
-                return handed
+            if end - offset >= _PREFIX_SIZE:
+                (length,) = PREFIX.unpack_from(buffer, offset)
+                if length + _PREFIX_SIZE > limit or length < _MIN_LENGTH:
+                    self._refuse_length(length)
+                    return handed
         if offset:
             if offset == end:
-                buffer.clear()
+                self.buffer = buffer = b""
+            elif in_place:
+                self.buffer = buffer = buffer[offset:]
             else:
                 del buffer[:offset]
         self.blocked = blocked
@@ -229,16 +248,13 @@ class Connection(asyncio.Protocol):
             self.update_reading()
         return handed
 
-    def _length_ok(self, length: int) -> bool:
-        """Whether a frame's length prefix is acceptable; drops the connection if not."""
+    def _refuse_length(self, length: int) -> None:
+        """Drop the connection for a frame whose length prefix is over the limit or too short."""
         if length + _PREFIX_SIZE > self.max_frame_size:
             size, limit = length + _PREFIX_SIZE, self.max_frame_size
             self.owner._drop(self, f"frame of {size} bytes exceeds the {limit}-byte limit")
-            return False
-        if length < _MIN_LENGTH:
+        else:
             self.owner._drop(self, f"frame length {length} is shorter than the frame header")
-            return False
-        return True
 
     def unblock(self) -> None:
         """Called when a serving slot frees up or the backlog drains: take a turn again."""
@@ -268,6 +284,8 @@ class Connection(asyncio.Protocol):
         if self._send_line is not None:  # emulated delay: write it when it would have left
             self._send_line.push((header, payload))
             self._delayed_bytes += len(header) + len(payload)
+        elif len(payload) < _COALESCE_LIMIT:
+            transport.write(header + payload)
         else:
             self._write_now(transport, header, payload)
 

@@ -32,7 +32,7 @@ class Pool:
         self.owner = owner
         self.connections: dict[Endpoint, Connection] = {}
         self.dials: dict[Endpoint, asyncio.Task[Connection]] = {}
-        self._slot_waiters: list[asyncio.Future[None]] = []
+        self.slot_waiters: list[asyncio.Future[None]] = []  # dials waiting for a free slot
         self._dial_waiters: collections.Counter[Endpoint] = collections.Counter()  # requests awaiting a dial
         self._dialing: set[Endpoint] = set()  # dials that hold a slot of the pool (past the wait for one)
 
@@ -79,15 +79,11 @@ class Pool:
 
     def wake_slot_waiter(self) -> None:
         """A slot may be free (a connection closed or went idle): let one waiting dial check."""
-        while self._slot_waiters:
-            waiter = self._slot_waiters.pop(0)
+        while self.slot_waiters:
+            waiter = self.slot_waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
                 return
-
-    @property
-    def has_slot_waiters(self) -> bool:
-        return bool(self._slot_waiters)
 
     async def _connect(self, peer: Endpoint, host: str, port: int) -> Connection:
         owner = self.owner
@@ -163,9 +159,9 @@ class Pool:
                     oldest.transport.close()
                 return
             waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
+            self.slot_waiters.append(waiter)
             try:
                 await waiter
             finally:
-                if waiter in self._slot_waiters:
-                    self._slot_waiters.remove(waiter)
+                if waiter in self.slot_waiters:
+                    self.slot_waiters.remove(waiter)

@@ -145,14 +145,13 @@ class TcpTransport(FramedTransport):
                 return connection
         return await self._pool.open(peer, deadline)
 
-    def _write(self, link: Connection, kind: int, request_id: int, payload: bytes) -> None:  # type: ignore[override]
-        link.send(kind, request_id, payload)
+    # The connection writes a frame, and waits for its backlog, itself: ``self._write(link, ...)``
+    # calls ``Connection.send(link, ...)`` directly, without a call in between.
+    _write = staticmethod(Connection.send)  # type: ignore[assignment]
+    _drained = staticmethod(Connection.drain)  # type: ignore[assignment]
 
     def _backlogged(self, link: Connection) -> bool:  # type: ignore[override]
         return link.write_paused and link.writable
-
-    async def _drained(self, link: Connection, until: asyncio.Future[bytes] | None = None) -> None:  # type: ignore[override]
-        await link.drain(until)
 
     def _sender(self, link: Connection) -> Endpoint:  # type: ignore[override]
         return link.peer
@@ -170,7 +169,7 @@ class TcpTransport(FramedTransport):
             link.pending += delta
         if delta < 0 and not (link.pending or link.serving):
             link.last_active = link.loop.time()
-            if self._pool.has_slot_waiters:
+            if self._pool.slot_waiters:
                 self._pool.wake_slot_waiter()
 
     def _stop_accepting(self) -> None:
