@@ -274,7 +274,7 @@ def _other_run(folder: Path, resolved: str) -> str | None:
     """None when a run of the scenario ``resolved`` may write its report into ``folder`` (absent,
     holding no report, or a report of the same scenario); else how the report there differs."""
     from .scenario.results.compare import differences_line, scenario_differences
-    from .scenario.run.sweep import REQUIRED_FILES
+    from .scenario.run.sweep_execution import REQUIRED_FILES
 
     if folder.exists() and not folder.is_dir():
         return "it is a file, not a folder"
@@ -348,7 +348,8 @@ def _print_results(console: Any, result: Any, out: Path) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .scenario.run.sweep import plan_sweep, run_sweep
+    from .scenario.run.sweep_execution import run_sweep
+    from .scenario.run.sweep_plan import plan_sweep
 
     console = Console(stderr=True)
     name = plan_sweep(args.file, args.set, seeds=1)[0].scenario.name
@@ -543,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = shlex.join(["hivemind-sim", *argv])
     from .scenario.format.loader import ScenarioError
     from .scenario.results.compare import CompareError
-    from .scenario.run.sweep import ClusterError
+    from .scenario.run.sweep_execution import ClusterError
 
     try:
         return args.handler(args)

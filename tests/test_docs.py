@@ -59,7 +59,7 @@ def test_documented_scenario_commands_name_valid_overrides() -> None:
     """Each documented `run` or `sweep` loads with its `--set` values (every point of a sweep):
     running them all would take too long here."""
     from hivemind_sim.scenario.format.loader import load_scenario
-    from hivemind_sim.scenario.run.sweep import plan_sweep
+    from hivemind_sim.scenario.run.sweep_plan import plan_sweep
 
     commands = documented_scenario_commands()
     assert len(commands) >= 6, commands

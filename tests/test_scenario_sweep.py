@@ -17,18 +17,14 @@ from hivemind_sim.scenario.format.loader import ScenarioError, load_scenario
 from hivemind_sim.scenario.results.compare import CompareError, compare_reports, write_comparison
 from hivemind_sim.scenario.results.plots import PLOTS
 from hivemind_sim.scenario.results.report import deterministic_metrics
-from hivemind_sim.scenario.run.sweep import (
+from hivemind_sim.scenario.run.sweep_execution import (
     REQUIRED_FILES,
     ClusterError,
-    SweepRun,
-    derive_seed,
     execute,
-    plan_sweep,
-    point_slugs,
     read_finished,
     run_sweep,
-    split_values,
 )
+from hivemind_sim.scenario.run.sweep_plan import SweepRun, derive_seed, plan_sweep, point_slugs, split_values
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +116,9 @@ def test_nothing_swept_is_one_point_of_replicates(tiny: Path) -> None:
 
 def test_seeds_are_the_same_in_every_process(tiny: Path) -> None:
     point = (("peers.0.count", "3"), ("churn.session.median", "10m"))
-    code = f"from hivemind_sim.scenario.run.sweep import derive_seed; print(derive_seed(5, {point!r}, 1))"
+    code = (
+        f"from hivemind_sim.scenario.run.sweep_plan import derive_seed\nprint(derive_seed(5, {point!r}, 1))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -526,7 +524,9 @@ def test_scenario_differences_name_keys_as_set_does() -> None:
 
 def test_a_sweep_shows_its_runs_that_stopped_early(tiny: Path, tmp_path: Path, monkeypatch) -> None:
     from hivemind_sim import cli
-    from hivemind_sim.scenario.run import sweep
+    from hivemind_sim.scenario.results.sweep_report import write_sweep_report
+    from hivemind_sim.scenario.results.sweep_summary import RunRecord, SweepSummary, summarize_points
+    from hivemind_sim.scenario.run import sweep_execution
 
     runs = plan_sweep(tiny, [], seeds=2)
     metrics = {
@@ -537,10 +537,10 @@ def test_a_sweep_shows_its_runs_that_stopped_early(tiny: Path, tmp_path: Path, m
     }
     why = "the runner failed at 7.5 s: RuntimeError: boom"
     records = [
-        sweep.RunRecord(runs[0], {**metrics, "stopped": None}),
-        sweep.RunRecord(runs[1], {**metrics, "stopped": why}),
+        RunRecord(runs[0], {**metrics, "stopped": None}),
+        RunRecord(runs[1], {**metrics, "stopped": why}),
     ]
-    summary = sweep.SweepSummary(
+    summary = SweepSummary(
         scenario=str(tiny),
         name="tiny",
         root_seed=5,
@@ -550,16 +550,16 @@ def test_a_sweep_shows_its_runs_that_stopped_early(tiny: Path, tmp_path: Path, m
         out=tmp_path,
         planned=2,
         records=records,
-        points=sweep.summarize_points(records),
+        points=summarize_points(records),
         files=[],
         wall_s=1.0,
     )
-    sweep.write_sweep_report(summary)
+    write_sweep_report(summary)
     markdown = (tmp_path / "sweep.md").read_text()
     assert "(2 run now, 0 read back from an earlier sweep, 0 error(s), 1 stopped early)" in markdown
     assert f"| `base` | {runs[1].seed} | **stopped early**: 0 pass, 0 fail, 0 unknown |" in markdown
     assert f"### Stopped early: `base`, seed {runs[1].seed}\n\n{why} (the run's report" in markdown
     assert summary.stopped == [records[1]] and not summary.interrupted and not summary.failed
 
-    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: summary)
+    monkeypatch.setattr(sweep_execution, "run_sweep", lambda *args, **kwargs: summary)
     assert cli.main(["sweep", str(tiny), "--out", str(tmp_path)]) == 3, "a run stopped early: exit 3"

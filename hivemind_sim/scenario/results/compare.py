@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..format.names import describe_metric, metric_unit
-from ..run.sweep import assertion_text, run_metrics, show
 from .assertions import format_duration
 from .plots import duration_ticks, integer_ticks
 from .report import counts_text
+from .sweep_report import show
+from .sweep_summary import assertion_text, run_metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
