@@ -427,3 +427,15 @@ def test_subnet_of_ipv4_mapped_addresses_uses_the_ipv4_subnet() -> None:
     assert subnet_of("[::ffff:192.0.2.1]:80") == "192.0.2.0/24"
     assert subnet_of("[::ffff:198.51.100.1]:80") == "198.51.100.0/24"
     assert subnet_of("[::ffff:127.0.0.1]:80") is None
+
+
+def test_tables_share_one_copy_of_each_contact_and_keep_the_latest_endpoint() -> None:
+    """Equal contacts decoded by different nodes are stored as one object (memory: a simulated
+    swarm holds a hundred copies of each peer otherwise); a new endpoint still replaces the old."""
+    first, second = RoutingTable(1, k=4), RoutingTable(2, k=4)
+    first.add(Contact(HALF + 1, "127.0.0.1:7000", b"pk"), now=0.0)
+    second.add(Contact(HALF + 1, "127.0.0.1:7000", b"pk"), now=0.0)
+    assert first.get(HALF + 1) is second.get(HALF + 1)
+    second.add(Contact(HALF + 1, "127.0.0.1:7001", b"pk"), now=1.0)
+    assert second.get(HALF + 1).endpoint == "127.0.0.1:7001"
+    assert first.get(HALF + 1).endpoint == "127.0.0.1:7000", "another table's contact is its own"

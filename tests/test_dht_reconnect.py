@@ -152,6 +152,19 @@ async def test_the_memory_of_unresponsive_contacts_is_bounded() -> None:
 
 
 @pytest.mark.asyncio(loop_factories=["sim"])
+async def test_expired_unresponsive_contacts_are_forgotten_when_the_next_is_added() -> None:
+    """A swarm with churn keeps meeting dead peers: their entries must not pile up until the
+    bound (a simulation holds one such memory per peer)."""
+    member, _ = membership(unresponsive_time=30.0)
+    for node_id in (2, 3):
+        member.unresponsive(contact(node_id))
+    await asyncio.sleep(31)
+    member.unresponsive(contact(4))
+    assert list(member._unresponsive) == [4]
+    assert not member.is_unresponsive(2) and member.is_unresponsive(4)
+
+
+@pytest.mark.asyncio(loop_factories=["sim"])
 async def test_a_peer_whose_only_contact_left_says_so_without_an_alarm(caplog) -> None:
     """A DHT peer whose one client went away is in a normal state: an info line, not a warning."""
     member, events = membership()

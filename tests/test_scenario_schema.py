@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, BeforeValidator, TypeAdapter
 
-from hivemind_sim.scenario.format import schema, units
+from hivemind_sim.scenario.format import distributions, schema, units
+from hivemind_sim.scenario.format.distributions import ChurnTime, Popularity, Varying
 from hivemind_sim.scenario.format.loader import (
     ScenarioError,
     TraceSession,
@@ -33,11 +34,8 @@ from hivemind_sim.scenario.format.loader import (
 from hivemind_sim.scenario.format.schema import Assertion, Scenario
 from hivemind_sim.scenario.format.units import (
     Bandwidth,
-    ChurnTime,
     Compute,
     Duration,
-    Popularity,
-    Varying,
     format_bandwidth,
     format_compute,
     format_duration,
@@ -1078,21 +1076,21 @@ REFERENCE: list[tuple[type[BaseModel], str]] = [
     (schema.Link, "peers[].link"),
     (schema.Hardware, "peers[].hardware"),
     (schema.Churn, "peers[].churn"),
-    (units.ExponentialTime, "churn time: exponential"),
-    (units.WeibullTime, "churn time: weibull"),
-    (units.LogNormalTime, "churn time: lognormal"),
-    (units.ParetoTime, "churn time: pareto"),
-    (units.Constant, "peer attribute: constant"),
-    (units.LogNormal, "peer attribute: lognormal"),
-    (units.Uniform, "peer attribute: uniform"),
-    (units.Choice, "peer attribute: choice"),
+    (distributions.ExponentialTime, "churn time: exponential"),
+    (distributions.WeibullTime, "churn time: weibull"),
+    (distributions.LogNormalTime, "churn time: lognormal"),
+    (distributions.ParetoTime, "churn time: pareto"),
+    (distributions.Constant, "peer attribute: constant"),
+    (distributions.LogNormal, "peer attribute: lognormal"),
+    (distributions.Uniform, "peer attribute: uniform"),
+    (distributions.Choice, "peer attribute: choice"),
     (schema._SelectingEvent, "events[]"),
     *((model, f"events[], action: {action}") for action, model in schema.EVENT_ACTIONS.items()),
     (schema.Selector, "events[].select, events[].sides[]"),
     (schema.Workload, "workload"),
     (schema.DHTWorkload, "workload.dht"),
-    (units.ZipfPopularity, "workload.dht.popularity: zipf"),
-    (units.UniformPopularity, "workload.dht.popularity: uniform"),
+    (distributions.ZipfPopularity, "workload.dht.popularity: zipf"),
+    (distributions.UniformPopularity, "workload.dht.popularity: uniform"),
     (schema.TrainingWorkload, "workload.training"),
     (schema.ModelShape, "workload.training.model"),
     (schema.Optimizer, "workload.training.optimizer"),

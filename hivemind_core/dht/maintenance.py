@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -74,7 +73,7 @@ class Maintenance:
         """Pings the contacts the node forgot after they failed (the node's membership's)."""
         self.stats = stats or DHTStats()
         """Where newcomers handed nothing are counted (the node's own stats)."""
-        self._newcomers: OrderedDict[int, Contact] = OrderedDict()
+        self._newcomers: dict[int, Contact] = {}  # in order of arrival
         self._handing_over: asyncio.Task[Any] | None = None
 
     @property

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -71,23 +70,30 @@ class Membership:
         self.on_disconnected = on_disconnected
         """Called when the last responsive contact is lost."""
         self.routing_table = RoutingTable(node_id, k=config.k, max_per_subnet=config.max_per_subnet)
-        self._connected = asyncio.Event()
-        self._connected.set()
+        self._connected = True
+        self._reconnected: asyncio.Event | None = None
+        """Set when the node connects again; made only while someone waits (see wait_connected)."""
         self.ranges_seen = 0
         """Bit ``b`` is set once a contact at a distance of bit length ``b`` entered the table:
         ranges of distance where this node has met someone since it started."""
-        self._pinging: set[int] = set()
-        self._unresponsive: OrderedDict[int, float] = OrderedDict()  # node id -> skipped until (loop time)
-        self._lost: OrderedDict[int, Contact] = OrderedDict()  # forgotten after failing, latest last
+        # plain dicts: insertion-ordered like OrderedDict at half its size, and a node keeps
+        # these for its whole life (a simulation holds one per peer, mostly empty)
+        self._pinging: dict[int, None] = {}
+        self._unresponsive: dict[int, float] = {}  # node id -> skipped until (loop time), oldest first
+        self._lost: dict[int, Contact] = {}  # forgotten after failing, latest last
 
     @property
     def connected(self) -> bool:
         """False while no contact in the table is responsive (see the module docstring)."""
-        return self._connected.is_set()
+        return self._connected
 
     async def wait_connected(self) -> None:
         """Return once the node is connected (at once if it is)."""
-        await self._connected.wait()
+        if self._connected:
+            return
+        if self._reconnected is None:
+            self._reconnected = asyncio.Event()
+        await self._reconnected.wait()
 
     def observe_requester(self, peer: str, raw_sender: Any) -> int:
         """Learn about whoever sent a request from ``peer``; returns its node id.
@@ -110,10 +116,13 @@ class Membership:
         table = self.routing_table
         entered, stale = table.admit(contact, asyncio.get_running_loop().time())
         if stale is not None and stale.node_id not in self._pinging:
-            self._pinging.add(stale.node_id)
+            self._pinging[stale.node_id] = None
             self.background.spawn(self._ping_or_evict(stale))
-        if not self._connected.is_set() and (entered or contact.node_id in table):
-            self._connected.set()
+        if not self._connected and (entered or contact.node_id in table):
+            self._connected = True
+            if self._reconnected is not None:
+                self._reconnected.set()
+                self._reconnected = None
             logger.info("DHT node %x is connected again (through %s)", self.node_id, contact.endpoint)
         if entered:
             self.ranges_seen |= 1 << (contact.node_id ^ self.node_id).bit_length()
@@ -126,18 +135,21 @@ class Membership:
         self._lost.pop(contact.node_id, None)
         self._lost[contact.node_id] = contact
         while len(self._lost) > self.config.k:
-            self._lost.popitem(last=False)
+            del self._lost[next(iter(self._lost))]
         self.unresponsive(contact)
 
     def unresponsive(self, contact: Contact) -> None:
         """``contact`` kept us waiting in vain: lookups skip it for ``unresponsive_time``."""
-        until = asyncio.get_running_loop().time() + self.config.unresponsive_time
-        self._unresponsive.pop(contact.node_id, None)
-        self._unresponsive[contact.node_id] = until
-        while len(self._unresponsive) > MAX_UNRESPONSIVE:
-            self._unresponsive.popitem(last=False)
-        if self.connected and not any(not self.is_unresponsive(c.node_id) for c in self.routing_table):
-            self._connected.clear()
+        now = asyncio.get_running_loop().time()
+        skipped = self._unresponsive
+        skipped.pop(contact.node_id, None)
+        skipped[contact.node_id] = now + self.config.unresponsive_time
+        while len(skipped) > MAX_UNRESPONSIVE:
+            del skipped[next(iter(skipped))]
+        while skipped and skipped[first := next(iter(skipped))] <= now:
+            del skipped[first]  # the oldest lead, so the expired ones go now, not when asked about
+        if self._connected and not any(not self.is_unresponsive(c.node_id) for c in self.routing_table):
+            self._connected = False
             self.stats.disconnections += 1
             if len(self.routing_table) == 0 and list(self._lost) == [contact.node_id]:
                 # a peer whose one contact (say, the client it served) left: normal, not an alarm
@@ -193,4 +205,4 @@ class Membership:
             if not await self.ping(stale):
                 self.failed(stale)
         finally:
-            self._pinging.discard(stale.node_id)
+            self._pinging.pop(stale.node_id, None)

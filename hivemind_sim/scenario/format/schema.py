@@ -29,6 +29,15 @@ from pydantic import (
 
 from ...swarms.behaviours import FLOODS as FLOOD_BEHAVIOURS
 from ...swarms.behaviours import HOSTILE_BEHAVIOURS
+from .distributions import (
+    ChurnTime,
+    Constant,
+    FrozenModel,
+    ParetoTime,
+    Popularity,
+    UniformPopularity,
+    Varying,
+)
 from .names import (
     COUNTER_STATS,
     COUNTERS,
@@ -42,19 +51,12 @@ from .names import (
 )
 from .units import (
     Bandwidth,
-    ChurnTime,
     Compute,
-    Constant,
     Duration,
     Fraction,
-    FrozenModel,
     Latency,
-    ParetoTime,
-    Popularity,
     PositiveDuration,
     Size,
-    UniformPopularity,
-    Varying,
     bare_slip,
     format_duration,
     format_fraction,
