@@ -68,6 +68,12 @@ REDUCED = {
         "warmup=30s",
         "duration=1m",
     ],
+    "scale_100k": [  # the full run is benchmarks/scale.py's
+        "peers.volunteers.count=160",
+        "peers.datacenters.count=40",
+        "warmup=30s",
+        "duration=1m",
+    ],
     # 6 peers instead of 24 (2 of them in Europe), the outage from 5 s to 10 s of 15
     "swarm_training": [
         "peers.wired.count=4",
@@ -125,6 +131,7 @@ REDUCED = {
     # small already (they are deployed as real processes too): a shorter window
     "fidelity_dht": ["duration=30s"],
     "fidelity_dmoe": ["duration=30s"],
+    "lossy_links": ["peers.wired.count=40", "peers.lossy.count=10", "warmup=20s", "duration=1m"],
     "churn_models": [
         "duration=90s",
         "workload.dht.gets_per_second=5",
