@@ -34,7 +34,7 @@ import torch
 
 from hivemind_core.dht import DHT
 from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
-from hivemind_core.net import RPC, RemoteError, TcpTransport
+from hivemind_core.net import RPC, RemoteError, TcpConfig, TcpTransport
 from hivemind_sim.scenario.format.loader import parse_scenario
 from hivemind_sim.scenario.run.runner import run_scenario
 from hivemind_sim.swarms.processes import PeerProcess, expert_server
@@ -96,7 +96,7 @@ def hostile_main(args: argparse.Namespace) -> None:
     ]
 
     async def run() -> tuple[int, int]:
-        rpc = RPC(TcpTransport(max_frame_size=1 << 30))
+        rpc = RPC(TcpTransport(TcpConfig(max_frame_size=1 << 30)))
         refused = other = 0
         reader = asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         print("ready", flush=True)

@@ -77,9 +77,9 @@ def test_connection_caps_reach_the_transport_and_bad_values_name_the_flag(capsys
             [command, "--max-connections", "10", "--max-connections-per-host", "0"]
         )
         transport = _listening_transport(args)
-        assert transport.max_incoming == 10 and transport.max_incoming_per_host is None
+        assert transport.config.max_incoming == 10 and transport.config.max_incoming_per_host is None
     default = _listening_transport(build_parser().parse_args(["serve"]))
-    assert default.max_incoming_per_host == 64
+    assert default.config.max_incoming_per_host == 64
     with pytest.raises(SystemExit):
         build_parser().parse_args(["dht", "--max-connections-per-host", "-3"])
     assert "argument --max-connections-per-host: must be 0 or more, got -3" in capsys.readouterr().err
