@@ -2,19 +2,22 @@
 
 Every failure of one peer ends as ``None`` (with the reason logged, or put in ``errors``) and
 never as an exception, so one dead, slow or lying contact costs a lookup one answer, never the
-whole lookup. A peer that does not answer in time is forgotten (and skipped by lookups for a
+whole lookup. Each RPC waits as long as that peer's measured round trips suggest
+(:class:`RoundTrips`), so a lost message to a fast peer costs a second, not ``rpc_timeout``. A
+peer that does not answer in time is forgotten (and skipped by lookups for a
 while, see :class:`Membership`); a malformed answer is treated the same way. Every request and
 every failure is counted in :class:`DHTStats`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..net import RPC, ProtocolError, RemoteError, TransportClosed, TransportError
+from ..net import RPC, ProtocolError, RemoteError, RequestTimeout, TransportClosed, TransportError
 from .codec import (
     decode_contact,
     decode_entry,
@@ -28,12 +31,16 @@ from .identity import Identity
 from .ids import id_to_bytes, node_id_for
 from .membership import Membership
 from .routing import Contact
+from .rtt import RoundTrips
 from .stats import DHTStats
 from .storage import DHTRecord, StoredEntry
 
 logger = logging.getLogger(__name__)
 
 CONTACT_CACHE_SIZE = 1024  # decoded contacts kept per node (a table holds ~k·log2(n) ≈ 200)
+ROUND_TRIP_BYTES = 16 * 1024
+"""A store carrying more bytes of records takes as long as the link's bandwidth makes it, which
+round trips do not predict: it waits ``rpc_timeout`` and its time is not a round-trip sample."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,12 @@ class PeerCalls:
         self.stats = stats
         self._me: list[Any] | None = None
         self._known_contacts: dict[tuple[bytes, str], Contact] = {}  # see _contact_or_none
+        self.round_trips = RoundTrips(
+            capacity=config.rtt_contacts,
+            min_timeout=min(config.min_rpc_timeout, config.rpc_timeout),
+            max_timeout=config.rpc_timeout,
+        )
+        """Measured round trips per endpoint: each RPC's timeout, and when a lookup stops waiting."""
 
     def me(self) -> list[Any]:
         """This node as it introduces itself on the wire."""
@@ -100,7 +113,10 @@ class PeerCalls:
     async def store(self, contact: Contact, records: Sequence[tuple[DHTRecord, bool]]) -> list[bool] | None:
         """Ask ``contact`` to store records (each with its is_cache flag); None if it failed."""
         body = [self.me(), [encode_record(record, is_cache) for record, is_cache in records]]
-        response = await self._call(contact.endpoint, "dht.store", body, contact)
+        size = sum(len(r.key) + len(r.subkey or b"") + len(r.value) for r, _ in records)
+        response = await self._call(
+            contact.endpoint, "dht.store", body, contact, round_trip=size <= ROUND_TRIP_BYTES
+        )
         if response is None:
             return None
         try:
@@ -186,6 +202,11 @@ class PeerCalls:
             self.membership.failed(contact)
             return None
 
+    def patience(self, contact: Contact) -> tuple[float, float] | None:
+        """When a lookup's request to ``contact`` is late, and when it gives up on it; see
+        :meth:`RoundTrips.patience`."""
+        return self.round_trips.patience(contact.endpoint)
+
     async def _call(
         self,
         endpoint: str,
@@ -194,13 +215,32 @@ class PeerCalls:
         contact: Contact | None = None,
         *,
         errors: dict[str, str] | None = None,
+        round_trip: bool = True,
     ) -> Any:
+        """``method``'s answer, or None. With ``round_trip`` (a small request), it waits as the
+        endpoint's round trips suggest and its own round trip is measured."""
         self.stats.rpcs += 1
+        round_trips = self.round_trips
+        timeout = round_trips.timeout(endpoint) if round_trip else self.config.rpc_timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             self.rpc.transport.check_endpoint(endpoint)
-            return await self.rpc.call(endpoint, method, body, timeout=self.config.rpc_timeout)
+            answer = await self.rpc.call(endpoint, method, body, timeout=timeout)
+            if round_trip:
+                round_trips.observe(endpoint, loop.time() - started)
+            return answer
+        except asyncio.CancelledError:
+            # a lookup that stopped waiting for a late answer cancels it: its round trip is at
+            # least this long, so say so, or the estimate would hear only of the fast answers
+            expected = round_trips.expected(endpoint)
+            if round_trip and expected is not None and loop.time() - started >= expected:
+                round_trips.observe(endpoint, loop.time() - started)
+            raise
         except (TransportError, ValueError) as error:  # ValueError: an endpoint we cannot dial
             logger.debug("%s to %s failed: %s", method, endpoint, error)
+            if isinstance(error, RequestTimeout):
+                round_trips.timed_out(endpoint)
             if contact is not None and not isinstance(error, TransportClosed):  # closed: our side
                 self.membership.failed(contact)
             failure = str(error)

@@ -15,9 +15,19 @@ class DHTConfig:
     replicas: int = 5
     """How many of the nearest nodes a value is stored on."""
     rpc_timeout: float = 3.0
-    """Seconds to wait for one DHT RPC; a contact that misses it leaves the routing table."""
+    """Seconds to wait for one DHT RPC to a contact whose round trips were never measured, and
+    the most any DHT RPC waits; a contact that misses its timeout leaves the routing table."""
+    min_rpc_timeout: float = 1.0
+    """The least a DHT RPC waits: a contact whose round trips were measured gets SRTT + 4·RTTVAR
+    within [min_rpc_timeout, rpc_timeout] (see ``rtt.RoundTrips``). One second, RFC 6298's
+    minimum: an answer carrying a big entry takes longer than a small one's round trip. Above
+    ``rpc_timeout``, ``rpc_timeout`` is used."""
+    rtt_contacts: int = 1024
+    """Contacts whose round-trip times a node remembers (the least recently measured go first)."""
     straggler_delay: float = 0.5
-    """After this many seconds a lookup stops waiting for an RPC before asking another node."""
+    """After this many seconds a lookup stops waiting for an RPC to a contact whose round trips
+    were never measured before asking another node; a measured one is waited on only until its
+    answer is late (``rtt.RoundTrips.expected``)."""
     lookup_timeout: float = 30.0
     """Upper bound on one (batched) lookup."""
     max_lookup_rpcs: int = 64
@@ -84,6 +94,7 @@ class DHTConfig:
             "alpha",
             "replicas",
             "max_lookup_rpcs",
+            "rtt_contacts",
             "max_batch",
             "max_subkeys",
             "max_entry_bytes",
@@ -96,6 +107,7 @@ class DHTConfig:
                 raise ValueError(f"DHTConfig.{name} must be at least 1, got {getattr(self, name)}")
         for name in (
             "rpc_timeout",
+            "min_rpc_timeout",
             "straggler_delay",
             "lookup_timeout",
             "republish_interval",
