@@ -6,16 +6,26 @@ value found), or None if the contact failed. One call to ``ask`` serves every ta
 that contact at the same moment, so looking up 256 keys costs about as many RPCs as looking up
 a few.
 
-Per target, up to ``alpha`` RPCs are in flight; an RPC older than ``straggler_delay`` stops
-counting, so one dead contact does not stall the lookup. A target is done when the ``k``
-nearest contacts not known to have failed have all answered, when ``on_found`` says the value
-found is enough, or when ``max_rpcs`` RPCs have carried it (the budget is per target, so a
-batch of many targets converges as well as each would alone).
+Per target, up to ``alpha`` RPCs are in flight; an RPC that is late stops counting, so one
+dead contact does not stall the lookup. ``patience(contact)`` says when an answer from that
+contact is late and when the lookup gives up on it (it then no longer counts among the nearest,
+so convergence does not wait for it, unless its answer comes while the lookup still runs): the
+caller knows each contact's round trips, so a lost message costs a lookup about what that
+contact's round trips allow, not a fixed RPC timeout. Without it (or when it says None), an RPC
+is late after ``straggler_delay`` and never given up: its answer or failure is waited for. Once
+the ``alpha`` nearest contacts known have answered, there is nothing nearer to chase: the rest
+of the ``k`` nearest are asked at once (Kademlia's final round), not ``alpha`` at a time. A
+target is done when the ``k`` nearest contacts not known to have failed (nor given up) have all
+answered, when ``on_found`` says the value found is enough, or when ``max_rpcs`` RPCs have
+carried it (the budget is per target, so a batch of many targets converges as well as each
+would alone); RPCs to contacts no longer among anyone's nearest are then cancelled, not waited
+for.
 
 Contacts that ``skip`` names (the caller's memory of who recently failed it) count as failed
 without being asked, and ``on_unanswered`` hears of every contact the lookup was still waiting
-for, past the straggler delay, when its deadline ended it: so a frozen peer makes one lookup
-wait, not every one. ``also_ask`` names contacts to ask in the first round however far they are
+for, already late, when its deadline ended it or when it finished without that contact's
+answer: so a frozen peer makes one lookup wait (one expected round trip, when the caller knows
+it), not every one. ``also_ask`` names contacts to ask in the first round however far they are
 from the target, and whose answer (or failure) the target waits for: a node that knows nobody
 near a target asks someone who may.
 
@@ -34,6 +44,7 @@ import asyncio
 import bisect
 import heapq
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +57,11 @@ Ask = Callable[[Contact, list[int]], Awaitable[Mapping[int, tuple[Sequence[Conta
 OnFound = Callable[[int, Contact, Any], bool]
 Skip = Callable[[int], bool]
 """True for a node id the lookup should treat as failed without asking."""
+Patience = Callable[[Contact], tuple[float, float] | None]
+"""Seconds after which a contact's answer is late, and after which the lookup gives up on it;
+None if nothing is known of it."""
+_Flight = tuple[Contact, list[int], float, float]
+"""An RPC in flight: its contact, its targets, when it is late, when the lookup gives up on it."""
 DISTRUST_AFTER = 3
 """Failed referrals (more than answered ones) after which a contact's other referrals are not asked."""
 
@@ -80,6 +96,8 @@ class _Search:
     """Contacts from ``also_ask`` that have neither answered nor failed yet."""
     answered: set[int] = field(default_factory=set)
     failed: set[int] = field(default_factory=set)
+    late: set[int] = field(default_factory=set)
+    """Contacts given up for being late: out of ``live_by_distance`` until they answer."""
     referrer: dict[int, int] = field(default_factory=dict)
     """Who first named each contact (contacts we started from have none)."""
     referrals: dict[int, list[int]] = field(default_factory=dict)
@@ -132,10 +150,28 @@ class _Search:
         return referrer
 
     def fail(self, node_id: int) -> None:
-        if node_id not in self.failed:
+        if node_id in self.late:
+            self.late.discard(node_id)  # already out of live_by_distance
             self.failed.add(node_id)
-            entry = (node_id ^ self.target, node_id)
-            del self.live_by_distance[bisect.bisect_left(self.live_by_distance, entry)]
+        elif node_id not in self.failed:
+            self.failed.add(node_id)
+            self._leave(node_id)
+
+    def give_up(self, node_id: int) -> None:
+        """Stop waiting for ``node_id``: late, it no longer counts among the nearest."""
+        if node_id not in self.failed and node_id not in self.late and node_id not in self.answered:
+            self.late.add(node_id)
+            self._leave(node_id)
+
+    def forgive(self, node_id: int) -> None:
+        """``node_id`` answered after it was given up: it counts again."""
+        if node_id in self.late:
+            self.late.discard(node_id)
+            bisect.insort(self.live_by_distance, (node_id ^ self.target, node_id))
+
+    def _leave(self, node_id: int) -> None:
+        entry = (node_id ^ self.target, node_id)
+        del self.live_by_distance[bisect.bisect_left(self.live_by_distance, entry)]
 
     def frontier(self, k: int) -> list[int]:
         return [node_id for _, node_id in self.live_by_distance[:k]]
@@ -156,6 +192,7 @@ async def traverse(
     alpha: int,
     max_rpcs: int,
     straggler_delay: float,
+    patience: Patience | None = None,
     on_found: OnFound | None = None,
     exclude: int | None = None,
     deadline: float | None = None,
@@ -176,37 +213,33 @@ async def traverse(
             if contact.node_id != exclude:
                 search.learn(contact, 0, skip)
     loop = asyncio.get_running_loop()
-    inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]] = {}
+    inflight: dict[asyncio.Task[Any], _Flight] = {}
+
+    def send(contact: Contact, batch: list[int], now: float) -> None:
+        waits = None if patience is None else patience(contact)
+        late, give_up = (straggler_delay, math.inf) if waits is None else waits
+        inflight[loop.create_task(ask(contact, batch))] = (contact, batch, now + late, now + give_up)
+
     for contact, batch in _first_asks(searches, also_ask or {}, exclude, skip):
-        inflight[loop.create_task(ask(contact, batch))] = (contact, batch, loop.time())
+        send(contact, batch, loop.time())
     try:
         while True:
             now = loop.time()
-            batches = _plan(
-                searches,
-                inflight,
-                now,
-                k=k,
-                alpha=alpha,
-                max_rpcs=max_rpcs,
-                straggler_delay=straggler_delay,
-            )
+            _give_up_late(searches, inflight, now)
+            batches = _plan(searches, inflight, now, k=k, alpha=alpha, max_rpcs=max_rpcs)
             for contact, batch in batches:
-                task = loop.create_task(ask(contact, batch))
-                inflight[task] = (contact, batch, now)
-            _drop_useless(inflight, searches)
+                send(contact, batch, now)
+            for contact in _drop_useless(inflight, searches, now):
+                if on_unanswered is not None:
+                    on_unanswered(contact)
             if not inflight:
                 break
-            wake = [
-                started + straggler_delay
-                for _, _, started in inflight.values()
-                if started + straggler_delay > now
-            ]
+            wake = [t for _, _, late, give_up in inflight.values() for t in (late, give_up) if t > now]
             if deadline is not None:
                 if now >= deadline:
                     if on_unanswered is not None:
-                        for contact, _, started in inflight.values():
-                            if now - started >= straggler_delay:
+                        for contact, _, late, _ in inflight.values():
+                            if now >= late:
                                 on_unanswered(contact)
                     break
                 wake.append(deadline)
@@ -214,7 +247,7 @@ async def traverse(
                 inflight, timeout=min(wake) - now if wake else None, return_when=asyncio.FIRST_COMPLETED
             )
             for task in [task for task in inflight if task in done]:  # set order is not reproducible
-                contact, batch, _ = inflight.pop(task)
+                contact, batch, _, _ = inflight.pop(task)
                 response = _answer(task, contact)
                 _absorb(searches, contact, batch, response, on_found, exclude, skip, on_bad_referrer)
     finally:
@@ -254,21 +287,30 @@ def _first_asks(
     return list(batches.values())
 
 
+def _give_up_late(
+    searches: dict[int, _Search], inflight: dict[asyncio.Task[Any], _Flight], now: float
+) -> None:
+    """Give up on the contacts whose patience ran out (see the module docstring)."""
+    for contact, batch, _, give_up in inflight.values():
+        if give_up <= now:
+            for target in batch:
+                searches[target].give_up(contact.node_id)
+
+
 def _plan(
     searches: dict[int, _Search],
-    inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]],
+    inflight: dict[asyncio.Task[Any], _Flight],
     now: float,
     *,
     k: int,
     alpha: int,
     max_rpcs: int,
-    straggler_delay: float,
 ) -> list[tuple[Contact, list[int]]]:
     """Which contacts to ask next, each with the targets it should be asked about."""
     active: dict[int, int] = {}
     stalled: dict[tuple[int, int | None], int] = {}  # (target, referrer): its referrals straggling
-    for contact, batch, started in inflight.values():
-        if started + straggler_delay > now:  # the same test that schedules the wake-up below
+    for contact, batch, late, _ in inflight.values():
+        if late > now:  # the same test that schedules the wake-up in traverse
             for target in batch:
                 active[target] = active.get(target, 0) + 1
         else:
@@ -284,7 +326,10 @@ def _plan(
             search.finished = True
             search.converged = bool(search.answered) or not search.known  # alone: trivially
             continue
-        slots = alpha - active.get(search.target, 0)
+        if all(node_id in search.answered for node_id in frontier[:alpha]):
+            slots = k  # the nearest answered: nothing nearer to chase, ask the rest at once
+        else:
+            slots = alpha - active.get(search.target, 0)
         for node_id in frontier:
             if slots <= 0:
                 break
@@ -303,13 +348,17 @@ def _plan(
 
 
 def _drop_useless(
-    inflight: dict[asyncio.Task[Any], tuple[Contact, list[int], float]], searches: dict[int, _Search]
-) -> None:
-    """Cancel RPCs whose every target is already finished."""
-    for task, (_, batch, _) in list(inflight.items()):
+    inflight: dict[asyncio.Task[Any], _Flight], searches: dict[int, _Search], now: float
+) -> list[Contact]:
+    """Cancel RPCs whose every target is already finished; the contacts of those already late."""
+    unanswered = []
+    for task, (contact, batch, late, _) in list(inflight.items()):
         if all(searches[target].finished for target in batch):
             task.cancel()
             del inflight[task]
+            if late <= now:
+                unanswered.append(contact)
+    return unanswered
 
 
 def _absorb(
@@ -335,6 +384,7 @@ def _absorb(
             search.fail(contact.node_id)
             continue
         assert response is not None
+        search.forgive(contact.node_id)
         search.answered.add(contact.node_id)
         depth = search.depth[contact.node_id] + 1
         search.rounds = max(search.rounds, depth)
