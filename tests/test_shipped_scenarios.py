@@ -131,7 +131,13 @@ REDUCED = {
     # small already (they are deployed as real processes too): a shorter window
     "fidelity_dht": ["duration=30s"],
     "fidelity_dmoe": ["duration=30s"],
-    "lossy_links": ["peers.wired.count=40", "peers.lossy.count=10", "warmup=20s", "duration=1m"],
+    "lossy_links": [
+        "peers.wired.count=40",
+        "peers.lossy.count=10",
+        "warmup=20s",
+        "duration=1m",
+        "assertions.2=dht.lookup.top1.mean >= 0.9",  # 50 peers, 20 s after joining
+    ],
     "churn_models": [
         "duration=90s",
         "workload.dht.gets_per_second=5",
