@@ -14,6 +14,8 @@ ASYNCIO_WRITE_LIMIT = 64 * 1024
 
 @dataclass(frozen=True)
 class TcpConfig:
+    """Settings of a :class:`TcpTransport`; each is checked here, so a bad one fails where it is set."""
+
     host: str = "127.0.0.1"
     """Address to listen on, and to dial from when it is one specific address."""
     port: int = 0

@@ -80,6 +80,7 @@ class TcpTransport(FramedTransport):
 
     @property
     def listening(self) -> bool:
+        """Whether this transport serves requests (and dials from the address it listens on)."""
         return self._server is not None
 
     def check_endpoint(self, endpoint: Endpoint) -> None:
