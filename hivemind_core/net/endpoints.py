@@ -58,13 +58,12 @@ def check_remote_endpoint(endpoint: Endpoint) -> None:
 
 
 def format_endpoint(host: str, port: int) -> Endpoint:
-    """The canonical endpoint of an address as sockets report it (IPv4-mapped becomes IPv4)."""
-    address = ip_of(host)
-    if address is None:
-        return f"{host.lower()}:{port}"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    """The canonical endpoint of an address as sockets report it (IPv4-mapped becomes IPv4).
+
+    Every accepted connection names its caller this way, so the host's spelling is cached.
+    """
+    host = canonical_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @functools.lru_cache(maxsize=4096)
