@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 import itertools
 import logging
-from collections.abc import Hashable
+import types
+from collections.abc import Coroutine, Generator, Hashable
+from typing import Any
 
 from .errors import (
     FrameTooLarge,
@@ -40,8 +43,35 @@ class _Pending:
         self.peer = peer
 
 
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, None], awaiting: Any) -> Generator[Any, Any, None]:
+    """Go on with a coroutine whose first step already ran (and yielded ``awaiting``) as the
+    task it becomes: hand the task what the coroutine waits on, then delegate everything to it.
+    An exception thrown in while it waits (a cancellation) goes into the coroutine, as it would
+    into a task's own."""
+    while True:
+        try:
+            yield awaiting
+        except GeneratorExit:
+            coroutine.close()
+            raise
+        except BaseException as error:
+            try:
+                awaiting = coroutine.throw(error)
+            except StopIteration:
+                return
+            continue
+        return (yield from coroutine)  # type: ignore[misc]
+
+
 class FramedTransport(Transport):
     """A :class:`Transport` built from "open a link" and "write a frame on a link"."""
+
+    _eager_serving = False
+    """Whether a request's handler starts at once, in the call that delivered its frame, and
+    becomes a task only if it has to wait (most answer at once: no task, no extra turn of the
+    loop). Not where the first step may need to run in a task (``asyncio.timeout`` does, and
+    TCP's dialling uses it)."""
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size <= HEADER_SIZE:
@@ -53,12 +83,21 @@ class FramedTransport(Transport):
         self._request_ids = itertools.count(1)
         self._closing = False
         self._closed: asyncio.Future[None] | None = None  # done once close() has released everything
+        cls = type(self)
+        self._counts_inflight = cls._on_inflight is not FramedTransport._on_inflight
+        self._flow_controlled = cls._backlogged is not FramedTransport._backlogged
+        """Whether the hooks do anything: the hot paths skip calls to ones that do not."""
 
     # ---- what a concrete transport provides ------------------------------------------------
 
     @abc.abstractmethod
     async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
         """A link to ``peer``, ready for writing; raise a TransportError if there is none."""
+
+    def _open_link_now(self, peer: Endpoint) -> Link | None:
+        """A link to ``peer`` if one is ready without waiting, else None (then ``_open_link``
+        is awaited): saves a coroutine per request where links cost nothing to open."""
+        return None
 
     @abc.abstractmethod
     def _write(self, link: Link, kind: FrameKind, request_id: int, payload: bytes) -> None:
@@ -104,15 +143,18 @@ class FramedTransport(Transport):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        link = await self._open_link(peer, deadline)
+        link = self._open_link_now(peer)
+        if link is None:
+            link = await self._open_link(peer, deadline)
         request_id = next(self._request_ids)
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[request_id] = _Pending(future, link, peer)
-        self._on_inflight(link, serving=False, delta=1)
+        if self._counts_inflight:
+            self._on_inflight(link, serving=False, delta=1)
         timer = loop.call_at(deadline, self._expire, request_id, timeout)
         try:
             self._write(link, FrameKind.REQUEST, request_id, payload)
-            if self._backlogged(link):
+            if self._flow_controlled and self._backlogged(link):
                 await self._drained(link, until=future)
             return await future
         except asyncio.CancelledError:
@@ -122,7 +164,8 @@ class FramedTransport(Transport):
         finally:
             timer.cancel()
             del self._pending[request_id]
-            self._on_inflight(link, serving=False, delta=-1)
+            if self._counts_inflight:
+                self._on_inflight(link, serving=False, delta=-1)
 
     async def close(self, *, grace: float = 1.0) -> None:
         """Close once; a second call waits until the first has finished.
@@ -220,8 +263,21 @@ class FramedTransport(Transport):
         if key in self._serving:
             self._reject(link, request_id, f"request id {request_id} is already in use")
             return
-        self._serving[key] = asyncio.get_running_loop().create_task(self._serve(link, request_id, payload))
-        self._on_inflight(link, serving=True, delta=1)
+        if self._counts_inflight:
+            self._on_inflight(link, serving=True, delta=1)
+        serve = self._serve(link, request_id, payload)
+        if not self._eager_serving:
+            self._serving[key] = asyncio.get_running_loop().create_task(serve)
+            return
+        context = contextvars.copy_context()
+        try:  # eagerly, as a task's first step would: most handlers answer without waiting
+            awaiting = context.run(serve.send, None)
+        except StopIteration:
+            return  # answered (or refused) already: no task needed
+        except Exception:
+            logger.exception("serving request %d from %s failed", request_id, self._sender(link))
+            return
+        self._serving[key] = asyncio.get_running_loop().create_task(_resume(serve, awaiting), context=context)
 
     async def _serve(self, link: Link, request_id: int, payload: bytes) -> None:
         """Run the handler and send its answer; both wait while the link is backlogged.
@@ -230,8 +286,9 @@ class FramedTransport(Transport):
         more computed for it; waiting before the write bounds what is queued on its link.
         """
         assert self._handler is not None
+        flow_controlled = self._flow_controlled
         try:
-            if self._backlogged(link):
+            if flow_controlled and self._backlogged(link):
                 await self._drained(link)
             try:
                 response = await self._handler(self._sender(link), payload)
@@ -242,7 +299,7 @@ class FramedTransport(Transport):
                 logger.exception("request handler failed for a request from %s", self._sender(link))
                 self._write_error(link, request_id, f"handler failed: {type(error).__name__}: {error}")
                 return
-            if self._backlogged(link):
+            if flow_controlled and self._backlogged(link):
                 await self._drained(link)
             if not isinstance(response, bytes | bytearray | memoryview):
                 self._write_error(link, request_id, f"handler returned {type(response).__name__}, not bytes")
@@ -255,8 +312,9 @@ class FramedTransport(Transport):
             else:
                 self._write(link, FrameKind.RESPONSE, request_id, bytes(response))
         finally:
-            del self._serving[link, request_id]
-            self._on_inflight(link, serving=True, delta=-1)
+            self._serving.pop((link, request_id), None)  # absent if it never had to wait
+            if self._counts_inflight:
+                self._on_inflight(link, serving=True, delta=-1)
 
     def _write_error(self, link: Link, request_id: int, reason: str) -> None:
         self._write(link, FrameKind.ERROR, request_id, reason.encode("utf-8", errors="replace"))

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import math
+from asyncio.base_events import MAXIMUM_SELECT_TIMEOUT
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -32,33 +34,6 @@ class SimulationStuck(RuntimeError):
     """Nothing can ever happen again, yet the main coroutine is still waiting."""
 
 
-class _VirtualSelector:
-    """Stands in for the selector: "waiting for I/O" means running simpy events."""
-
-    def __init__(self, loop: VirtualTimeLoop, env: simpy.Environment) -> None:
-        self._loop = loop
-        self._env = env
-
-    def select(self, timeout: float | None) -> list[Any]:
-        env, ready = self._env, self._loop._ready  # the loop's queue of runnable callbacks
-        target = math.inf if timeout is None else env.now + timeout
-        while True:
-            next_time = env.peek()
-            if next_time > target or next_time == math.inf:
-                break
-            env.step()
-            if ready:
-                return []
-        if target == math.inf:
-            raise SimulationStuck(
-                "the simulation is stuck: no asyncio timer, no runnable callback and no simpy "
-                "event is left, so whatever the main coroutine awaits can never happen"
-            )
-        if target > env.now:
-            env.run(until=target)
-        return []
-
-
 class VirtualTimeLoop(asyncio.BaseEventLoop):
     """An event loop that runs in simulated time; see the module docstring.
 
@@ -70,9 +45,9 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     def __init__(self, env: simpy.Environment) -> None:
         super().__init__()
         self.env = env
-        self._selector = _VirtualSelector(self, env)
         self.simulation: Any = None
         self._unfinished: dict[asyncio.Task[Any], None] = {}
+        self._prune_tasks_at = 64
         self._generators: dict[AsyncGenerator[Any, Any], None] = {}
         self._prune_generators_at = 64
 
@@ -82,6 +57,71 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     def _process_events(self, event_list: list[Any]) -> None:
         pass
 
+    def _run_once(self) -> None:
+        """One iteration: asyncio's own (``BaseEventLoop._run_once``), step for step, with the
+        selector's wait replaced by stepping simpy and nothing for debug mode or I/O.
+
+        Same order as asyncio's: drop cancelled timers, wait (here: step simpy events up to the
+        next timer, stopping as soon as one makes a callback runnable), move due timers to the
+        ready queue, run what was ready. Written out because it is the simulation's innermost
+        loop: the generic version's indirections cost a third of a simulated RPC.
+        """
+        scheduled, ready = self._scheduled, self._ready
+        count = len(scheduled)
+        if count > 100 and self._timer_cancelled_count / count > 0.5:  # asyncio's thresholds
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            self._scheduled = scheduled = kept
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+
+        env = self.env
+        if ready or self._stopping:
+            self._advance(env.now)
+        elif scheduled:
+            self._advance(env.now + min(max(0.0, scheduled[0]._when - env.now), MAXIMUM_SELECT_TIMEOUT))
+        else:
+            self._advance(math.inf)
+
+        end_time = env.now + self._clock_resolution
+        while scheduled and scheduled[0]._when < end_time:
+            handle = heapq.heappop(scheduled)
+            handle._scheduled = False
+            ready.append(handle)
+
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    def _advance(self, target: float) -> None:
+        """Step simpy events up to virtual time ``target``; return early once one of them has
+        made an asyncio callback runnable. "Waiting for I/O" in a simulation."""
+        env, ready = self.env, self._ready
+        peek, step = env.peek, env.step
+        while True:
+            next_time = peek()
+            if next_time > target or next_time == math.inf:
+                break
+            step()
+            if ready:
+                return
+        if target == math.inf:
+            raise SimulationStuck(
+                "the simulation is stuck: no asyncio timer, no runnable callback and no simpy "
+                "event is left, so whatever the main coroutine awaits can never happen"
+            )
+        if target > env.now:
+            env.run(until=target)
+
     def create_task(
         self,
         coro: Coroutine[Any, Any, T] | Generator[Any, None, T],
@@ -89,14 +129,16 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
-        """A task, held until it is done (see the module docstring)."""
+        """A task, held until it is done (see the module docstring). Finished ones are
+        forgotten now and then rather than by a done callback, which would cost every task one
+        more turn of the loop."""
         task = super().create_task(coro, name=name, context=context)
-        self._unfinished[task] = None
-        task.add_done_callback(self._finished)
+        unfinished = self._unfinished
+        if len(unfinished) >= self._prune_tasks_at:
+            self._unfinished = unfinished = {t: None for t in unfinished if not t.done()}
+            self._prune_tasks_at = max(64, 2 * len(unfinished))
+        unfinished[task] = None
         return task
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._unfinished.pop(task, None)
 
     def unfinished_tasks(self) -> list[asyncio.Task[Any]]:
         """Tasks not done yet, in the order they were created (``asyncio.all_tasks`` is a set:

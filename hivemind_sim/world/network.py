@@ -23,16 +23,30 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
 import simpy
+from simpy.events import NORMAL
 
 from .tcp_model import TcpModel, TcpOptions
 from .topology import Bottleneck, Node, Topology
 from .trace import TraceDigest
+
+
+class _Due:
+    """A simpy event reduced to what ``Environment.step`` reads of an event that succeeds: its
+    callbacks and ``_ok``. Frames are the bulk of a simulation's events, and a ``Timeout``
+    checks and stores what a delivery never needs; scheduled with ``Environment.schedule`` it
+    takes the same place in simpy's queue as a ``Timeout`` of the same delay would."""
+
+    __slots__ = ("callbacks",)
+    _ok = True
+
+    def __init__(self, callback: Callable[[object], None]) -> None:
+        self.callbacks: list[Callable[[object], None]] | None = [callback]
 
 
 class Receiver(Protocol):
@@ -204,6 +218,7 @@ class SimNetwork:
         self._bottleneck = topology.bottleneck if topology.limited else None  # None: nothing to check
         self._edge_free_at: dict[tuple[Node, Node], float] = {}
         self._tcp = TcpModel(tcp, self.stats) if tcp is not None and tcp.active else None
+        self._schedule = env.schedule
 
     # ---- membership -----------------------------------------------------------------------
 
@@ -400,13 +415,12 @@ class SimNetwork:
             bottleneck = self._bottleneck(sender.node, receiver.node)
             if bottleneck is not None:
                 ahead = (sender.link.latency + bottleneck.offset) * stretch
-                at_edge = self.env.timeout(sent_at + ahead - now)
-                at_edge.callbacks.append(
-                    partial(self._cross_backbone, src, receiver, frame, bottleneck, latency - ahead)
+                self._after(
+                    sent_at + ahead - now,
+                    partial(self._cross_backbone, src, receiver, frame, bottleneck, latency - ahead),
                 )
                 return
-        arrival = self.env.timeout(sent_at + latency - now)
-        arrival.callbacks.append(partial(self._reach_downlink, src, receiver, frame))
+        self._after(sent_at + latency - now, partial(self._reach_downlink, src, receiver, frame))
 
     def reset(self, src: str, dst: str) -> None:
         """Tell ``dst`` that every exchange it has with ``src`` is over (a TCP reset)."""
@@ -454,30 +468,35 @@ class SimNetwork:
         frame: bytes,
         bottleneck: Bottleneck,
         remaining: float,
-        _event: simpy.Event,
+        _event: object,
     ) -> None:
         """The frame reached its path's bottleneck edge: queue there, then travel on."""
         now = self.env.now
         free_at = self._edge_free_at.get(bottleneck.edge, now)
         start = free_at if free_at > now else now
         self._edge_free_at[bottleneck.edge] = done = start + len(frame) / bottleneck.bytes_per_s
-        arrival = self.env.timeout(done + remaining - now)
-        arrival.callbacks.append(partial(self._reach_downlink, src, receiver, frame))
+        self._after(done + remaining - now, partial(self._reach_downlink, src, receiver, frame))
 
-    def _reach_downlink(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event) -> None:
+    def _reach_downlink(self, src: str, receiver: _Peer, frame: bytes, _event: object) -> None:
         now = self.env.now
         start = receiver.down_free_at if receiver.down_free_at > now else now
         receiver.down_free_at = done = start + len(frame) / receiver.down_bytes_per_s
         if done > now:
-            self.env.timeout(done - now).callbacks.append(partial(self._deliver, src, receiver, frame))
+            self._after(done - now, partial(self._deliver, src, receiver, frame))
         else:
             self._deliver(src, receiver, frame, None)
+
+    def _after(self, delay: float, callback: Callable[[object], None]) -> None:
+        """Call ``callback`` ``delay`` seconds from now, in simpy's queue (see ``_Due``)."""
+        if delay < 0:
+            raise ValueError(f"negative delay {delay}")
+        self._schedule(_Due(callback), NORMAL, delay)
 
     def _hold(self, frozen: _Frozen, box: list[Held], address: str, frame: bytes | Signal) -> None:
         if not frozen.hold(box, address, frame):
             self.stats.dropped_frozen += 1
 
-    def _deliver(self, src: str, receiver: _Peer, frame: bytes, _event: simpy.Event | None) -> None:
+    def _deliver(self, src: str, receiver: _Peer, frame: bytes, _event: object) -> None:
         transport = receiver.transport
         if transport is None:
             if receiver.frozen is not None:
@@ -493,7 +512,7 @@ class SimNetwork:
             self.trace.record(self.env.now, src, receiver.address, frame)
         transport.frame_arrived(src, frame)
 
-    def _deliver_signal(self, src: str, receiver: _Peer, signal: Signal, _event: simpy.Event | None) -> None:
+    def _deliver_signal(self, src: str, receiver: _Peer, signal: Signal, _event: object) -> None:
         transport = receiver.transport
         if transport is None:
             if receiver.frozen is not None:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 class SimTransport(FramedTransport):
     """A peer's network stack in the simulation, reachable at ``address``."""
 
+    _eager_serving = True  # opening a link never waits here: handlers start as frames arrive
+
     def __init__(
         self, network: SimNetwork, address: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     ) -> None:
@@ -64,10 +66,14 @@ class SimTransport(FramedTransport):
     # ---- called by the network ------------------------------------------------------------
 
     def frame_arrived(self, src: str, frame: bytes) -> None:
-        problem = self._malformed(frame)
-        if problem is not None:
-            self._reject(src, 0, problem)
-            return
+        size = len(frame)
+        if not (
+            HEADER_SIZE <= size <= self.max_frame_size and PREFIX.unpack_from(frame)[0] == size - PREFIX.size
+        ):
+            problem = self._malformed(frame)  # what exactly, in TCP's words
+            if problem is not None:
+                self._reject(src, 0, problem)
+                return
         kind, request_id = KIND_AND_ID.unpack_from(frame, PREFIX.size)
         self._frame_received(src, kind, request_id, frame[HEADER_SIZE:])
 
@@ -81,6 +87,9 @@ class SimTransport(FramedTransport):
 
     async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
         return peer
+
+    def _open_link_now(self, peer: Endpoint) -> Link:
+        return peer  # the link is the address: nothing to open
 
     def _write(self, link: Link, kind: FrameKind, request_id: int, payload: bytes) -> None:
         self.network.send(self.address, link, encode_frame(kind, request_id, payload))
