@@ -10,9 +10,14 @@ import msgpack
 import pytest
 
 from hivemind_core.dht.identity import Identity
-from hivemind_core.dht.ids import key_id, serialize_key
+from hivemind_core.dht.ids import deserialize_key, key_id, serialize_key
 from hivemind_core.dht.storage import DHTRecord, LocalStorage
-from hivemind_core.dht.validation import RecordValidator, SignatureValidator, ValidatorChain
+from hivemind_core.dht.validation import (
+    RecordValidator,
+    SignatureValidator,
+    ValidatorChain,
+    VerifiedSignatures,
+)
 
 KEY = serialize_key("experts")
 KID = key_id(KEY)
@@ -281,6 +286,23 @@ def test_records_without_markers_pass_untouched(owner: Identity) -> None:
         assert validator.sign(record) == b"free"
         assert validator.validate(record) is None
         assert validator.strip(record) == b"free"
+
+
+def test_the_memory_of_verified_signatures_stays_bounded() -> None:
+    memory = VerifiedSignatures(3)
+    for digest in (b"a", b"b", b"c", b"d"):
+        memory.add(digest)
+    assert len(memory) == 3 and b"a" not in memory and b"d" in memory, "the oldest is forgotten"
+
+
+def test_a_key_refused_once_is_refused_again_and_a_valid_one_still_reads_back() -> None:
+    """``deserialize_key`` remembers valid keys; what it refused must not slip in the second time."""
+    bad = msgpack.packb(1.5)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a DHT key"):
+            deserialize_key(bad)
+    good = serialize_key(("expert", 3))
+    assert deserialize_key(good) == deserialize_key(good) == ("expert", 3)
 
 
 class Versioned(RecordValidator):

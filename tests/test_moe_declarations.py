@@ -17,6 +17,7 @@ from hivemind_core.dht.storage import DHTRecord
 from hivemind_core.moe.client import (
     MalformedResponse,
     MoEBeamSearcher,
+    MoEConfig,
     RemoteExpert,
     RemoteMixtureOfExperts,
     UntrustedServer,
@@ -61,7 +62,9 @@ async def test_a_junk_endpoint_stored_through_the_dht_fails_no_trainer(world) ->
         assert await attacker.store(prefix, ["ffn.3.5", "junk"], expires, subkey=coordinate)
         assert await attacker.store(prefix, ["ffn.3.5", "junk"], expires, subkey=(coordinate, marker))
     client = await world.moe_client([server.endpoint])
-    layer = RemoteMixtureOfExperts(in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=2)
+    layer = RemoteMixtureOfExperts(
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=2), client=client
+    )
     gate_towards(layer, (3, 5))
     x = torch.randn(4, HID)
     output = await world.run_trainer(lambda: layer(x))
@@ -106,7 +109,9 @@ async def test_unsigned_undialable_and_foreign_declarations_are_not_believed(wor
     picks = await searcher.search(list(rows), 8)
     assert {c.uid for c in picks[0]} <= {f"ffn.{i}.{j}" for i in (0, 1) for j in range(8)}, picks
 
-    layer = RemoteMixtureOfExperts(in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=1)
+    layer = RemoteMixtureOfExperts(
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=1), client=client
+    )
     gate_towards(layer, (1, 7))
     x = torch.randn(3, HID)
     await world.run_trainer(lambda: layer(x))
@@ -159,26 +164,34 @@ async def test_identity_challenges_with_bad_nonces_get_errors_and_the_server_kee
     )
 
 
-async def test_each_signed_record_is_verified_once_and_a_changed_one_again(monkeypatch) -> None:
-    """Declarations are read from every replica on every refresh: a node checks each signature
-    once, and anything that differs from what it checked is checked afresh."""
+async def test_each_signed_record_is_verified_once_per_process_and_a_changed_one_again(monkeypatch) -> None:
+    """Declarations are read from every replica on every refresh, by every peer: a process checks
+    each signature once, whichever of its peers meets it first, and anything that differs from
+    what it checked is checked afresh."""
     owner = Identity.generate(random.Random(1))
-    signer, reader = SignatureValidator(owner), SignatureValidator(Identity.generate(random.Random(2)))
+    signer = SignatureValidator(owner)
+    readers = [SignatureValidator(Identity.generate(random.Random(seed))) for seed in (2, 3)]
     record = DHTRecord(serialize_key("ffn."), serialize_key((3, owner.ownership_marker)), b"\xa1x", 30.0)
-    signed = dataclasses.replace(record, value=signer.sign(record))
     checks = []
     monkeypatch.setattr(validation, "verify", lambda *args: checks.append(args) or identity.verify(*args))
-    for _ in range(5):
+    monkeypatch.setattr(validation, "VERIFIED", validation.VerifiedSignatures(validation.MAX_VERIFIED))
+    signed = dataclasses.replace(record, value=signer.sign(record))
+    for reader in readers * 3:
+        assert reader.validate(signed) is None
+    assert not checks, "a signature made in this process is known to every peer in it"
+    monkeypatch.setattr(validation, "VERIFIED", validation.VerifiedSignatures(validation.MAX_VERIFIED))
+    for reader in readers * 3:  # as if signed in another process
         assert reader.validate(signed) is None
     assert len(checks) == 1
-    assert signer.validate(signed) is None and len(checks) == 1, "its own signatures are known to the signer"
+    assert signer.validate(signed) is None and len(checks) == 1
     _, signature = msgpack.unpackb(signed.value)
     for changed in (
         dataclasses.replace(signed, value=msgpack.packb([b"\xa1y", signature])),
         dataclasses.replace(signed, expiration_time=31.0),
     ):
-        assert reader.validate(changed) == "signature does not match the record's owner"
-    assert len(checks) == 3
+        for reader in readers:
+            assert reader.validate(changed) == "signature does not match the record's owner"
+    assert len(checks) == 5, "a bad signature is never remembered"
 
 
 async def test_a_server_that_answers_the_challenge_with_junk_is_not_believed(world) -> None:

@@ -69,12 +69,20 @@ def serialize_key(key: Any) -> bytes:
     return msgpack.packb(key, use_bin_type=True)
 
 
+KEY_CACHE_SIZE = 1 << 13
+"""Canonical keys remembered by :func:`deserialize_key` (each at most ``max_key_size`` bytes)."""
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
 def deserialize_key(data: bytes) -> Any:
     """The key or subkey whose canonical bytes are ``data`` (tuples for sequences).
 
     Raises ValueError unless ``data`` is exactly what :func:`serialize_key` makes of some key,
     so bytes from another peer cannot smuggle in a float, a dictionary, a list, invalid UTF-8
-    or a second encoding of a key that already has one.
+    or a second encoding of a key that already has one. Every replica and every reader checks
+    the same keys again and again, so valid ones are remembered (process-wide: the answer
+    depends on nothing but ``data``, and keys are immutable); refusals are not, so a flood of
+    bad keys cannot push the good ones out.
     """
     try:
         key = msgpack.unpackb(data, raw=False, use_list=False)
