@@ -14,7 +14,8 @@ each other. Bodies are compact msgpack arrays:
   many contacts as ids), and answers ``false`` instead of an entry it holds but left out to stay
   within its byte budget (ask for that id again).
 
-Decoders raise ``ValueError`` naming the field at fault. Bodies are validated by hand, not by
+Decoders raise ``ValueError`` naming the field at fault (messages are formatted only then: the
+decoders run for every record and every subkey that arrives). Bodies are validated by hand, not by
 pydantic: at 10,000 simulated peers a model per RPC costs too much.
 """
 
@@ -48,6 +49,11 @@ def encode_node(public_key: bytes, endpoint: str | None) -> list[Any]:
     return [public_key, endpoint]
 
 
+def encode_nodes(contacts: list[Contact]) -> list[list[Any]]:
+    """Contacts as a find answer names them (:func:`encode_node` each, without a call each)."""
+    return [[contact.public_key, contact.endpoint] for contact in contacts]
+
+
 def decode_node(raw: Any, where: str) -> tuple[bytes, str | None]:
     # runs for every request and answer: messages are formatted only on failure
     if not (isinstance(raw, list) and len(raw) == 2):
@@ -78,19 +84,17 @@ def encode_record(record: DHTRecord, is_cache: bool) -> list[Any]:
 
 def decode_record(raw: Any, where: str) -> tuple[DHTRecord, bool]:
     """A record to store, and whether it is only a cached copy."""
-    require(
-        isinstance(raw, list) and len(raw) == 5,
-        f"{where} must be [key, subkey, value, expiration, is_cache]",
-    )
+    if not (isinstance(raw, list) and len(raw) == 5):
+        raise ValueError(f"{where} must be [key, subkey, value, expiration, is_cache]")
     key, subkey, value, expiration, is_cache = raw
-    require(
+    if not (
         isinstance(key, bytes)
         and (subkey is None or isinstance(subkey, bytes))
         and isinstance(value, bytes)
         and is_expiration(expiration)
-        and isinstance(is_cache, bool),
-        f"{where} must be [bytes, bytes|nil, bytes, number, bool]",
-    )
+        and isinstance(is_cache, bool)
+    ):
+        raise ValueError(f"{where} must be [bytes, bytes|nil, bytes, number, bool]")
     return DHTRecord(key, subkey, value, float(expiration)), is_cache
 
 
@@ -102,35 +106,39 @@ def encode_entry(entry: StoredEntry) -> list[Any]:
 
 
 def decode_entry(
-    raw: Any, where: str, *, max_subkeys: int | None = None, first_subkeys: int | None = None
+    raw: Any,
+    where: str,
+    *,
+    max_subkeys: int | None = None,
+    first_subkeys: int | None = None,
 ) -> StoredEntry:
     """A stored entry from a find answer; one with more than ``max_subkeys`` subkeys is refused
     before they are decoded (no honest node holds more). With ``first_subkeys``, only that many
     are decoded and the rest ignored: a peer configured for more may hold more, but reading
     them all would let one answer of millions of tiny subkeys stall the loop."""
-    require(isinstance(raw, list) and len(raw) == 4, f"{where} must be [key, value, expiration, subkeys]")
+    if not (isinstance(raw, list) and len(raw) == 4):
+        raise ValueError(f"{where} must be [key, value, expiration, subkeys]")
     key, value, expiration, subkeys = raw
-    require(isinstance(key, bytes), f"{where}: key must be bytes")
-    require(is_expiration(expiration), f"{where}: expiration must be a finite number")
+    if not isinstance(key, bytes):
+        raise ValueError(f"{where}: key must be bytes")
+    if not is_expiration(expiration):
+        raise ValueError(f"{where}: expiration must be a finite number")
     if subkeys is None:
-        require(isinstance(value, bytes), f"{where}: value must be bytes")
+        if not isinstance(value, bytes):
+            raise ValueError(f"{where}: value must be bytes")
         return StoredEntry(key, value, float(expiration))
-    require(isinstance(subkeys, list), f"{where}: subkeys must be a list")
-    require(
-        max_subkeys is None or len(subkeys) <= max_subkeys,
-        f"{where} has {len(subkeys)} subkeys; the limit is {max_subkeys}",
-    )
+    if not isinstance(subkeys, list):
+        raise ValueError(f"{where}: subkeys must be a list")
+    if max_subkeys is not None and len(subkeys) > max_subkeys:
+        raise ValueError(f"{where} has {len(subkeys)} subkeys; the limit is {max_subkeys}")
     parsed: dict[bytes, tuple[bytes, float]] = {}
     if first_subkeys is not None and len(subkeys) > first_subkeys:
         subkeys = subkeys[:first_subkeys]
-    for i, item in enumerate(subkeys):
-        require(
-            isinstance(item, list) and len(item) == 3, f"{where}.subkeys[{i}] must be [subkey, value, exp]"
-        )
+    for i, item in enumerate(subkeys):  # one check per subkey: grids announce thousands
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ValueError(f"{where}.subkeys[{i}] must be [subkey, value, exp]")
         subkey, subvalue, subexpiration = item
-        require(
-            isinstance(subkey, bytes) and isinstance(subvalue, bytes) and is_expiration(subexpiration),
-            f"{where}.subkeys[{i}] must be [bytes, bytes, number]",
-        )
+        if not (isinstance(subkey, bytes) and isinstance(subvalue, bytes) and is_expiration(subexpiration)):
+            raise ValueError(f"{where}.subkeys[{i}] must be [bytes, bytes, number]")
         parsed[subkey] = (subvalue, float(subexpiration))
     return StoredEntry(key, None, float(expiration), parsed)
