@@ -22,7 +22,7 @@ from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 from test_stateful_dht import DHTMachine, dht_swarm, peer_index
 
 from hivemind_core.dht import Contact, DHTNode
-from hivemind_core.dht import node as node_module
+from hivemind_core.dht import lookups as lookups_module
 from hivemind_core.dht.codec import decode_node
 from hivemind_core.dht.ids import key_id, node_id_for
 from hivemind_core.dht.membership import Membership
@@ -108,9 +108,9 @@ def test_a_dht_that_stores_on_one_replica_only_loses_acknowledged_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def store_on_the_nearest_only(self: DHTNode, items: Any) -> list[bool]:
-        records = [self._prepare(item) for item in items]
+        records = [self.writes.prepare(item) for item in items]
         targets = [key_id(record.key) for record in records]
-        lookups = await self._lookup(targets, k=self.config.replicas)
+        lookups = await self.lookups.run(targets, k=self.config.replicas)
         stored = []
         for target, record in zip(targets, records, strict=True):
             nearest = lookups[target].nearest[:1]
@@ -143,7 +143,7 @@ def test_a_routing_table_that_accepts_any_endpoint_is_caught(
 def test_a_lookup_that_never_times_out_a_frozen_contact_overruns_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    traverse, call = node_module.traverse, RPC.call
+    traverse, call = lookups_module.traverse, RPC.call
 
     async def without_deadline(*args: Any, **options: Any) -> Any:
         return await traverse(*args, **{**options, "deadline": None})
@@ -151,6 +151,6 @@ def test_a_lookup_that_never_times_out_a_frozen_contact_overruns_its_budget(
     async def patient(self: RPC, peer: str, method: str, body: Any = None, *, timeout: Any = None) -> Any:
         return await call(self, peer, method, body, timeout=1e9 if method == "dht.find" else timeout)
 
-    monkeypatch.setattr(node_module, "traverse", without_deadline)
+    monkeypatch.setattr(lookups_module, "traverse", without_deadline)
     monkeypatch.setattr(RPC, "call", patient)
     hunt(FrozenHunt, tmp_path, "over its .* budget")
