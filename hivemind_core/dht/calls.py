@@ -30,14 +30,13 @@ from .config import DHTConfig
 from .identity import Identity
 from .ids import id_to_bytes, node_id_for
 from .membership import Membership
-from .routing import Contact
+from .routing import Contact, canonical
 from .rtt import RoundTrips
 from .stats import DHTStats
 from .storage import DHTRecord, StoredEntry
 
 logger = logging.getLogger(__name__)
 
-CONTACT_CACHE_SIZE = 1024  # decoded contacts kept per node (a table holds ~k·log2(n) ≈ 200)
 ROUND_TRIP_BYTES = 16 * 1024
 """A store carrying more bytes of records takes as long as the link's bandwidth makes it, which
 round trips do not predict: it waits ``rpc_timeout`` and its time is not a round-trip sample."""
@@ -71,7 +70,6 @@ class PeerCalls:
         self.membership = membership
         self.stats = stats
         self._me: list[Any] | None = None
-        self._known_contacts: dict[tuple[bytes, str], Contact] = {}  # see _contact_or_none
         self.round_trips = RoundTrips(
             capacity=config.rtt_contacts,
             min_timeout=min(config.min_rpc_timeout, config.rpc_timeout),
@@ -255,23 +253,15 @@ class PeerCalls:
     def _contact_or_none(self, raw: Any, source: Contact) -> Contact | None:
         """A contact from a find answer; one we could never dial is skipped, not believed.
 
-        Answers repeat the same contacts over and over, so decoded ones are kept (bounded):
-        decoding and checking each again made lookups 20-30% slower over TCP.
+        The contact returned is the shared copy routing tables hold (``routing.canonical``):
+        answers repeat the same contacts over and over, and a copy per node that heard of one
+        made up half of a simulated peer's memory.
         """
-        known = self._known_contacts
         try:
-            return known[tuple(raw)]
-        except (KeyError, TypeError):  # new, or not even a hashable pair
-            pass
-        try:
-            contact = decode_contact(raw, "contact", self.rpc.transport.check_endpoint)
+            return canonical(decode_contact(raw, "contact", self.rpc.transport.check_endpoint))
         except ValueError as error:
             logger.debug("%s sent an unusable contact %r: %s", source.endpoint, raw, error)
             return None
-        if len(known) >= CONTACT_CACHE_SIZE:
-            del known[next(iter(known))]  # the oldest
-        known[contact.public_key, contact.endpoint] = contact
-        return contact
 
     def _check_responder(self, contact: Contact, raw: Any) -> None:
         public_key, _ = decode_node(raw, "responder")
