@@ -138,13 +138,17 @@ class TcpTransport(FramedTransport):
 
     # ---- FramedTransport hooks: on every request, so kept to a few attribute reads --------
 
-    async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
+    def _open_link_now(self, peer: Endpoint) -> Link | None:
+        """The pooled connection to ``peer`` if it is open (most requests): no coroutine."""
         connection = self._outgoing.get(peer)
         if connection is not None:
             transport = connection.transport
             if transport is not None and not transport.is_closing():
                 return connection
-        return await self._pool.open(peer, deadline)
+        return None
+
+    async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
+        return self._open_link_now(peer) or await self._pool.open(peer, deadline)
 
     # The connection writes a frame, and waits for its backlog, itself: ``self._write(link, ...)``
     # calls ``Connection.send(link, ...)`` directly, without a call in between.
