@@ -22,8 +22,10 @@ class DHTConfig:
     within [min_rpc_timeout, rpc_timeout] (see ``rtt.RoundTrips``). One second, RFC 6298's
     minimum: an answer carrying a big entry takes longer than a small one's round trip. Above
     ``rpc_timeout``, ``rpc_timeout`` is used."""
-    rtt_contacts: int = 1024
-    """Contacts whose round-trip times a node remembers (the least recently measured go first)."""
+    rtt_contacts: int = 256
+    """Contacts whose round-trip times a node remembers (the least recently measured go first):
+    about one routing table's worth, the contacts a node keeps calling. ~100 bytes each, which
+    at 100,000 simulated peers is the difference between 2.5 and 10 GB."""
     straggler_delay: float = 0.5
     """After this many seconds a lookup stops waiting for an RPC to a contact whose round trips
     were never measured before asking another node; a measured one is waited on only until its

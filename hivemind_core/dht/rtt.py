@@ -23,7 +23,6 @@ contacts, forgetting the least recently measured: any peer can make us call new 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 ALPHA = 1 / 8
@@ -55,7 +54,7 @@ class RoundTrips:
         self.capacity = capacity
         self.min_timeout = min_timeout
         self.max_timeout = max_timeout
-        self._estimates: OrderedDict[str, _Estimate] = OrderedDict()
+        self._estimates: dict[str, _Estimate] = {}  # least recently measured first
         self._typical: _Estimate | None = None
         """Fed by every sample: what to expect of a contact never measured."""
 
@@ -67,7 +66,7 @@ class RoundTrips:
         seconds = max(0.0, seconds)
         self._estimates[endpoint] = _update(self._estimates.pop(endpoint, None), seconds)  # last: newest
         if len(self._estimates) > self.capacity:
-            self._estimates.popitem(last=False)
+            del self._estimates[next(iter(self._estimates))]
         self._typical = _update(self._typical, seconds)
 
     def timed_out(self, endpoint: str) -> None:
