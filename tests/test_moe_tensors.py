@@ -13,6 +13,7 @@ from hivemind_core.moe.tensors import (
     BLOCK_SIZE,
     MAX_TENSORS,
     Compression,
+    NonFiniteTensor,
     deserialize_tensor,
     deserialize_tensors,
     serialize_tensor,
@@ -412,3 +413,38 @@ def test_tensor_list_max_elements_is_a_total() -> None:
     assert len(deserialize_tensors(raw, max_elements=12)) == 2
     with pytest.raises(ValueError, match=r"^tensor 1: shape \[6\] has 6 elements, more than the 4 allowed"):
         deserialize_tensors(raw, max_elements=10)
+
+
+@pytest.mark.parametrize("compression", list(Compression), ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_finite_refuses_nan_and_inf_once_decoded(
+    dtype: torch.dtype, compression: Compression, bad: float
+) -> None:
+    tensor = torch.zeros(3, 5, dtype=dtype)
+    assert_identical(deserialize_tensor(serialize_tensor(tensor, compression), finite=True), tensor)
+    tensor[1, 2] = bad
+    if compression is Compression.UINT8:  # the sender already refuses it
+        return
+    raw = wire_round_trip(serialize_tensor(tensor, compression))
+    with pytest.raises(NonFiniteTensor, match="NaN or infinite"):
+        deserialize_tensor(raw, finite=True)
+    with pytest.raises(NonFiniteTensor, match="tensor 1: contains NaN or infinite"):
+        deserialize_tensors([serialize_tensor(torch.ones(2)), raw], finite=True)
+    assert deserialize_tensor(raw).isfinite().sum().item() == 14  # without finite, as sent
+
+
+def test_finite_refuses_uint8_blocks_that_decode_past_the_float32_range() -> None:
+    raw = serialize_tensor(torch.zeros(BLOCK_SIZE), Compression.UINT8)
+    codes = bytearray(raw[3])
+    codes[0] = 255
+    mins_and_scales = np.frombuffer(raw[4], dtype="<f4").copy()
+    mins_and_scales[1] = np.finfo(np.float32).max  # a finite scale: 255 steps of it overflow float32
+    forged = [raw[0], raw[1], raw[2], bytes(codes), mins_and_scales.tobytes()]
+    with pytest.raises(NonFiniteTensor):
+        deserialize_tensor(forged, finite=True)
+
+
+def test_finite_passes_integers_through_unchecked() -> None:
+    tensor = torch.tensor([[-1, 0, 2**40]])
+    assert_identical(deserialize_tensor(serialize_tensor(tensor), finite=True), tensor)

@@ -4,7 +4,10 @@ A tensor travels as ``[dtype_name, shape, compression, data, extra]``. ``dtype_n
 sender's original dtype, so the receiver gets back the dtype it would have had locally whatever
 the compression. Raw data is little-endian. Everything a peer sends is checked before anything
 is allocated, so garbage from the network ends in a ``ValueError`` naming what is wrong, never a
-crash, a huge allocation or a tensor aliasing the message buffer.
+crash, a huge allocation or a tensor aliasing the message buffer. A receiver that wants only
+finite values asks for ``finite=True``: the data is then checked for NaN and Inf once, in the
+message buffer before it is copied (:class:`NonFiniteTensor`), not again by every layer the
+tensor crosses.
 
 Compression trades precision for bandwidth and applies only to floating-point tensors:
 
@@ -20,9 +23,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,6 +66,12 @@ NAMES: Mapping[torch.dtype, str] = MappingProxyType(
     {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
 )
 FLOATS = frozenset({"float32", "float64", "float16", "bfloat16"})
+_SIXTEEN_BITS = MappingProxyType({Compression.FLOAT16: "float16", Compression.BFLOAT16: "bfloat16"})
+# enum members are slow to look up, and these checks run for every tensor sent or received
+_NONE, _UINT8 = Compression.NONE, Compression.UINT8
+_WIDE = frozenset({"float32", "float64"})  # what FLOAT16 and BFLOAT16 shrink
+_SEQUENCES = (list, tuple)  # isinstance with a tuple: ``list | tuple`` would build a union per call
+_BUFFERS = (bytes, bytearray)
 
 
 def serialize_tensor(tensor: torch.Tensor, compression: Compression | str = Compression.NONE) -> list:
@@ -73,20 +81,20 @@ def serialize_tensor(tensor: torch.Tensor, compression: Compression | str = Comp
     tensors and where it would not shrink the data (a float16 tensor asked for FLOAT16).
     Raises ValueError for unsupported dtypes, and for NaN/Inf under UINT8.
     """
-    compression = Compression(compression)
+    if type(compression) is not Compression:
+        compression = Compression(compression)
     if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
         raise ValueError(f"can only serialize dense torch tensors, got {type(tensor).__name__}")
     name = NAMES.get(tensor.dtype)
     if name is None:
         raise ValueError(f"cannot serialize dtype {tensor.dtype}: supported are {', '.join(DTYPES)}")
-    tensor = tensor.detach().cpu().contiguous()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        tensor = tensor.cpu().contiguous()
     shape = list(tensor.shape)
-    shrinks = compression is Compression.UINT8 or name in ("float32", "float64")
-    if name not in FLOATS or not shrinks:
-        compression = Compression.NONE
-
-    if compression is Compression.NONE:
-        return [name, shape, compression.value, _raw_bytes(tensor, name), b""]
+    if compression is _NONE or name not in FLOATS or (compression is not _UINT8 and name not in _WIDE):
+        return [name, shape, "none", _raw_bytes(tensor, name), b""]
     if compression is Compression.FLOAT16:
         limit = torch.finfo(torch.float16).max
         saturated = torch.where(tensor.isinf(), tensor, tensor.clamp(-limit, limit))
@@ -97,9 +105,13 @@ def serialize_tensor(tensor: torch.Tensor, compression: Compression | str = Comp
     return [name, shape, compression.value, data, extra]
 
 
-@dataclass(frozen=True, slots=True)
-class TensorHeader:
-    """What a serialized tensor claims to be, checked before any of its data is decoded."""
+class NonFiniteTensor(ValueError):
+    """A floating-point tensor from a peer holds NaN or Inf where only finite values are taken."""
+
+
+class TensorHeader(NamedTuple):
+    """What a serialized tensor claims to be, checked before any of its data is decoded (a
+    named tuple: every tensor received builds one, and a tuple is the cheapest to build)."""
 
     name: str
     shape: tuple[int, ...]
@@ -120,30 +132,33 @@ def read_header(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Tensor
     Costs the same for a tensor of any size, so a receiver can refuse a large claim cheaply.
     Raises ValueError naming the problem.
     """
-    if not isinstance(raw, list | tuple) or len(raw) != 5:
+    if not isinstance(raw, _SEQUENCES) or len(raw) != 5:
         raise ValueError("a serialized tensor must be a 5-item list [dtype, shape, compression, data, extra]")
     name, shape, compression_name, data, extra = raw
     if not isinstance(name, str) or name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: supported are {', '.join(DTYPES)}")
-    if (
-        not isinstance(shape, list | tuple)
-        or len(shape) > MAX_DIMS
-        or not all(type(dim) is int and 0 <= dim <= _MAX_DIM for dim in shape)
-    ):
+    numel = 1
+    if isinstance(shape, _SEQUENCES) and len(shape) <= MAX_DIMS:
+        for dim in shape:
+            if type(dim) is not int or not 0 <= dim <= _MAX_DIM:
+                numel = -1
+                break
+            numel *= dim
+    else:
+        numel = -1
+    if numel < 0:
         raise ValueError(f"shape must be a list of at most {MAX_DIMS} non-negative ints, got {shape!r}")
-    numel = math.prod(shape)
     if numel > max_elements:
         raise ValueError(f"shape {list(shape)} has {numel} elements, more than the {max_elements} allowed")
-    try:
-        compression = Compression(compression_name)
-    except ValueError:
-        raise ValueError(f"unknown compression {compression_name!r}") from None
-    if compression is not Compression.NONE and name not in FLOATS:
+    compression = _COMPRESSIONS.get(compression_name) if isinstance(compression_name, str) else None
+    if compression is None:
+        raise ValueError(f"unknown compression {compression_name!r}")
+    item_size = _ITEM_SIZES.get((name, compression))
+    if item_size is None:
         raise ValueError(f"compression {compression.value} applies only to floating-point dtypes, not {name}")
-    if not isinstance(data, bytes | bytearray) or not isinstance(extra, bytes | bytearray):
+    if not isinstance(data, _BUFFERS) or not isinstance(extra, _BUFFERS):
         raise ValueError("data and extra must be bytes")
-    item_size = 1 if compression is Compression.UINT8 else DTYPES[_wire_name(name, compression)][1].itemsize
-    expected_extra = 8 * -(-numel // BLOCK_SIZE) if compression is Compression.UINT8 else 0
+    expected_extra = 8 * -(-numel // BLOCK_SIZE) if compression is _UINT8 else 0
     if len(data) != numel * item_size:
         raise ValueError(f"data is {len(data)} bytes, expected {numel * item_size}")
     if len(extra) != expected_extra:
@@ -154,7 +169,7 @@ def read_header(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Tensor
 def read_headers(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[TensorHeader]:
     """:func:`read_header` for a list of serialized tensors; ``max_elements`` caps them all together
     and errors say which index is bad."""
-    if not isinstance(raw, list | tuple):
+    if not isinstance(raw, _SEQUENCES):
         raise ValueError(f"serialized tensors must be a list, got {type(raw).__name__}")
     if len(raw) > MAX_TENSORS:
         raise ValueError(f"{len(raw)} tensors, more than the {MAX_TENSORS} allowed in one message")
@@ -170,12 +185,15 @@ def read_headers(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[
     return headers
 
 
-def deserialize_tensor(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+def deserialize_tensor(
+    raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS, finite: bool = False
+) -> torch.Tensor:
     """Check a serialized tensor from a peer and rebuild it as a fresh, writable tensor.
 
-    Raises ValueError naming the problem; ``max_elements`` is enforced before allocating.
+    Raises ValueError naming the problem (:class:`NonFiniteTensor` for NaN or Inf in a
+    floating-point tensor when ``finite``); ``max_elements`` is enforced before allocating.
     """
-    return _decode(raw, read_header(raw, max_elements=max_elements))
+    return decode_tensor(raw, read_header(raw, max_elements=max_elements), finite=finite)
 
 
 def serialize_tensors(
@@ -187,7 +205,9 @@ def serialize_tensors(
     return [serialize_tensor(tensor, compression) for tensor in tensors]
 
 
-def deserialize_tensors(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[torch.Tensor]:
+def deserialize_tensors(
+    raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS, finite: bool = False
+) -> list[torch.Tensor]:
     """Check and rebuild a list of serialized tensors; errors say which index is bad.
 
     ``max_elements`` caps the elements of all tensors together, so a long list of large tensors
@@ -197,24 +217,45 @@ def deserialize_tensors(raw: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -
     tensors: list[torch.Tensor] = []
     for index, (item, header) in enumerate(zip(raw, headers, strict=True)):
         try:
-            tensors.append(_decode(item, header))
+            tensors.append(decode_tensor(item, header, finite=finite))
         except ValueError as error:
-            raise ValueError(f"tensor {index}: {error}") from None
+            raise type(error)(f"tensor {index}: {error}") from None
     return tensors
 
 
 def _wire_name(name: str, compression: Compression) -> str:
     """The dtype whose raw bytes travel: the 16-bit format for FLOAT16/BFLOAT16, else ``name``."""
-    return {Compression.FLOAT16: "float16", Compression.BFLOAT16: "bfloat16"}.get(compression, name)
+    return _SIXTEEN_BITS.get(compression, name)
 
 
-def _decode(raw: Any, header: TensorHeader) -> torch.Tensor:
-    """The tensor of a serialized list whose header was read (so its sizes are known good)."""
+_COMPRESSIONS: Mapping[str, Compression] = MappingProxyType({c.value: c for c in Compression})
+_ITEM_SIZES: Mapping[tuple[str, Compression], int] = MappingProxyType(
+    {
+        (name, compression): 1
+        if compression is Compression.UINT8
+        else DTYPES[_wire_name(name, compression)][1].itemsize
+        for name in DTYPES
+        for compression in Compression
+        if compression is Compression.NONE or name in FLOATS
+    }
+)
+"""Bytes an element takes on the wire, for each valid (dtype name, compression)."""
+
+
+def decode_tensor(raw: Any, header: TensorHeader, *, finite: bool = False) -> torch.Tensor:
+    """The tensor of a serialized list whose header :func:`read_header` returned (so its sizes
+    are known good), as a fresh, writable tensor; with ``finite``, a floating-point one holding
+    NaN or Inf raises :class:`NonFiniteTensor`, checked before anything is allocated."""
     data, extra = raw[3], raw[4]
-    if header.compression is Compression.UINT8:
-        flat = _dequantize(data, extra, header.dtype)
+    check = finite and header.name in FLOATS
+    if header.compression is _UINT8:
+        flat = _dequantize(data, extra, header.dtype)  # finite mins and scales can still overflow
+        if check and not bool(torch.isfinite(flat).all()):
+            raise NonFiniteTensor("contains NaN or infinite values")
     else:
-        flat = _from_raw_bytes(data, _wire_name(header.name, header.compression)).to(header.dtype)
+        flat = _from_raw_bytes(data, _wire_name(header.name, header.compression), finite=check)
+        if flat.dtype != header.dtype:
+            flat = flat.to(header.dtype)
     return flat.reshape(header.shape)
 
 
@@ -225,16 +266,28 @@ def _raw_bytes(tensor: torch.Tensor, name: str) -> bytes:
     return tensor.numpy().astype(DTYPES[name][1], copy=False).tobytes()
 
 
-def _from_raw_bytes(data: bytes | bytearray, name: str) -> torch.Tensor:
-    """A flat tensor of dtype ``name`` owning a copy of ``data`` (length already checked)."""
+def _from_raw_bytes(data: bytes | bytearray, name: str, *, finite: bool = False) -> torch.Tensor:
+    """A flat tensor of dtype ``name`` owning a copy of ``data`` (length already checked);
+    ``finite`` (floating-point names only) refuses NaN and Inf before copying."""
     np_dtype = DTYPES[name][1]
     if name == "bool":
         values = np.frombuffer(data, dtype=np.uint8)
         if values.size and values.max() > 1:
             raise ValueError("bool data must hold only bytes 0 and 1")
-    array = np.frombuffer(data, dtype=np_dtype).astype(np_dtype.newbyteorder("="), copy=True)
+    view = np.frombuffer(data, dtype=np_dtype)
+    if finite and not _all_finite(view, name):
+        raise NonFiniteTensor("contains NaN or infinite values")
+    array = view.astype(np_dtype.newbyteorder("="), copy=True)
     tensor = torch.from_numpy(array)
     return tensor.view(torch.bfloat16) if name == "bfloat16" else tensor
+
+
+def _all_finite(view: np.ndarray, name: str) -> bool:
+    """Whether raw floating-point data of dtype ``name`` holds no NaN or Inf (bfloat16 arrives
+    as its int16 bits: all-ones exponent bits mean NaN or Inf)."""
+    if name == "bfloat16":
+        return not np.any((view & 0x7F80) == 0x7F80)
+    return bool(np.isfinite(view).all())
 
 
 def _quantize(flat: torch.Tensor) -> tuple[bytes, bytes]:
