@@ -25,7 +25,7 @@ import torch
 from hivemind_core.bridge import LoopBridge
 from hivemind_core.dht import DHTNode
 from hivemind_core.moe.client import MoEBeamSearcher, MoEClient
-from hivemind_core.moe.server import DeviceThread, ExpertBackend, ExpertServer
+from hivemind_core.moe.server import DeviceThread, ExpertBackend, ExpertServer, ServerConfig
 from hivemind_core.moe.uid import expand_pattern
 from hivemind_core.net import TcpConfig, TcpTransport
 
@@ -60,7 +60,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         nodes.append(node)
         mine = uids[i :: args.servers] if args.layout == "stripes" else uids[i * share : (i + 1) * share]
         backends = [ExpertBackend.create(uid, "ffn", 4, seed=j) for j, uid in enumerate(mine)]
-        server = ExpertServer(backends, rpc=node.rpc, dht=node, executor=DeviceThread(), announce_period=3600)
+        server = ExpertServer(
+            backends,
+            rpc=node.rpc,
+            dht=node,
+            executor=DeviceThread(),
+            config=ServerConfig(announce_period=3600),
+        )
         await server.start()
         servers.append(server)
     started = time.process_time()

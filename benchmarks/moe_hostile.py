@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from hivemind_core.dht import DHT
-from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEClient, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.net import RPC, RemoteError, TcpConfig, TcpTransport
 from hivemind_sim.scenario.format.loader import parse_scenario
 from hivemind_sim.scenario.run.runner import run_scenario
@@ -203,12 +203,14 @@ def check_cost_main(args: argparse.Namespace) -> None:
         )
         checked.vet_seconds = []
         unchecked = RemoteMixtureOfExperts(
-            in_features=args.hid,
-            grid_size=(4 * args.servers,),
-            uid_prefix="ffn",
+            MoEConfig(
+                in_features=args.hid,
+                grid_size=(4 * args.servers,),
+                uid_prefix="ffn",
+                k_best=args.k_best,
+                answer_check=None,
+            ),
             client=client,
-            k_best=args.k_best,
-            answer_check=None,
         )
         unchecked.proj = checked.proj
         x = torch.randn(args.batch, args.hid)

@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from hivemind_core.dht import DHT
-from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, MoEConfig, RemoteMixtureOfExperts
 from hivemind_sim.swarms.processes import expert_server
 
 HIDDEN = 64
@@ -93,15 +93,17 @@ def train(fault_rate: float, *, epochs: int, seed: int = 0, batch: int = 64) -> 
         model = nn.Sequential(
             nn.Linear(64, HIDDEN),
             RemoteMixtureOfExperts(
-                in_features=HIDDEN,
-                grid_size=GRID,
-                uid_prefix="ffn",
+                MoEConfig(
+                    in_features=HIDDEN,
+                    grid_size=GRID,
+                    uid_prefix="ffn",
+                    k_best=4,
+                    k_min=1,
+                    forward_timeout=5.0,
+                    timeout_after_k_min=0.5,
+                    max_searches=5,
+                ),
                 client=client,
-                k_best=4,
-                k_min=1,
-                forward_timeout=5.0,
-                timeout_after_k_min=0.5,
-                max_searches=5,
             ),
             nn.Linear(HIDDEN, 10),
         )

@@ -190,18 +190,15 @@ async def _join(args: argparse.Namespace) -> DHTNode:
 
 
 def _expert_server_of(args: argparse.Namespace, node: DHTNode, backends: list[Any]) -> Any:
-    from .moe.server import DeviceThread, ExpertServer
+    from .moe.server import DeviceThread, ExpertServer, ServerConfig
 
-    return ExpertServer(
-        backends,
-        rpc=node.rpc,
-        dht=node,
-        executor=DeviceThread(args.device),
+    config = ServerConfig(
         announce_period=args.announce_period,
         announce_ttl=3 * args.announce_period,
         checkpoint_dir=args.checkpoint_dir,
         fault_rate=args.fault_rate,
     )
+    return ExpertServer(backends, rpc=node.rpc, dht=node, executor=DeviceThread(args.device), config=config)
 
 
 async def _expert_server(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from hivemind_core.moe.client import RemoteExpert, RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEConfig, RemoteExpert, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.moe.uid import expand_pattern
 
@@ -41,7 +41,7 @@ async def test_the_mixture_answers_on_the_inputs_device(
     client = await world.moe_client([world.servers[0].endpoint])
     torch.manual_seed(0)
     layer = RemoteMixtureOfExperts(
-        in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=4
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=4), client=client
     ).to(client_device)
     x = torch.randn(6, HID, device=client_device, requires_grad=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hivemind_core.moe.client import ExpertsUnavailable, RemoteMixtureOfExperts
+from hivemind_core.moe.client import ExpertsUnavailable, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.moe.client.errors import describe_failures
 from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.moe.uid import expand_pattern
@@ -21,7 +21,8 @@ async def test_a_hidden_size_mismatch_is_reported_once_for_all_experts(world) ->
     await world.expert_server(hosted[1::2], [first.endpoint])
     client = await world.moe_client([first.endpoint])
     layer = RemoteMixtureOfExperts(
-        in_features=HID // 2, grid_size=(2, 3), uid_prefix="ffn", client=client, k_best=6, max_searches=1
+        MoEConfig(in_features=HID // 2, grid_size=(2, 3), uid_prefix="ffn", k_best=6, max_searches=1),
+        client=client,
     )
     with pytest.raises(ExpertsUnavailable) as raised:
         await world.run_trainer(lambda: layer(torch.randn(4, HID // 2)))

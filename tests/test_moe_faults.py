@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hivemind_core.dht import DHT
-from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEClient, MoEConfig, RemoteMixtureOfExperts
 from hivemind_sim.swarms.processes import PeerProcess, expert_server
 
 HID = 32
@@ -38,7 +38,7 @@ def swarm() -> Iterator[tuple[PeerProcess, PeerProcess, DHT]]:
 def trainer(dht: DHT) -> tuple[RemoteMixtureOfExperts, object]:
     client = MoEClient.from_dht(dht)
     layer = RemoteMixtureOfExperts(
-        in_features=HID, grid_size=(2, 4), uid_prefix="ffn", client=client, k_best=8, k_min=1
+        MoEConfig(in_features=HID, grid_size=(2, 4), uid_prefix="ffn", k_best=8, k_min=1), client=client
     )  # default, finite timeouts
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.01)
 
@@ -70,9 +70,10 @@ def test_training_survives_a_server_fault_within_the_timeouts(swarm, fault: sign
     second.signal(fault)
     faulted = time.perf_counter()
     durations = [step() for _ in range(5)]
-    bound = layer.forward_timeout + layer.backward_timeout
+    bound = layer.config.forward_timeout + layer.config.backward_timeout
     assert max(durations) < bound, f"a step took {max(durations):.1f} s; the timeouts allow {bound:.0f} s"
-    assert durations[0] < layer.timeout_after_k_min + 2.0, "the first step after the fault waited too long"
+    first_bound = layer.config.timeout_after_k_min + 2.0
+    assert durations[0] < first_bound, "the first step after the fault waited too long"
     assert max(durations[1:]) < 1.0, "the faulty server must not be waited for again"
     assert chosen_endpoints(layer, dht) == {first.endpoint}, "the faulty server is still being chosen"
     assert time.perf_counter() - faulted < 10, "dropping the server took longer than a few seconds"

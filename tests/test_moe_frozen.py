@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from hivemind_core.moe.client import MoEBeamSearcher, RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEBeamSearcher, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.moe.uid import expand_pattern
 
@@ -45,7 +45,7 @@ async def test_a_frozen_server_costs_at_most_one_slow_step(world, one_torch_thre
     frozen = world.servers[2]
     client = await world.moe_client([first.endpoint])
     layer = RemoteMixtureOfExperts(
-        in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=4
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=4), client=client
     )  # default timeouts, cache_ttl and lookup_timeout
     loop = asyncio.get_running_loop()
     x = torch.randn(16, HID, generator=torch.Generator().manual_seed(0))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from hivemind_core.moe.client import ExpertsUnavailable, RemoteMixtureOfExperts
+from hivemind_core.moe.client import ExpertsUnavailable, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.moe.client.outliers import NormCheck
 from hivemind_core.moe.client.stats import ExpertCall
 from hivemind_core.moe.server import ExpertBackend, TensorSpec
@@ -114,7 +114,7 @@ async def grid(world, servers: int) -> tuple[list, dict[str, nn.Module]]:
 
 def layer_of(client, calls: list[ExpertCall], **options) -> RemoteMixtureOfExperts:
     options = {"in_features": HID, "grid_size": GRID, "uid_prefix": "ffn", "k_best": 6, **options}
-    layer = RemoteMixtureOfExperts(client=client, **options)
+    layer = RemoteMixtureOfExperts(MoEConfig(**options), client=client)
     layer.stats.observer = calls.append
     return layer
 

@@ -4,12 +4,13 @@ it raises, what it counts and warns about, and that a cancelled step bans nobody
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import pytest
 import torch
 
-from hivemind_core.moe.client import ExpertsUnavailable, MalformedResponse, RemoteMixtureOfExperts
+from hivemind_core.moe.client import ExpertsUnavailable, MalformedResponse, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.moe.uid import expand_pattern
 from hivemind_core.net import RemoteError
@@ -31,7 +32,7 @@ async def grid_of_servers(world, servers: int = 2):
 
 def make_layer(client, **options) -> RemoteMixtureOfExperts:
     options = {"in_features": HID, "grid_size": GRID, "uid_prefix": "ffn", "k_best": 3, **options}
-    return RemoteMixtureOfExperts(client=client, **options)
+    return RemoteMixtureOfExperts(MoEConfig(**options), client=client)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,15 @@ async def test_every_argument_is_validated(world, options: dict, message: str) -
     client = await world.moe_client([])
     with pytest.raises(ValueError, match=message):
         make_layer(client, **options)
+
+
+async def test_the_config_is_frozen_with_tuples_and_the_layer_takes_nothing_else() -> None:
+    config = MoEConfig(in_features=HID, grid_size=[2, 3], uid_prefix="ffn", k_best=3, output_shape=[HID])
+    assert config.grid_size == (2, 3) and config.output_shape == (HID,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.k_min = 2  # type: ignore[misc]
+    with pytest.raises(TypeError, match="config must be a MoEConfig"):
+        RemoteMixtureOfExperts({"in_features": HID}, client=None)  # type: ignore[arg-type]
 
 
 async def test_inputs_of_the_wrong_shape_are_clear_errors(world) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
-from hivemind_core.moe.client import ExpertsUnavailable, RemoteMixtureOfExperts
+from hivemind_core.moe.client import ExpertsUnavailable, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend
 from hivemind_core.moe.uid import expand_pattern
 
@@ -52,7 +53,7 @@ async def test_output_and_gradients_equal_a_local_mixture(
     client = await world.moe_client([world.servers[0].endpoint])
     torch.manual_seed(0)
     layer = RemoteMixtureOfExperts(
-        in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=4
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=4), client=client
     ).to(dtype)
     gate = copy.deepcopy(layer.proj)
     x = torch.randn(10, HID, dtype=dtype)
@@ -92,14 +93,16 @@ async def test_dead_experts_are_dropped_and_the_rest_averaged(world) -> None:
     client = await world.moe_client([servers[0].endpoint])
     torch.manual_seed(1)
     layer = RemoteMixtureOfExperts(
-        in_features=HID,
-        grid_size=GRID,
-        uid_prefix="ffn",
+        MoEConfig(
+            in_features=HID,
+            grid_size=GRID,
+            uid_prefix="ffn",
+            k_best=4,
+            k_min=1,
+            forward_timeout=2.0,
+            timeout_after_k_min=0.5,
+        ),
         client=client,
-        k_best=4,
-        k_min=1,
-        forward_timeout=2.0,
-        timeout_after_k_min=0.5,
     )
     gate = copy.deepcopy(layer.proj)
     x = torch.randn(8, HID)
@@ -120,14 +123,16 @@ async def test_too_few_answers_is_a_clear_error_and_a_fresh_search_finds_others(
     servers, _ = await grid_of_servers(world)
     client = await world.moe_client([servers[0].endpoint])
     layer = RemoteMixtureOfExperts(
-        in_features=HID,
-        grid_size=GRID,
-        uid_prefix="ffn",
+        MoEConfig(
+            in_features=HID,
+            grid_size=GRID,
+            uid_prefix="ffn",
+            k_best=12,
+            k_min=12,
+            forward_timeout=2.0,
+            max_searches=2,
+        ),
         client=client,
-        k_best=12,
-        k_min=12,
-        forward_timeout=2.0,
-        max_searches=2,
     )
     x = torch.randn(4, HID)
     assert (await world.run_trainer(lambda: layer(x))).shape == (4, HID)
@@ -138,7 +143,7 @@ async def test_too_few_answers_is_a_clear_error_and_a_fresh_search_finds_others(
     ):
         await world.run_trainer(lambda: layer(x))
     # with k_min=4 the experts of the surviving server suffice: the failed ones are searched around
-    layer.k_min = 4
+    layer.config = dataclasses.replace(layer.config, k_min=4)
     output = await world.run_trainer(lambda: layer(x))
     assert output.shape == (4, HID) and torch.isfinite(output).all()
 
@@ -146,7 +151,9 @@ async def test_too_few_answers_is_a_clear_error_and_a_fresh_search_finds_others(
 async def test_beam_search_returns_the_best_alive_experts(world) -> None:
     servers, _ = await grid_of_servers(world)
     client = await world.moe_client([servers[0].endpoint])
-    layer = RemoteMixtureOfExperts(in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=5)
+    layer = RemoteMixtureOfExperts(
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=5), client=client
+    )
     torch.manual_seed(3)
     logits = [torch.randn(6, size) for size in GRID]
     alive = {uid for server in servers[:2] for uid in server.backends}
@@ -169,19 +176,19 @@ async def test_timeouts_must_be_finite(world) -> None:
     client = await world.moe_client([])
     with pytest.raises(ValueError, match="forward_timeout must be a finite positive number"):
         RemoteMixtureOfExperts(
-            in_features=4,
-            grid_size=(2,),
-            uid_prefix="ffn",
+            MoEConfig(
+                in_features=4, grid_size=(2,), uid_prefix="ffn", k_best=1, forward_timeout=float("inf")
+            ),
             client=client,
-            k_best=1,
-            forward_timeout=float("inf"),
         )
 
 
 async def test_excluded_experts_never_crowd_out_the_remaining_ones(world) -> None:
     servers, _ = await grid_of_servers(world)
     client = await world.moe_client([servers[0].endpoint])
-    layer = RemoteMixtureOfExperts(in_features=HID, grid_size=GRID, uid_prefix="ffn", client=client, k_best=2)
+    layer = RemoteMixtureOfExperts(
+        MoEConfig(in_features=HID, grid_size=GRID, uid_prefix="ffn", k_best=2), client=client
+    )
     logits = [torch.tensor([[9.0, 1.0, 0.0]]), torch.tensor([[4.0, 3.0, 2.0, 1.0]])]
     row_zero = {f"ffn.0.{j}" for j in range(4)}  # the best-scored row, and the beam's top two: excluded
     chosen = await world.run_trainer(

@@ -19,7 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hivemind_core.dht import DHTConfig, DHTNode
-from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client import ExpertsUnavailable, MoEClient, MoEConfig, RemoteMixtureOfExperts
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import expand_pattern
 from hivemind_sim import AccessLink, Simulation
@@ -83,15 +83,17 @@ def test_forward_tolerates_any_set_of_dead_servers(
             baton = Baton()
             client = MoEClient(rpc=trainer.rpc, dht=trainer, bridge=baton)
             layer = RemoteMixtureOfExperts(
-                in_features=HID,
-                grid_size=GRID,
-                uid_prefix="ffn",
+                MoEConfig(
+                    in_features=HID,
+                    grid_size=GRID,
+                    uid_prefix="ffn",
+                    k_best=k_best,
+                    k_min=k_min,
+                    forward_timeout=1.0,
+                    timeout_after_k_min=0.2,
+                    max_searches=4,
+                ),
                 client=client,
-                k_best=k_best,
-                k_min=k_min,
-                forward_timeout=1.0,
-                timeout_after_k_min=0.2,
-                max_searches=4,
             )
             x = torch.randn(5, HID, generator=torch.Generator().manual_seed(seed))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import re
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from hivemind_core.moe.client import RemoteExpert
 from hivemind_core.moe.declare import find_experts
-from hivemind_core.moe.server import ComputeExecutor, ExpertBackend, ExpertServer, TensorSpec
+from hivemind_core.moe.server import ComputeExecutor, ExpertBackend, ExpertServer, ServerConfig, TensorSpec
 from hivemind_core.moe.server import server as server_module
 from hivemind_core.moe.tensors import serialize_tensors
 from hivemind_core.net import RemoteError
@@ -53,7 +54,7 @@ async def test_remote_expert_matches_the_local_module_and_trains(world) -> None:
 
 
 async def test_concurrent_requests_are_batched(world) -> None:
-    server = await world.expert_server(backends(), batch_wait=0.05)
+    server = await world.expert_server(backends(), config=ServerConfig(batch_wait=0.05))
     client = await world.moe_client([server.endpoint])
     inputs = [torch.randn(4, HID) for _ in range(8)]
     outputs = await asyncio.gather(
@@ -91,7 +92,7 @@ async def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(world)
             ["ffn.9", serialize_tensors([torch.randn(2, HID)]), "none"],
             "no expert 'ffn.9' on this server; it hosts: ffn.0, ffn.1",
         ),
-        (["ffn.0", serialize_tensors([nan]), "none"], "input 0 of ffn.0 contains NaN or infinite values"),
+        (["ffn.0", serialize_tensors([nan]), "none"], "input 0 of ffn.0: contains NaN or infinite values"),
         (
             ["ffn.0", serialize_tensors([torch.randn(2, HID), torch.randn(2, HID)]), "none"],
             "ffn.0 takes 1 input, got 2",
@@ -121,13 +122,15 @@ async def test_experts_are_announced_in_the_dht(world) -> None:
 
 async def test_checkpoints_restore_parameters_and_optimizer_state(world, tmp_path) -> None:
     hosted = backends(1)
-    server = await world.expert_server(hosted, checkpoint_dir=tmp_path)
+    server = await world.expert_server(hosted, config=ServerConfig(checkpoint_dir=tmp_path))
     client = await world.moe_client([server.endpoint])
     await client.backward("ffn.0", server.endpoint, [torch.randn(4, HID)], [torch.randn(4, HID)], timeout=10)
     await server.save_checkpoints()
     trained = copy.deepcopy(hosted[0].state_dict())
     fresh = ExpertBackend.create("ffn.0", "ffn", HID, seed=99)
-    restored = ExpertServer([fresh], rpc=server.rpc, executor=world.executor(), checkpoint_dir=tmp_path)
+    restored = ExpertServer(
+        [fresh], rpc=server.rpc, executor=world.executor(), config=ServerConfig(checkpoint_dir=tmp_path)
+    )
     assert await restored.load_checkpoints() == 1
     for name, tensor in trained["module"].items():
         torch.testing.assert_close(fresh.module.state_dict()[name], tensor)
@@ -172,14 +175,14 @@ class RecordingExecutor(ComputeExecutor):
 def spy_on_decoding(monkeypatch, executor: RecordingExecutor) -> list[tuple[tuple[int, ...], bool]]:
     """(shape, on the executor?) of every tensor list the server decodes."""
     decoded: list[tuple[tuple[int, ...], bool]] = []
-    real = server_module.deserialize_tensors
+    real = server_module.decode_tensor
 
-    def spy(raw, **options):  # type: ignore[no-untyped-def]
-        tensors = real(raw, **options)
-        decoded.extend((tuple(t.shape), executor.inside > 0) for t in tensors)
-        return tensors
+    def spy(raw, header, **options):  # type: ignore[no-untyped-def]
+        tensor = real(raw, header, **options)
+        decoded.append((tuple(tensor.shape), executor.inside > 0))
+        return tensor
 
-    monkeypatch.setattr(server_module, "deserialize_tensors", spy)
+    monkeypatch.setattr(server_module, "decode_tensor", spy)
     return decoded
 
 
@@ -275,10 +278,12 @@ async def test_remote_expert_arguments_are_validated(world) -> None:
 
 async def test_checkpoints_are_loaded_on_the_executor(world, tmp_path, monkeypatch) -> None:
     hosted = backends(2)
-    server = await world.expert_server(hosted, checkpoint_dir=tmp_path)
+    server = await world.expert_server(hosted, config=ServerConfig(checkpoint_dir=tmp_path))
     await server.save_checkpoints()
     executor = RecordingExecutor(world.executor())
-    restored = ExpertServer(backends(2), rpc=server.rpc, executor=executor, checkpoint_dir=tmp_path)
+    restored = ExpertServer(
+        backends(2), rpc=server.rpc, executor=executor, config=ServerConfig(checkpoint_dir=tmp_path)
+    )
     real_load = torch.load
     where: list[bool] = []
 
@@ -290,3 +295,26 @@ async def test_checkpoints_are_loaded_on_the_executor(world, tmp_path, monkeypat
     assert await restored.load_checkpoints() == 2
     assert where == [True, True], "torch.load ran on the event loop"
     await executor.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_wait": -0.1}, "batch_wait must be a finite number of seconds >= 0"),
+        ({"announce_period": 0}, "announce_period must be a finite positive number of seconds"),
+        ({"announce_ttl": float("inf")}, "announce_ttl must be a finite positive number of seconds"),
+        ({"max_elements": 0}, "max_elements must be an int >= 1"),
+        ({"fault_rate": 1.5}, "fault_rate must be in [0, 1]"),
+        ({"checkpoint_dir": 3}, "checkpoint_dir must be a path or None"),
+    ],
+)
+async def test_server_config_names_the_bad_field(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServerConfig(**options)
+
+
+async def test_server_config_is_frozen_and_keeps_a_path(tmp_path) -> None:
+    config = ServerConfig(checkpoint_dir=str(tmp_path))
+    assert config.checkpoint_dir == tmp_path
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.fault_rate = 0.5  # type: ignore[misc]

@@ -9,6 +9,7 @@ runs with ``-m slow`` (``tox -e slow``, ``tox -e deep``), like tests/test_mutati
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 from test_stateful_dmoe import DMoEMachine
 
-from hivemind_core.moe.client import RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEConfig, RemoteMixtureOfExperts
 from hivemind_sim.testing import invariants, replay
 
 pytestmark = pytest.mark.slow
@@ -39,9 +40,9 @@ def test_a_mixture_that_ignores_k_min_is_caught_and_its_schedule_replays(
 ) -> None:
     init = RemoteMixtureOfExperts.__init__
 
-    def ignoring_k_min(self: RemoteMixtureOfExperts, **options: Any) -> None:
-        init(self, **options)
-        self.k_min = 0  # any number of answers is enough
+    def ignoring_k_min(self: RemoteMixtureOfExperts, config: MoEConfig, **options: Any) -> None:
+        init(self, config, **options)
+        self.config = dataclasses.replace(config, k_min=0)  # any number of answers is enough
 
     monkeypatch.setattr(RemoteMixtureOfExperts, "__init__", ignoring_k_min)
     monkeypatch.setattr(DMoEMachine, "replay_directory", tmp_path)

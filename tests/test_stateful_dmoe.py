@@ -23,7 +23,7 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, rule
 
-from hivemind_core.moe.client import MoEClient, RemoteMixtureOfExperts
+from hivemind_core.moe.client import MoEClient, MoEConfig
 from hivemind_core.moe.client.beam_search import MoEBeamSearcher
 from hivemind_sim.scenario.format import schema
 from hivemind_sim.strategies import MISBEHAVIOURS
@@ -32,7 +32,7 @@ from hivemind_sim.testing.stateful import SwarmMachine
 
 FORWARD_TIMEOUT = 1.0
 BACKWARD_TIMEOUT = 1.0
-MAX_SEARCHES: int = inspect.signature(RemoteMixtureOfExperts).parameters["max_searches"].default
+MAX_SEARCHES: int = MoEConfig.max_searches  # the default
 SEARCH_TIMEOUT: float = inspect.signature(MoEBeamSearcher).parameters["lookup_timeout"].default
 BAN_TIME: float = inspect.signature(MoEClient).parameters["ban_time"].default
 QUIET = BAN_TIME + 5.0

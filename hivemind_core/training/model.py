@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoEClient, RemoteMixtureOfExperts
+from ..moe.client import REMOTE_FAILURES, ExpertsUnavailable, MoEClient, MoEConfig, RemoteMixtureOfExperts
 
 STEP_FAILURES = (ExpertsUnavailable, *REMOTE_FAILURES)
 """What a training step may fail with when experts or the trainer's own peer go away."""
@@ -92,17 +92,17 @@ def make_mixture(
     """The DMoE layer a trainer trains through, in a scenario and on a real peer alike: once
     every sample has ``k_min`` answers, it waits for slower experts half a second at most (or
     the forward timeout, if shorter)."""
-    return RemoteMixtureOfExperts(
+    config = MoEConfig(
         in_features=hidden_dim,
         grid_size=list(grid),
         uid_prefix=expert,
-        client=client,
         k_best=k_best,
         k_min=k_min,
         forward_timeout=forward_timeout,
         backward_timeout=backward_timeout,
         timeout_after_k_min=min(0.5, forward_timeout),
     )
+    return RemoteMixtureOfExperts(config, client=client)
 
 
 def attach_mixtures(replicas: list[Replica], make: Callable[[], RemoteMixtureOfExperts]) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from ..dht import DHTNode
 from ..moe.client import MoEClient, RemoteMixtureOfExperts
-from ..moe.client.moe import DEFAULT_MAX_SEARCHES as MAX_SEARCHES
+from ..moe.client.config import DEFAULT_MAX_SEARCHES as MAX_SEARCHES
 from ..moe.client.stats import ExpertCall
 from .model import STEP_FAILURES, Replica, TrainerModel, attach_mixtures, make_mixture, make_optimizer
 from .tasks import make_dataset

@@ -2,6 +2,7 @@
 
 from .beam_search import Choice, MoEBeamSearcher
 from .client import MoEClient, UntrustedServer
+from .config import MoEConfig
 from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse
 from .expert import RemoteExpert
 from .moe import RemoteMixtureOfExperts
@@ -15,6 +16,7 @@ __all__ = (
     "MixtureStats",
     "MoEBeamSearcher",
     "MoEClient",
+    "MoEConfig",
     "RemoteExpert",
     "RemoteMixtureOfExperts",
     "UntrustedServer",

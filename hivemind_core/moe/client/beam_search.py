@@ -37,6 +37,7 @@ from ..declare import Declaration, parse_child, recency
 from ..uid import prefix_of
 from .arguments import check_timeout
 from .client import MoEClient
+from .lists import bools, longs
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,45 @@ class Choice:
     uid: str
     endpoint: str
     coords: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A prefix's entry in the searcher's cache."""
+
+    fetched: float
+    """Loop time its fetch began."""
+    children: Children
+    alive: torch.Tensor
+    """[grid_size of its dimension] bool: which coordinates have children."""
+
+
+class _Usable:
+    """Which declarations one search may call: each endpoint is judged once per search, not
+    once per sample and beam."""
+
+    def __init__(self, client: MoEClient, exclude: Collection[str]) -> None:
+        self.client = client
+        self.exclude = exclude
+        self._endpoints: dict[tuple[str, bytes], bool] = {}
+        self._picked: dict[Declaration, None] = {}
+
+    def of(self, children: Children) -> dict[int, Declaration]:
+        """Each coordinate's newest declaration that may be called (coordinates with none left out)."""
+        found = {}
+        for coordinate, declared in children.items():
+            for entry in declared:
+                if entry.uid not in self.exclude and self._callable(entry.endpoint, entry.owner):
+                    found[coordinate] = entry
+                    break
+        return found
+
+    def _callable(self, endpoint: str, owner: bytes) -> bool:
+        known = self._endpoints.get((endpoint, owner))
+        if known is None:
+            known = not self.client.is_banned(endpoint) and not self.client.refused(endpoint, owner)
+            self._endpoints[endpoint, owner] = known
+        return known
 
 
 class MoEBeamSearcher:
@@ -85,7 +125,7 @@ class MoEBeamSearcher:
         self.lookup_timeout = lookup_timeout
         self.lookups = 0
         """DHT lookups started (each fetches many prefixes), in the foreground or background."""
-        self._cache: dict[str, tuple[float, Children]] = {}  # prefix -> (fetched at, children)
+        self._cache: dict[str, _Cached] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}  # at most one fetch in flight per prefix
 
     async def search(
@@ -111,49 +151,46 @@ class MoEBeamSearcher:
         beams = torch.zeros(batch, 1, 0, dtype=torch.long)  # [batch, beam, dims so far]
         scores = torch.zeros(batch, 1)
         last = len(logits) - 1
+        usable = _Usable(self.client, exclude)
+        finals: list[dict[int, Declaration]] = []
         for d, dim_logits in enumerate(logits):
-            which, children = await self._children_of(beams, fresh=fresh)
-            usable = [[False] * self.grid_size[d] for _ in children]  # per distinct prefix
-            for row, alive in zip(usable, children, strict=True):
-                for coordinate, declared in alive.items():
-                    # experts themselves are only known at the last dimension: rule out the
-                    # excluded and banned ones before ranking, so they never crowd out the rest
-                    row[coordinate] = d < last or self._usable(declared, exclude) is not None
-            available = torch.tensor(usable, dtype=torch.bool).view(-1, self.grid_size[d])[which]
+            which, prefixes = await self._prefixes_of(beams, fresh=fresh)
+            if d < last:  # experts themselves are only known at the last dimension
+                alive = torch.stack([self._cache[prefix].alive for prefix in prefixes])
+            else:  # rule out the excluded and banned ones before ranking, so they never crowd out the rest
+                finals = [usable.of(self._cache[prefix].children) for prefix in prefixes]
+                alive = bools([[c in final for c in range(self.grid_size[d])] for final in finals])
             candidates = scores[:, :, None] + dim_logits.detach().float().cpu()[:, None, :]
-            candidates = candidates.masked_fill(~available, float("-inf"))
+            candidates = candidates.masked_fill(~alive[which], float("-inf"))
             width = min(beam_size, candidates[0].numel())
             scores, flat = candidates.flatten(1).topk(width, dim=1)
             parent, coordinate = flat // self.grid_size[d], flat % self.grid_size[d]
             beams = torch.cat(
                 [beams.gather(1, parent[:, :, None].expand(-1, -1, d)), coordinate[:, :, None]], 2
             )
-        which, finals = await self._children_of(beams[:, :, :-1], fresh=fresh)
-        parents, paths, ranked = which.tolist(), beams.tolist(), scores.tolist()
+            which = which.gather(1, parent)  # each new beam's prefix: its parent's
+        if fresh:  # the experts are read from a second fetch of the last prefixes, as they always were
+            await self._fetch(prefixes, dimension=last, fresh=True)
+            usable = _Usable(self.client, exclude)
+            finals = [usable.of(self._cache[prefix].children) for prefix in prefixes]
+        owners, paths, ranked = which.tolist(), beams.tolist(), scores.tolist()
         chosen: list[list[Choice]] = []
+        picked: list[Declaration] = []
         for s in range(batch):
             picks: list[Choice] = []
-            for b in range(beams.shape[1]):
+            for b, coords in enumerate(paths[s]):
                 if len(picks) == k or ranked[s][b] == float("-inf"):
                     break
-                coords = tuple(paths[s][b])
-                entry = self._usable(finals[parents[s][b]].get(coords[-1], ()), exclude)
+                entry = finals[owners[s][b]].get(coords[-1])
                 if entry is not None:
-                    self.client.expect_owner(entry.uid, entry.endpoint, entry.owner)
-                    picks.append(Choice(entry.uid, entry.endpoint, coords))
+                    picked.append(entry)
+                    picks.append(Choice(entry.uid, entry.endpoint, tuple(coords)))
             chosen.append(picks)
+        # the client must check each pick's key; told once per expert, in the order of its last
+        # pick (the order its bounded table would have had, told once per pick)
+        for entry in reversed(dict.fromkeys(reversed(picked))):
+            self.client.expect_owner(entry.uid, entry.endpoint, entry.owner)
         return chosen
-
-    def _usable(self, declared: tuple[Declaration, ...], exclude: Collection[str]) -> Declaration | None:
-        """The newest declaration of an expert that may be called, or None."""
-        for entry in declared:
-            if (
-                entry.uid not in exclude
-                and not self.client.is_banned(entry.endpoint)
-                and not self.client.refused(entry.endpoint, entry.owner)
-            ):
-                return entry
-        return None
 
     async def close(self) -> None:
         """Cancel the background refreshes still running (their results are no longer wanted)."""
@@ -162,23 +199,25 @@ class MoEBeamSearcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _children_of(self, beams: torch.Tensor, *, fresh: bool) -> tuple[torch.Tensor, list[Children]]:
-        """The children of each distinct prefix in ``beams``, and for each (sample, beam) the
-        index of its prefix in that list (so the work per prefix is done once, not per row)."""
+    async def _prefixes_of(self, beams: torch.Tensor, *, fresh: bool) -> tuple[torch.Tensor, list[str]]:
+        """The distinct prefixes in ``beams`` (fetched into the cache), and for each (sample,
+        beam) the index of its prefix in that list (so the work per prefix is done once, not
+        per row)."""
         rows = [tuple(coords) for coords in beams.flatten(0, 1).tolist()]
         distinct = {coords: i for i, coords in enumerate(dict.fromkeys(rows))}
         prefixes = [prefix_of(self.grid, coords) for coords in distinct]
-        known = await self._fetch(prefixes, dimension=beams.shape[2], fresh=fresh)
-        which = torch.tensor([distinct[coords] for coords in rows], dtype=torch.long)
-        return which.view(beams.shape[0], beams.shape[1]), [known[prefix] for prefix in prefixes]
+        await self._fetch(prefixes, dimension=beams.shape[2], fresh=fresh)
+        which = longs([distinct[coords] for coords in rows])
+        return which.view(beams.shape[0], beams.shape[1]), prefixes
 
-    async def _fetch(self, prefixes: list[str], *, dimension: int, fresh: bool) -> dict[str, Children]:
-        """The children of ``prefixes`` (all of one grid dimension): cached ones at once, while
-        stale ones are refreshed in the background; waits only for those with nothing usable."""
+    async def _fetch(self, prefixes: list[str], *, dimension: int, fresh: bool) -> None:
+        """Have the children of ``prefixes`` (all of one grid dimension) in the cache: cached
+        ones at once, while stale ones are refreshed in the background; waits only for those
+        with nothing usable."""
         now = asyncio.get_running_loop().time()
         needed, stale = [], []
         for prefix in prefixes:
-            fetched = self._cache[prefix][0] if prefix in self._cache else -math.inf
+            fetched = self._cache[prefix].fetched if prefix in self._cache else -math.inf
             if fresh or now - fetched >= self.max_staleness:
                 needed.append(prefix)
             elif now - fetched >= self.cache_ttl:
@@ -201,7 +240,6 @@ class MoEBeamSearcher:
                     raise RuntimeError(f"the search of grid {self.grid!r} was closed while it waited")
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-        return {prefix: self._cache[prefix][1] for prefix in prefixes}
 
     async def _refresh(self, prefixes: list[str], dimension: int) -> None:
         """Fetch the prefix entries from the DHT into the cache; ends within ``lookup_timeout``."""
@@ -211,9 +249,12 @@ class MoEBeamSearcher:
         # subkeys a server announced before that replica joined; the timeout keeps a frozen
         # replica from stalling it (what answered by then is used)
         found = await self.client.dht.get_many(prefixes, latest=True, timeout=self.lookup_timeout)
+        size = self.grid_size[dimension]
         for prefix, value in zip(prefixes, found, strict=True):
             entries = value.value if value is not None and isinstance(value.value, dict) else {}
-            self._cache[prefix] = (started, self._children(prefix, entries, dimension))
+            children = self._children(prefix, entries, dimension)
+            alive = bools([coordinate in children for coordinate in range(size)])
+            self._cache[prefix] = _Cached(started, children, alive)
 
     def _forget(self, prefixes: list[str], task: asyncio.Task[None]) -> None:
         """A refresh ended (done, failed or cancelled, even before it started): others may begin."""

@@ -36,7 +36,7 @@ from ...dht.identity import PUBLIC_KEY_BYTES, verify
 from ...net import RPC, TransportError
 from ...world import default_rng
 from ..declare import NONCE_BYTES, identity_proof
-from ..tensors import Compression, deserialize_tensors, serialize_tensors
+from ..tensors import Compression, NonFiniteTensor, deserialize_tensors, serialize_tensors
 from .errors import MalformedResponse
 
 logger = logging.getLogger(__name__)
@@ -180,16 +180,16 @@ class MoEClient:
         await self._check_server(uid, endpoint, deadline)
         response = await self._request(endpoint, method, body, deadline)
         try:
-            tensors = deserialize_tensors(response)
+            # finite: one NaN answer would poison the mixture's output and every gradient after it
+            tensors = deserialize_tensors(response, finite=True)
+        except NonFiniteTensor:
+            raise MalformedResponse(f"{method} from {endpoint} returned NaN or infinite values") from None
         except ValueError as error:
             raise MalformedResponse(
                 f"{method} from {endpoint} returned undecodable tensors: {error}"
             ) from None
         if any(t.dim() == 0 or t.shape[0] != batch for t in tensors):
             raise MalformedResponse(f"{method} from {endpoint} returned tensors for the wrong batch size")
-        if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
-            # one NaN answer would poison the mixture's output and every gradient after it
-            raise MalformedResponse(f"{method} from {endpoint} returned NaN or infinite values")
         return tensors
 
     async def _request(self, endpoint: str, method: str, body: Any, deadline: float) -> Any:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -43,22 +43,17 @@ import torch
 from torch import nn
 
 from ...net import RemoteError
-from ..uid import parse_uid
-from .arguments import check_count, check_timeout
 from .beam_search import Choice, MoEBeamSearcher
 from .client import MoEClient, UntrustedServer
+from .config import MoEConfig
 from .errors import REMOTE_FAILURES, ExpertsUnavailable, MalformedResponse, describe_failures
-from .outliers import NormCheck
+from .lists import longs
 from .stats import ExpertCall, MixtureStats, Outcome
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ("ExpertsUnavailable", "RemoteMixtureOfExperts")
-
-
-DEFAULT_MAX_SEARCHES = 3
-"""Beam searches a forward tries (each avoiding the experts that just failed) before it gives up."""
 
 
 @dataclass
@@ -82,7 +77,8 @@ class _ForwardResult:
 
 
 class RemoteMixtureOfExperts(nn.Module):
-    """A mixture of the best ``k_best`` remote experts of grid ``uid_prefix``; see the module doc.
+    """A mixture of the best ``k_best`` remote experts of grid ``uid_prefix`` (see
+    :class:`MoEConfig` for every setting), reached through ``client``; see the module doc.
 
     Inputs are ``[batch, in_features]`` or ``[batch, ..., in_features]`` (the gate then sees the
     mean over the middle dimensions). Experts map a sample to an output of ``output_shape``
@@ -91,71 +87,25 @@ class RemoteMixtureOfExperts(nn.Module):
     rejects junk answers by comparing the answers to each sample (None: accept every finite one).
     """
 
-    def __init__(
-        self,
-        *,
-        in_features: int,
-        grid_size: Sequence[int],
-        uid_prefix: str,
-        client: MoEClient,
-        k_best: int,
-        k_min: int = 1,
-        forward_timeout: float = 10.0,
-        backward_timeout: float = 20.0,
-        timeout_after_k_min: float = 1.0,
-        max_searches: int = DEFAULT_MAX_SEARCHES,
-        beam_size: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        answer_check: NormCheck | None = NormCheck(),  # noqa: B008 (frozen, so safely shared)
-    ) -> None:
+    def __init__(self, config: MoEConfig, *, client: MoEClient) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("k_best", k_best), ("max_searches", max_searches)):
-            check_count(name, value)
-        if beam_size is not None:
-            check_count("beam_size", beam_size)
-        if type(k_min) is not int or not 0 <= k_min <= k_best:
-            raise ValueError(f"k_min must be an int with 0 <= k_min <= k_best={k_best}, got {k_min!r}")
-        if isinstance(grid_size, str | bytes) or not isinstance(grid_size, Sequence) or not grid_size:
-            raise ValueError(f"grid_size must be a non-empty sequence of ints >= 1, got {grid_size!r}")
-        for d, size in enumerate(grid_size):
-            check_count(f"grid_size[{d}]", size)
-        try:
-            parse_uid(f"{uid_prefix}.0")
-        except ValueError:
-            raise ValueError(f"uid_prefix must be a grid name like 'ffn', got {uid_prefix!r}") from None
-        if output_shape is not None and not all(type(size) is int and size >= 0 for size in output_shape):
-            raise ValueError(f"output_shape must be a sequence of ints >= 0, got {output_shape!r}")
-        for name, seconds in (
-            ("forward_timeout", forward_timeout),
-            ("backward_timeout", backward_timeout),
-            ("timeout_after_k_min", timeout_after_k_min),
-        ):
-            check_timeout(name, seconds)
-        if answer_check is not None and not isinstance(answer_check, NormCheck):
-            raise ValueError(f"answer_check must be a NormCheck or None, got {answer_check!r}")
-        self.in_features = in_features
-        self.grid_size = list(grid_size)
+        if not isinstance(config, MoEConfig):
+            raise TypeError(f"config must be a MoEConfig, got {type(config).__name__}")
+        self.config = config
         self.client = client
-        self.k_best, self.k_min = k_best, k_min
-        self.forward_timeout, self.backward_timeout = forward_timeout, backward_timeout
-        self.timeout_after_k_min = timeout_after_k_min
-        self.max_searches = max_searches
-        self.beam_size = beam_size
-        self.output_shape = None if output_shape is None else torch.Size(output_shape)
-        self.answer_check = answer_check
         self.stats = MixtureStats()
-        self.searcher = MoEBeamSearcher(client, uid_prefix, self.grid_size)
-        self.proj = nn.Linear(in_features, sum(self.grid_size))
+        self.searcher = MoEBeamSearcher(client, config.uid_prefix, config.grid_size)
+        self.proj = nn.Linear(config.in_features, sum(config.grid_size))
         self._dummy = nn.Parameter(torch.empty(0), requires_grad=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != self.in_features:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != self.config.in_features:
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(
-                f"expected inputs of shape [batch, ..., in_features={self.in_features}], got {shape}"
+                f"expected inputs of shape [batch, ..., in_features={self.config.in_features}], got {shape}"
             )
         gate_input = x if x.dim() == 2 else x.flatten(1, -2).mean(1)
-        logits = self.proj(gate_input).split(self.grid_size, dim=-1)
+        logits = self.proj(gate_input).split(self.config.grid_size, dim=-1)
         outputs, mask, coords = _MixtureCall.apply(self._dummy, x, self, [lg.detach() for lg in logits])
         scores = sum(lg.gather(1, coords[:, :, d].clamp(min=0)) for d, lg in enumerate(logits))
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
@@ -179,9 +129,9 @@ class RemoteMixtureOfExperts(nn.Module):
         failed: set[str] = set()
         assignments: list[_Assignment] = []
         round_: list[_Assignment] = []
-        sample_shape = self.output_shape if self.output_shape is not None else x.shape[1:]
+        sample_shape = self.config.output_shape if self.config.output_shape is not None else x.shape[1:]
         needy = list(range(batch))
-        for attempt in range(self.max_searches):
+        for attempt in range(self.config.max_searches):
             # a sample's own answered experts are skipped per sample (in _group), so ask for as
             # many more as the fullest sample already holds
             held = max(len(answered[s]) for s in needy)
@@ -189,12 +139,12 @@ class RemoteMixtureOfExperts(nn.Module):
             self.stats.searches += 1
             picks = await self.searcher.search(
                 [lg[needy] for lg in logits],
-                self.k_best * widen + held,
-                beam_size=self.beam_size and self.beam_size * widen + held,
+                self.config.k_best * widen + held,
+                beam_size=self.config.beam_size and self.config.beam_size * widen + held,
                 exclude=failed,
                 fresh=attempt > 0,
             )
-            round_ = self._group(needy, picks, answered, self.k_best, widen)
+            round_ = self._group(needy, picks, answered, self.config.k_best, widen)
             await self._call_forward(x, round_, answered, sample_shape)
             self._vet(round_, answered)
             for assignment in round_:  # observed once judged: `ok` means accepted
@@ -209,7 +159,7 @@ class RemoteMixtureOfExperts(nn.Module):
                     failed.add(assignment.choice.uid)
                 else:
                     assignments.append(assignment)
-            needy = [s for s in range(batch) if len(answered[s]) < self.k_min]
+            needy = [s for s in range(batch) if len(answered[s]) < self.config.k_min]
             if not needy:
                 break
         if needy:
@@ -217,9 +167,10 @@ class RemoteMixtureOfExperts(nn.Module):
             errors = describe_failures(
                 [(a.choice.uid, a.choice.endpoint, a.error) for a in round_ if a.error]
             )
+            config = self.config
             raise ExpertsUnavailable(
-                f"only {min(len(answered[s]) for s in needy)} of k_min={self.k_min} experts answered for "
-                f"{len(needy)} sample(s) after {self.max_searches} searches of {self.searcher.grid!r} "
+                f"only {min(len(answered[s]) for s in needy)} of k_min={config.k_min} experts answered for "
+                f"{len(needy)} sample(s) after {config.max_searches} searches of {self.searcher.grid!r} "
                 f"(last failures: {errors})"
             )
         return self._assemble(x, answered, assignments)
@@ -253,14 +204,14 @@ class RemoteMixtureOfExperts(nn.Module):
         calls = {
             loop.create_task(
                 self.client.forward(
-                    a.choice.uid, a.choice.endpoint, [x[a.samples]], timeout=self.forward_timeout
+                    a.choice.uid, a.choice.endpoint, [x[a.samples]], timeout=self.config.forward_timeout
                 )
             ): a
             for a in round_
         }
         self.stats.forward_calls += len(calls)
         began = loop.time()
-        deadline = began + self.forward_timeout
+        deadline = began + self.config.forward_timeout
         shortened = False
         probes: dict[str, asyncio.Task[bool]] = {}  # endpoint -> is it alive? (asked at k_min)
         try:
@@ -282,9 +233,11 @@ class RemoteMixtureOfExperts(nn.Module):
                     assignment.seconds = loop.time() - began
                     for sample in assignment.samples:
                         answered[sample].append(assignment)
-                if not shortened and all(len(answered[s]) >= self.k_min for a in round_ for s in a.samples):
+                if not shortened and all(
+                    len(answered[s]) >= self.config.k_min for a in round_ for s in a.samples
+                ):
                     shortened = True
-                    deadline = min(deadline, loop.time() + self.timeout_after_k_min)
+                    deadline = min(deadline, loop.time() + self.config.timeout_after_k_min)
                     for a in calls.values():  # still working, or frozen? ask while we wait
                         if a.choice.endpoint not in probes:
                             probe = self._alive(a.choice.uid, a.choice.endpoint, deadline - loop.time())
@@ -294,7 +247,7 @@ class RemoteMixtureOfExperts(nn.Module):
             # not answer the probe either, the server is frozen or overloaded (it never fails at
             # the transport level): skip it for a while. A server that answered the probe is alive
             # and merely slower than the first k_min: drop its call, keep choosing it.
-            missed = deadline >= began + self.forward_timeout
+            missed = deadline >= began + self.config.forward_timeout
             await asyncio.gather(*(probes[a.choice.endpoint] for a in calls.values() if not missed))
             for assignment in calls.values():
                 if missed or not probes[assignment.choice.endpoint].result():
@@ -332,7 +285,7 @@ class RemoteMixtureOfExperts(nn.Module):
     def _vet(self, round_: list[_Assignment], answered: list[list[_Assignment]]) -> None:
         """Reject this round's experts whose answer to some sample is an outlier among all the
         answers that sample holds (``answer_check``); their servers are banned."""
-        check = self.answer_check
+        check = self.config.answer_check
         samples = sorted({s for a in round_ if a.output is not None for s in a.samples})
         width = max((len(answered[s]) for s in samples), default=0)
         if check is None or sum(len(answered[s]) for s in samples) < check.min_answers:
@@ -346,14 +299,13 @@ class RemoteMixtureOfExperts(nn.Module):
         offsets = itertools.accumulate((len(a.samples) for a in held), initial=0)
         first = {id(a): offset for a, offset in zip(held, offsets, strict=False)}
         row = {id(a): {s: r for r, s in enumerate(a.samples)} for a in held}
-        at: tuple[list[int], list[int], list[int]] = ([], [], [])  # matrix row, column, flat index
+        places, sources = [], []  # in the [samples, width] matrix, and in ``flat``
         for i, sample in enumerate(samples):
             for j, a in enumerate(answered[sample]):
-                at[0].append(i)
-                at[1].append(j)
-                at[2].append(first[id(a)] + row[id(a)][sample])
+                places.append(i * width + j)
+                sources.append(first[id(a)] + row[id(a)][sample])
         norms = torch.full((len(samples), width), float("nan"))
-        norms[at[0], at[1]] = flat[at[2]]
+        norms.view(-1)[longs(places)] = flat[longs(sources)]
         this_round = {id(a) for a in round_}
         junk: dict[int, tuple[_Assignment, str]] = {}
         for i, j in check.outliers(norms, experts=len(held)).nonzero().tolist():
@@ -388,28 +340,44 @@ class RemoteMixtureOfExperts(nn.Module):
     def _assemble(
         self, x: torch.Tensor, answered: list[list[_Assignment]], assignments: list[_Assignment]
     ) -> _ForwardResult:
-        batch, dims = x.shape[0], len(self.grid_size)
-        sample_shape = self.output_shape if self.output_shape is not None else x.shape[1:]
-        outputs = x.new_zeros(batch, self.k_best, *sample_shape)
-        mask = torch.zeros(batch, self.k_best, dtype=torch.bool)
-        coords = torch.full((batch, self.k_best, dims), -1, dtype=torch.long)
+        batch, dims, k_best = x.shape[0], len(self.config.grid_size), self.config.k_best
+        sample_shape = self.config.output_shape if self.config.output_shape is not None else x.shape[1:]
+        slot_of = [{id(a): slot for slot, a in enumerate(held[:k_best])} for held in answered]
+        places: list[int] = []  # sample * k_best + slot, for every answer row kept
+        owners: list[int] = []  # its assignment's index in ``final``
+        sources: list[torch.Tensor] = []
         final: list[_Assignment] = []
         for assignment in assignments:
             assert assignment.output is not None
             kept_samples, kept_slots, rows = [], [], []
             for row, sample in enumerate(assignment.samples):
-                slot = answered[sample].index(assignment)
-                if slot < self.k_best:
+                slot = slot_of[sample].get(id(assignment))
+                if slot is not None:
                     kept_samples.append(sample)
                     kept_slots.append(slot)
                     rows.append(row)
             if not kept_samples:
                 continue
-            outputs[kept_samples, kept_slots] = assignment.output[rows].to(outputs.dtype)
-            mask[kept_samples, kept_slots] = True
-            coords[kept_samples, kept_slots] = torch.tensor(assignment.choice.coords)
+            places += [sample * k_best + slot for sample, slot in zip(kept_samples, kept_slots, strict=True)]
+            owners += [len(final)] * len(rows)
+            output = assignment.output
+            sources.append(output if len(rows) == len(assignment.samples) else output[rows])
             final.append(_Assignment(assignment.choice, kept_samples, slots=kept_slots))
-        return _ForwardResult(outputs, mask, coords, final)
+        # one copy of all answers into place, instead of one indexed assignment per expert
+        outputs = x.new_zeros(batch * k_best, *sample_shape)
+        mask = torch.zeros(batch * k_best, dtype=torch.bool)
+        coords = torch.full((batch * k_best, dims), -1, dtype=torch.long)
+        if places:
+            index = longs(places)
+            outputs.index_copy_(0, index, torch.cat(sources).to(outputs.dtype))
+            mask[index] = True
+            coords[index] = longs([a.choice.coords for a in final])[longs(owners)]
+        return _ForwardResult(
+            outputs.view(batch, k_best, *sample_shape),
+            mask.view(batch, k_best),
+            coords.view(batch, k_best, dims),
+            final,
+        )
 
     async def _backward_all(
         self, x: torch.Tensor, grad_outputs: torch.Tensor, answered: list[_Assignment]
@@ -422,7 +390,7 @@ class RemoteMixtureOfExperts(nn.Module):
                     a.choice.endpoint,
                     [x[a.samples]],
                     [grad_outputs[a.samples, a.slots].contiguous()],
-                    timeout=self.backward_timeout,
+                    timeout=self.config.backward_timeout,
                 )
             )
             for a in answered

@@ -161,14 +161,6 @@ class ExpertBackend:
             raise ValueError(f"batch of {batch} exceeds {self.uid}'s max_batch_size of {self.max_batch_size}")
         return batch or 0
 
-    def check(self, tensors: Sequence[torch.Tensor], specs: Sequence[TensorSpec], what: str) -> None:
-        """Raise ValueError, naming the problem, unless ``tensors`` fit ``specs`` as one batch
-        of finite values."""
-        self.check_layout([(t.dtype, t.shape) for t in tensors], specs, what)
-        for i, tensor in enumerate(tensors):
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(f"{what} {i} of {self.uid} contains NaN or infinite values")
-
     def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         with torch.no_grad():
             outputs = self.module(*(x.to(self.device) for x in inputs))

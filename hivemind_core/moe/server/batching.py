@@ -140,7 +140,10 @@ class TaskPool:
             return
         self._overlapping = len(batch) > 1
         sizes = [tensors[0].shape[0] for tensors, _ in batch]
-        merged = [torch.cat(column) for column in zip(*(tensors for tensors, _ in batch), strict=True)]
+        if len(batch) == 1:  # nothing to merge (or to split after): no copy
+            merged = batch[0][0]
+        else:
+            merged = [torch.cat(column) for column in zip(*(tensors for tensors, _ in batch), strict=True)]
         self.batches += 1
         outputs = await self.executor.run(
             lambda: self.process(merged), flops=self.flops_per_sample * sum(sizes)

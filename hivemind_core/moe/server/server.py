@@ -34,9 +34,10 @@ from ...dht import DHTNode
 from ...net import RPC
 from ...world import default_rng
 from ..declare import NONCE_BYTES, declare_experts, identity_proof
-from ..tensors import Compression, deserialize_tensors, read_headers, serialize_tensors
+from ..tensors import Compression, decode_tensor, read_headers, serialize_tensors
 from .backend import ExpertBackend, TensorSpec
 from .batching import TaskPool
+from .config import ServerConfig
 from .device import ComputeExecutor
 
 logger = logging.getLogger(__name__)
@@ -57,29 +58,20 @@ class ExpertServer:
         rpc: RPC,
         executor: ComputeExecutor,
         dht: DHTNode | None = None,
-        batch_wait: float = 0.002,
-        announce_period: float = 10.0,
-        announce_ttl: float = 30.0,
-        checkpoint_dir: str | Path | None = None,
-        max_elements: int = 1 << 26,
-        fault_rate: float = 0.0,
         rng: random.Random | None = None,
+        config: ServerConfig = ServerConfig(),  # noqa: B008 (frozen, so safely shared)
     ) -> None:
         if not backends:
             raise ValueError("an expert server needs at least one expert")
-        if not 0 <= fault_rate <= 1:
-            raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
+        if not isinstance(config, ServerConfig):
+            raise TypeError(f"config must be a ServerConfig, got {type(config).__name__}")
         self.backends = {backend.uid: backend for backend in backends}
         if len(self.backends) != len(backends):
             raise ValueError("expert UIDs must be unique")
         self.rpc = rpc
         self.executor = executor
         self.dht = dht
-        self.announce_period = announce_period
-        self.announce_ttl = announce_ttl
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.max_elements = max_elements
-        self.fault_rate = fault_rate
+        self.config = config
         self.rng = rng if rng is not None else default_rng("expert-server")
         self.forward_pools = {
             uid: TaskPool(
@@ -87,7 +79,7 @@ class ExpertServer:
                 b.forward,
                 executor=executor,
                 max_batch_size=b.max_batch_size,
-                max_wait=batch_wait,
+                max_wait=config.batch_wait,
                 flops_per_sample=b.flops_per_sample,
             )
             for uid, b in self.backends.items()
@@ -98,7 +90,7 @@ class ExpertServer:
                 self._backward_process(b),
                 executor=executor,
                 max_batch_size=b.max_batch_size,
-                max_wait=batch_wait,
+                max_wait=config.batch_wait,
                 flops_per_sample=3 * b.flops_per_sample,
             )
             for uid, b in self.backends.items()
@@ -111,7 +103,7 @@ class ExpertServer:
 
     async def start(self) -> None:
         """Load checkpoints, start serving, and announce the experts (if there is a DHT)."""
-        if self.checkpoint_dir is not None:
+        if self.config.checkpoint_dir is not None:
             await self.load_checkpoints()
         self.rpc.register("moe.info", self._info)
         # a body larger than any full batch could be is refused before it is even unpacked
@@ -137,22 +129,22 @@ class ExpertServer:
             self.rpc.unregister(name)
         for pool in [*self.forward_pools.values(), *self.backward_pools.values()]:
             await pool.close()
-        if self.checkpoint_dir is not None:
+        if self.config.checkpoint_dir is not None:
             await self.save_checkpoints()
         await self.executor.close()
 
     async def announce(self) -> bool:
         assert self.dht is not None and self.endpoint is not None
         return await declare_experts(
-            self.dht, list(self.backends), self.endpoint, self.dht.now() + self.announce_ttl
+            self.dht, list(self.backends), self.endpoint, self.dht.now() + self.config.announce_ttl
         )
 
     async def save_checkpoints(self) -> None:
         """Write each expert's parameters and optimizer state (atomically, file per expert)."""
-        assert self.checkpoint_dir is not None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        assert self.config.checkpoint_dir is not None
+        self.config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         for uid, backend in self.backends.items():
-            path = self.checkpoint_dir / f"{uid}.pt"
+            path = self.config.checkpoint_dir / f"{uid}.pt"
             await self.executor.run(lambda b=backend, p=path: _save(b, p), flops=0)
 
     async def load_checkpoints(self) -> int:
@@ -160,10 +152,10 @@ class ExpertServer:
 
         Reading and restoring run on the executor, like saving: never on the event loop, and
         never in the middle of a batch."""
-        assert self.checkpoint_dir is not None
+        assert self.config.checkpoint_dir is not None
         loaded = 0
         for uid, backend in self.backends.items():
-            path = self.checkpoint_dir / f"{uid}.pt"
+            path = self.config.checkpoint_dir / f"{uid}.pt"
             if path.exists():
                 await self.executor.run(lambda b=backend, p=path: _load(b, p), flops=0)
                 loaded += 1
@@ -216,33 +208,39 @@ class ExpertServer:
         """Decode a request's tensor lists (raw, schema, what) after checking their headers.
 
         Every count, dtype, shape and the batch limit is checked before a byte of data is
-        decoded; large payloads are decoded (and checked for NaN) on the executor.
+        decoded; decoding checks for NaN and Inf (once, before copying); large payloads are
+        decoded on the executor.
         """
-        remaining = self.max_elements
+        remaining = self.config.max_elements
         batches = []
+        checked = []
         for raw, specs, what in parts:
             headers = read_headers(raw, max_elements=remaining)
             remaining -= sum(header.numel for header in headers)
             batches.append(backend.check_layout([(h.dtype, h.shape) for h in headers], specs, what))
             if batches[-1] != batches[0]:
                 raise ValueError(f"{backend.uid}: {batches[0]} inputs but {batches[-1]} output gradients")
+            checked.append((raw, headers, what))
 
         def decode() -> list[list[torch.Tensor]]:
             decoded = []
-            for raw, specs, what in parts:
-                tensors = deserialize_tensors(raw, max_elements=self.max_elements)
-                backend.check(tensors, specs, what)
+            for raw, headers, what in checked:
+                tensors = []
+                for i, (item, header) in enumerate(zip(raw, headers, strict=True)):
+                    try:
+                        tensors.append(decode_tensor(item, header, finite=True))
+                    except ValueError as error:
+                        raise ValueError(f"{what} {i} of {backend.uid}: {error}") from None
                 decoded.append(tensors)
             return decoded
 
-        size = sum(len(item[3]) + len(item[4]) for raw, _, _ in parts for item in raw)
-        if size <= DECODE_INLINE_BYTES:
+        if sum(header.nbytes for _, headers, _ in checked for header in headers) <= DECODE_INLINE_BYTES:
             return decode()
         return await self.executor.run(decode, flops=0)
 
     def _maybe_fail(self, uid: str) -> None:
-        if self.fault_rate and self.rng.random() < self.fault_rate:
-            raise RuntimeError(f"injected fault in {uid} (fault_rate={self.fault_rate})")
+        if self.config.fault_rate and self.rng.random() < self.config.fault_rate:
+            raise RuntimeError(f"injected fault in {uid} (fault_rate={self.config.fault_rate})")
 
     @staticmethod
     def _backward_process(backend: ExpertBackend):  # type: ignore[no-untyped-def]
@@ -251,7 +249,7 @@ class ExpertServer:
 
     async def _announce_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.announce_period)
+            await asyncio.sleep(self.config.announce_period)
             try:
                 if not await self.announce():
                     logger.warning("some expert declarations were not stored; retrying next heartbeat")
