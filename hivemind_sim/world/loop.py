@@ -104,14 +104,24 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
 
     def _advance(self, target: float) -> None:
         """Step simpy events up to virtual time ``target``; return early once one of them has
-        made an asyncio callback runnable. "Waiting for I/O" in a simulation."""
+        made an asyncio callback runnable. "Waiting for I/O" in a simulation.
+
+        ``Environment.step`` and ``run(until=...)`` written out over simpy's queue (``_queue``,
+        ``_now``; simpy is pinned below 5): every message of a simulation passes here, and the
+        calls, and the event and exception that ``run(until=...)`` costs, add up. Same order of
+        events, same failures (an event that failed and that nobody defused stops the run).
+        """
         env, ready = self.env, self._ready
-        peek, step = env.peek, env.step
-        while True:
-            next_time = peek()
-            if next_time > target or next_time == math.inf:
-                break
-            step()
+        queue = env._queue
+        while queue and queue[0][0] <= target:
+            env._now, _, _, event = heapq.heappop(queue)
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):
+                error = type(event._value)(*event._value.args)
+                error.__cause__ = event._value
+                raise error
             if ready:
                 return
         if target == math.inf:
@@ -119,8 +129,8 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
                 "the simulation is stuck: no asyncio timer, no runnable callback and no simpy "
                 "event is left, so whatever the main coroutine awaits can never happen"
             )
-        if target > env.now:
-            env.run(until=target)
+        if target > env._now:
+            env._now = target  # what run(until=target) comes to: nothing is due before it
 
     def create_task(
         self,
