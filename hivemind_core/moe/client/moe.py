@@ -204,7 +204,10 @@ class RemoteMixtureOfExperts(nn.Module):
         calls = {
             loop.create_task(
                 self.client.forward(
-                    a.choice.uid, a.choice.endpoint, [x[a.samples]], timeout=self.config.forward_timeout
+                    a.choice.uid,
+                    a.choice.endpoint,
+                    [x.index_select(0, longs(a.samples))],
+                    timeout=self.config.forward_timeout,
                 )
             ): a
             for a in round_
@@ -388,8 +391,8 @@ class RemoteMixtureOfExperts(nn.Module):
                 self.client.backward(
                     a.choice.uid,
                     a.choice.endpoint,
-                    [x[a.samples]],
-                    [grad_outputs[a.samples, a.slots].contiguous()],
+                    [x.index_select(0, longs(a.samples))],
+                    [grad_outputs[longs(a.samples), longs(a.slots)]],
                     timeout=self.config.backward_timeout,
                 )
             )
@@ -413,7 +416,7 @@ class RemoteMixtureOfExperts(nn.Module):
                 if _junk(result):
                     self._ban(assignment.choice.endpoint)
             else:
-                grad_x.index_add_(0, torch.tensor(assignment.samples), result[0].to(grad_x.dtype))
+                grad_x.index_add_(0, longs(assignment.samples), result[0].to(grad_x.dtype))
             outcome: Outcome = "failed" if isinstance(result, BaseException) else "answered"
             self._observe("backward", assignment, outcome, ended - began)
         return grad_x
