@@ -44,7 +44,9 @@ class VerifiedSignatures:
     the replicas and readers of a record check it once in all, not once each, and its writer's
     own signature is never checked at all. Facades run peers on several threads; each step
     here is one dictionary operation, atomic under the GIL, and two threads forgetting the
-    same oldest digest at once forget it once (``pop`` with a default), so no lock is needed.
+    same oldest digest at once forget it once (``pop`` with a default), so no lock is needed;
+    a thread that finds the memory changing under it as it looks for the oldest leaves the
+    trimming to the next addition.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -60,7 +62,11 @@ class VerifiedSignatures:
     def add(self, digest: bytes) -> None:
         self._digests[digest] = None
         if len(self._digests) > self.capacity:
-            self._digests.pop(next(iter(self._digests)), None)
+            try:
+                oldest = next(iter(self._digests))
+            except (RuntimeError, StopIteration):  # changed by another thread meanwhile
+                return
+            self._digests.pop(oldest, None)
 
 
 VERIFIED = VerifiedSignatures(MAX_VERIFIED)
