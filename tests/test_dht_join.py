@@ -85,7 +85,9 @@ def test_a_simulated_flash_crowd_reads_every_acknowledged_store(seed: int) -> No
     acknowledged, misses, join_rpcs = simulated_crowd(150, seed=seed, readers=10)
     assert acknowledged == 150
     assert misses == [0] * 10
-    assert join_rpcs < 30, f"a join should cost one lookup, not one per bucket: {join_rpcs:.1f} RPCs"
+    # one lookup and a store: ~27 RPCs, ~31 since lookups ask the rest of the k nearest at once
+    # (Kademlia's final round); a lookup per bucket would be over a hundred
+    assert join_rpcs < 34, f"a join should cost one lookup, not one per bucket: {join_rpcs:.1f} RPCs"
 
 
 @pytest.mark.slow
