@@ -184,11 +184,12 @@ def swarm_training_effects(run: Report) -> None:
     in_flight /= run.duration * run.summary["peers.alive.mean"]
     assert in_flight >= 1.5, in_flight
     assert run.summary["train.loss.fell"] >= 0.4
-    # link loss: the wireless peers' calls lose 1% of their messages, so more of their steps fail
-    # (the wired peers' lose only calls to wireless experts). Step times no longer separate the
-    # two: a slow but alive server is not banned any more, so wired peers keep choosing wireless
-    # experts and wait `timeout_after_k_min` for them as the wireless peers do.
-    assert run.summary["moe.step.wireless.success_rate"] < run.summary["moe.step.wired.success_rate"]
+    # link loss: the wireless peers' calls lose 1% of their messages, yet their steps succeed:
+    # a lost message costs one expert's answer, and k_min = 1 lets the step go on with the
+    # others (in the full run wireless peers lose no step at all, 317 of 317, while wired
+    # ones lose a few to the outage). Step times do not separate the two either: a slow but
+    # alive server is not banned, so wired peers keep choosing wireless experts too.
+    assert run.summary["moe.step.wireless.success_rate"] >= 0.95
 
 
 def expert_faults_effects(run: Report) -> None:
