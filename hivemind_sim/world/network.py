@@ -21,6 +21,7 @@ its connections, like SIGSTOP/SIGCONT).
 from __future__ import annotations
 
 import enum
+import heapq
 import math
 import random
 from collections.abc import Callable, Collection, Iterable
@@ -218,7 +219,7 @@ class SimNetwork:
         self._bottleneck = topology.bottleneck if topology.limited else None  # None: nothing to check
         self._edge_free_at: dict[tuple[Node, Node], float] = {}
         self._tcp = TcpModel(tcp, self.stats) if tcp is not None and tcp.active else None
-        self._schedule = env.schedule
+        self._queue, self._event_ids = env._queue, env._eid  # simpy's own (pinned below 5)
 
     # ---- membership -----------------------------------------------------------------------
 
@@ -487,10 +488,9 @@ class SimNetwork:
             self._deliver(src, receiver, frame, None)
 
     def _after(self, delay: float, callback: Callable[[object], None]) -> None:
-        """Call ``callback`` ``delay`` seconds from now, in simpy's queue (see ``_Due``)."""
-        if delay < 0:
-            raise ValueError(f"negative delay {delay}")
-        self._schedule(_Due(callback), NORMAL, delay)
+        """Call ``callback`` ``delay`` (>= 0) seconds from now, in simpy's queue: the entry
+        ``Environment.schedule`` would push, pushed here (see ``_Due``)."""
+        heapq.heappush(self._queue, (self.env._now + delay, NORMAL, next(self._event_ids), _Due(callback)))
 
     def _hold(self, frozen: _Frozen, box: list[Held], address: str, frame: bytes | Signal) -> None:
         if not frozen.hold(box, address, frame):

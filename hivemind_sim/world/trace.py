@@ -23,9 +23,12 @@ class TraceDigest:
 
     def record(self, time: float, src: str, dst: str, data: bytes, *, kind: str = "frame") -> None:
         names = self._names
-        src_name = names.get(src) or names.setdefault(src, f"{src}\0".encode())
-        dst_name = names.get(dst) or names.setdefault(dst, f"{dst}\0".encode())
-        kind_name = names.get(kind) or names.setdefault(kind, f"{kind}\0".encode())
+        try:
+            src_name, dst_name, kind_name = names[src], names[dst], names[kind]
+        except KeyError:
+            src_name, dst_name, kind_name = (
+                names.get(name) or names.setdefault(name, f"{name}\0".encode()) for name in (src, dst, kind)
+            )
         update = self._hash.update
         update(_TIME_AND_SIZE.pack(time, len(data)) + kind_name + src_name + dst_name)
         update(data)
