@@ -148,7 +148,7 @@ class TcpTransport(FramedTransport):
         return None
 
     async def _open_link(self, peer: Endpoint, deadline: float) -> Link:
-        return self._open_link_now(peer) or await self._pool.open(peer, deadline)
+        return await self._pool.open(peer, deadline)  # the pool hands out an open one itself
 
     # The connection writes a frame, and waits for its backlog, itself: ``self._write(link, ...)``
     # calls ``Connection.send(link, ...)`` directly, without a call in between.
