@@ -56,10 +56,13 @@ class Pool:
                 task.add_done_callback(lambda done: self._dial_finished(peer, done))
             self._dial_waiters[peer] += 1
             try:
-                async with asyncio.timeout_at(deadline):
-                    connection = await asyncio.shield(task)
-            except TimeoutError:
-                raise RequestTimeout(f"connecting to {peer} took longer than the request's timeout") from None
+                # asyncio.wait, not asyncio.timeout: it needs no task of its own, so a handler's
+                # first step may dial while it runs eagerly, and the dial outlives this wait
+                if not task.done():
+                    await asyncio.wait((task,), timeout=deadline - loop.time())
+                if not task.done():
+                    raise RequestTimeout(f"connecting to {peer} took longer than the request's timeout")
+                connection = task.result()
             finally:
                 self._dial_waiters[peer] -= 1
                 if not self._dial_waiters[peer]:

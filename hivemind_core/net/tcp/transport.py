@@ -51,6 +51,11 @@ class TcpTransport(FramedTransport):
     transport hands its ``FramedTransport`` hooks is a :class:`Connection`.
     """
 
+    _eager_serving = True
+    """A request's handler starts as its frame is handed over (in its connection's turn), and
+    becomes a task only if it waits: most DHT and RPC handlers answer at once. Dialling needs
+    no task of its own (``Pool.open``), so a handler's first step may call other peers."""
+
     def __init__(self, config: TcpConfig | None = None) -> None:
         self.config = config = config if config is not None else TcpConfig()
         super().__init__(max_frame_size=config.max_frame_size)
