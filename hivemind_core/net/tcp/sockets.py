@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import os
 import socket
 from collections.abc import Callable
 from typing import TypeVar
@@ -61,12 +63,27 @@ async def dial(factory: Callable[[], P], host: str, port: int, *, source: str | 
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((source, 0))
         sock.setblocking(False)
-        await loop.sock_connect(sock, (host, port))
+        error = sock.connect_ex((host, port))
+        if error and not (error == errno.EINPROGRESS and _established(sock)):
+            if error != errno.EINPROGRESS:
+                raise OSError(error, os.strerror(error))
+            await loop.sock_connect(sock, (host, port))  # waits for the handshake, reports its failure
         _, protocol = await loop.create_connection(factory, sock=sock)
     except BaseException:
         sock.close()
         raise
     return protocol
+
+
+def _established(sock: socket.socket) -> bool:
+    """Whether a connect in progress has completed already: over loopback the handshake is done
+    by the time ``connect`` returns, and not waiting for the socket to turn writable saves a
+    turn of the loop (and two epoll changes) per dial."""
+    try:
+        sock.getpeername()  # ENOTCONN until the handshake completes
+    except OSError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
