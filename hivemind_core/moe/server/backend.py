@@ -3,7 +3,9 @@
 Requests are checked against the schema before they reach a batch, so one bad request can
 only ever fail itself. Backward recomputes the forward pass (servers keep no per-request
 state), returns the gradients for the inputs, and takes one optimizer step: every backward
-request trains the expert.
+request trains the expert. The parameters' gradients are taken from ``torch.autograd.grad``
+straight into the step (``optim.step_with``) instead of through ``.grad``, ``step()`` and
+``zero_grad()``: the same values, without torch.optim's per-call Python.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from ..layers import SAMPLE_SHAPES, make_expert
 from ..uid import parse_uid
+from .optim import step_with
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 
@@ -48,6 +51,10 @@ def adam(params: Iterator[nn.Parameter], *, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return grad if grad is not None else torch.zeros_like(like)
+
+
 def _as_list(outputs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
 
@@ -76,7 +83,9 @@ class ExpertBackend:
         self.inputs = list(inputs)
         self.max_batch_size = max_batch_size
         self.clip_grad_norm = clip_grad_norm
-        self.num_parameters = sum(p.numel() for p in self.module.parameters())
+        self.params = list(self.module.parameters())
+        """The module's parameters, in the order its optimizer was given them."""
+        self.num_parameters = sum(p.numel() for p in self.params)
         with torch.no_grad():
             sample = [
                 torch.zeros((1, *spec.shape), dtype=spec.dtype, device=self.device) for spec in self.inputs
@@ -171,14 +180,32 @@ class ExpertBackend:
     ) -> list[torch.Tensor]:
         """Gradients for ``inputs``; also steps the optimizer (asynchronous training)."""
         leaves = [x.to(self.device).requires_grad_(x.is_floating_point()) for x in inputs]
+        wanted = [x for x in leaves if x.requires_grad]
+        trained = [p for p in self.params if p.requires_grad]
         with torch.enable_grad():
             outputs = _as_list(self.module(*leaves))
-            torch.autograd.backward(outputs, [g.to(self.device) for g in grad_outputs])
+            grads = torch.autograd.grad(
+                outputs,
+                [*wanted, *trained],
+                [g.to(self.device) for g in grad_outputs],
+                allow_unused=True,
+            )
+        input_grads, param_grads = iter(grads[: len(wanted)]), grads[len(wanted) :]
         if self.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return [(x.grad if x.grad is not None else torch.zeros_like(x)).cpu() for x in leaves]
+            self._clip(trained, param_grads)
+        step_with(self.optimizer, trained, param_grads)
+        return [_or_zeros(next(input_grads) if x.requires_grad else None, x).cpu() for x in leaves]
+
+    def _clip(self, params: list[nn.Parameter], grads: Sequence[torch.Tensor | None]) -> None:
+        """``clip_grad_norm_`` itself, on the gradients in hand (scaled in place)."""
+        assert self.clip_grad_norm is not None
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        try:
+            nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        finally:
+            for param in params:
+                param.grad = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
