@@ -190,7 +190,7 @@ class PeerCalls:
                     raise ValueError(f"results[{i}] must be [entry, indices]")
                 if len(raw[1]) > k:
                     raise ValueError(f"results[{i}] names {len(raw[1])} contacts; {k} were asked for")
-            contacts = [self._contact_or_none(raw, contact) for raw in raw_contacts]
+            contacts = self._contacts_or_none(raw_contacts, contact)
             count = len(contacts)
             found: dict[int, FindResult] = {}
             for i, (target, raw) in enumerate(zip(targets, raw_results, strict=True)):
@@ -258,28 +258,39 @@ class PeerCalls:
             errors[endpoint] = failure
         return None
 
-    def _contact_or_none(self, raw: Any, source: Contact) -> Contact | None:
-        """A contact from a find answer; one we could never dial is skipped, not believed.
+    def _contacts_or_none(self, raws: list[Any], source: Contact) -> list[Contact | None]:
+        """The contacts of a find answer; one we could never dial is None: skipped, not believed.
 
         Answers repeat the same contacts over and over, to every node, so what a contact
-        decodes to is remembered once per process (``DECODED_CONTACTS``), and the contact
-        returned is the shared copy routing tables hold (``routing.canonical``).
+        decodes to is remembered once per process (``DECODED_CONTACTS``, keyed by the
+        transport's endpoint check too), and the contact returned is the shared copy routing
+        tables hold (``routing.canonical``).
         """
         check = self.rpc.transport.check_endpoint
-        try:
-            key = (getattr(check, "__func__", check), *raw)
-            return DECODED_CONTACTS[key]
-        except (KeyError, TypeError):  # new, or not even a hashable pair
-            pass
-        try:
-            contact = canonical(decode_contact(raw, "contact", check))
-        except ValueError as error:
-            logger.debug("%s sent an unusable contact %r: %s", source.endpoint, raw, error)
-            return None
-        DECODED_CONTACTS[key] = contact
-        if len(DECODED_CONTACTS) > MAX_DECODED_CONTACTS:
-            DECODED_CONTACTS.pop(next(iter(DECODED_CONTACTS)), None)  # the oldest
-        return contact
+        kind = getattr(check, "__func__", check)
+        contacts: list[Contact | None] = []
+        for raw in raws:
+            key = None
+            try:
+                key = (kind, *raw)
+                contacts.append(DECODED_CONTACTS[key])
+                continue
+            except (KeyError, TypeError):  # new, or not even a hashable pair
+                pass
+            try:
+                contact = canonical(decode_contact(raw, "contact", check))
+            except ValueError as error:
+                logger.debug("%s sent an unusable contact %r: %s", source.endpoint, raw, error)
+                contacts.append(None)
+                continue
+            if key is None:  # decoded, yet no key: cannot happen for a [bytes, str] pair
+                contacts.append(contact)
+                continue
+            DECODED_CONTACTS[key] = contact
+            if len(DECODED_CONTACTS) > MAX_DECODED_CONTACTS:
+                DECODED_CONTACTS.pop(next(iter(DECODED_CONTACTS)), None)  # the oldest
+            contacts.append(contact)
+        return contacts
 
     def _check_responder(self, contact: Contact, raw: Any) -> None:
         public_key, _ = decode_node(raw, "responder")
