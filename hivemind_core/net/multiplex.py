@@ -70,8 +70,8 @@ class FramedTransport(Transport):
     _eager_serving = False
     """Whether a request's handler starts at once, in the call that delivered its frame, and
     becomes a task only if it has to wait (most answer at once: no task, no extra turn of the
-    loop). Not where the first step may need to run in a task (``asyncio.timeout`` does, and
-    TCP's dialling uses it)."""
+    loop). Both shipped transports do; a transport whose handlers' first step may need to run
+    in a task (``asyncio.timeout`` does) must not."""
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size <= HEADER_SIZE:
