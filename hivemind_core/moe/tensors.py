@@ -65,6 +65,10 @@ DTYPES: Mapping[str, tuple[torch.dtype, np.dtype]] = MappingProxyType(
 NAMES: Mapping[torch.dtype, str] = MappingProxyType(
     {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
 )
+_NATIVE: Mapping[str, np.dtype] = MappingProxyType(
+    {name: np_dtype.newbyteorder("=") for name, (_, np_dtype) in DTYPES.items()}
+)
+"""The numpy dtype of each name's values in this machine's byte order (what a decoded copy has)."""
 FLOATS = frozenset({"float32", "float64", "float16", "bfloat16"})
 _SIXTEEN_BITS = MappingProxyType({Compression.FLOAT16: "float16", Compression.BFLOAT16: "bfloat16"})
 # enum members are slow to look up, and these checks run for every tensor sent or received
@@ -252,11 +256,11 @@ def decode_tensor(raw: Any, header: TensorHeader, *, finite: bool = False) -> to
         flat = _dequantize(data, extra, header.dtype)  # finite mins and scales can still overflow
         if check and not bool(torch.isfinite(flat).all()):
             raise NonFiniteTensor("contains NaN or infinite values")
-    else:
-        flat = _from_raw_bytes(data, _wire_name(header.name, header.compression), finite=check)
-        if flat.dtype != header.dtype:
-            flat = flat.to(header.dtype)
-    return flat.reshape(header.shape)
+        return flat.reshape(header.shape)
+    tensor = _from_raw_bytes(
+        data, _wire_name(header.name, header.compression), finite=check, shape=header.shape
+    )
+    return tensor if tensor.dtype == header.dtype else tensor.to(header.dtype)
 
 
 def _raw_bytes(tensor: torch.Tensor, name: str) -> bytes:
@@ -266,9 +270,12 @@ def _raw_bytes(tensor: torch.Tensor, name: str) -> bytes:
     return tensor.numpy().astype(DTYPES[name][1], copy=False).tobytes()
 
 
-def _from_raw_bytes(data: bytes | bytearray, name: str, *, finite: bool = False) -> torch.Tensor:
-    """A flat tensor of dtype ``name`` owning a copy of ``data`` (length already checked);
-    ``finite`` (floating-point names only) refuses NaN and Inf before copying."""
+def _from_raw_bytes(
+    data: bytes | bytearray, name: str, *, finite: bool = False, shape: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """A tensor of dtype ``name`` owning a copy of ``data`` (length already checked), flat or of
+    ``shape`` (given to numpy's view, where reshaping is cheaper than torch's); ``finite``
+    (floating-point names only) refuses NaN and Inf before copying."""
     np_dtype = DTYPES[name][1]
     if name == "bool":
         values = np.frombuffer(data, dtype=np.uint8)
@@ -277,8 +284,9 @@ def _from_raw_bytes(data: bytes | bytearray, name: str, *, finite: bool = False)
     view = np.frombuffer(data, dtype=np_dtype)
     if finite and not _all_finite(view, name):
         raise NonFiniteTensor("contains NaN or infinite values")
-    array = view.astype(np_dtype.newbyteorder("="), copy=True)
-    tensor = torch.from_numpy(array)
+    if shape is not None:
+        view = view.reshape(shape)
+    tensor = torch.from_numpy(view.astype(_NATIVE[name], copy=True))
     return tensor.view(torch.bfloat16) if name == "bfloat16" else tensor
 
 
