@@ -214,20 +214,11 @@ async def traverse(
                 search.learn(contact, 0, skip)
     loop = asyncio.get_running_loop()
     inflight: dict[asyncio.Task[Any], _Flight] = {}
-    # what asyncio.wait(inflight, FIRST_COMPLETED) does, without adding and removing a callback
-    # on every RPC in flight each time one answers: each RPC wakes the lookup when it ends
-    waiter: asyncio.Future[None] | None = None
-
-    def answered(_: asyncio.Task[Any]) -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def send(contact: Contact, batch: list[int], now: float) -> None:
         waits = None if patience is None else patience(contact)
         late, give_up = (straggler_delay, math.inf) if waits is None else waits
-        task = loop.create_task(ask(contact, batch))
-        task.add_done_callback(answered)
-        inflight[task] = (contact, batch, now + late, now + give_up)
+        inflight[loop.create_task(ask(contact, batch))] = (contact, batch, now + late, now + give_up)
 
     for contact, batch in _first_asks(searches, also_ask or {}, exclude, skip):
         send(contact, batch, loop.time())
@@ -242,7 +233,7 @@ async def traverse(
             finished = sum(search.finished for search in searches.values())
             if finished > dropped_at:  # only a newly finished target makes an RPC useless
                 dropped_at = finished
-                for contact in _drop_useless(inflight, searches, now, answered):
+                for contact in _drop_useless(inflight, searches, now):
                     if on_unanswered is not None:
                         on_unanswered(contact)
             if not inflight:
@@ -256,15 +247,10 @@ async def traverse(
                                 on_unanswered(contact)
                     break
                 wake.append(deadline)
-            waiter = loop.create_future()
-            timer = loop.call_later(min(wake) - now, _release, waiter) if wake else None
-            try:
-                await waiter
-            finally:
-                waiter = None
-                if timer is not None:
-                    timer.cancel()
-            for task in [task for task in inflight if task.done()]:  # in the order they were sent
+            done, _ = await asyncio.wait(
+                inflight, timeout=min(wake) - now if wake else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in [task for task in inflight if task in done]:  # set order is not reproducible
                 contact, batch, _, _ = inflight.pop(task)
                 response = _answer(task, contact)
                 _absorb(searches, contact, batch, response, on_found, exclude, skip, on_bad_referrer)
@@ -365,23 +351,13 @@ def _plan(
     return list(batches.values())
 
 
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _drop_useless(
-    inflight: dict[asyncio.Task[Any], _Flight],
-    searches: dict[int, _Search],
-    now: float,
-    answered: Callable[[asyncio.Task[Any]], None],
+    inflight: dict[asyncio.Task[Any], _Flight], searches: dict[int, _Search], now: float
 ) -> list[Contact]:
-    """Cancel RPCs whose every target is already finished (their end no longer wakes the lookup);
-    the contacts of those already late."""
+    """Cancel RPCs whose every target is already finished; the contacts of those already late."""
     unanswered = []
     for task, (contact, batch, late, _) in list(inflight.items()):
         if all(searches[target].finished for target in batch):
-            task.remove_done_callback(answered)
             task.cancel()
             del inflight[task]
             if late <= now:

@@ -62,6 +62,7 @@ class DHTSwarm:
         self.clock_skew = clock_skew
         self.initial_peers = initial_peers
         self.nodes: dict[str, DHTNode] = {}
+        self._reachable: list[str] = []  # live peers that take requests, in the order of ``nodes``
         self.identities: dict[str, Identity] = {}
         self.departed: set[str] = set()  # peers that churn took down and has not brought back yet
         self.client_mode: set[str] = set()  # peers that accept no incoming requests
@@ -117,7 +118,7 @@ class DHTSwarm:
     async def crash(self, address: str) -> None:
         """The peer's machine dies: no goodbye; its tasks stop. A graceful leave in progress is cut
         short (its hand-off dies with the machine)."""
-        node = self.nodes.pop(address, None)
+        node = self._pop_node(address)
         leaving = self._leaving.get(address)
         if node is None and leaving is None:
             raise KeyError(f"peer {address!r} is not up")
@@ -133,7 +134,9 @@ class DHTSwarm:
 
     async def shut_down(self, address: str) -> None:
         """The peer leaves gracefully: it hands its records on, then its connections close."""
-        node = self.nodes.pop(address)
+        node = self._pop_node(address)
+        if node is None:
+            raise KeyError(address)
         try:
             if self.hooks is not None:
                 await self.hooks.stopping(address, crashed=False)
@@ -180,7 +183,8 @@ class DHTSwarm:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         for address in list(self.nodes):
-            node = self.nodes.pop(address)
+            node = self.nodes[address]
+            self._pop_node(address)
             try:
                 if self.hooks is not None:
                     await self.hooks.stopping(address, crashed=False)
@@ -246,7 +250,7 @@ class DHTSwarm:
     async def _start(self, address: str, transport, initial: Sequence[str] | None) -> DHTNode:
         if initial is None:
             # in simulation a peer's address is its endpoint; client-mode peers take no requests
-            live = [a for a in self.nodes if a not in self.client_mode]
+            live = self._reachable  # not rebuilt per join: 100,000 joins made that quadratic
             initial = self._rng.sample(live, min(self.initial_peers, len(live)))
         loop = self.sim.loop
         skew = self._skew[address]
@@ -260,6 +264,14 @@ class DHTSwarm:
             client_mode=address in self.client_mode,
         )
         self.nodes[address] = node
+        if address not in self.client_mode:
+            self._reachable.append(address)
         if self.hooks is not None:
             await self.hooks.started(address, node)
+        return node
+
+    def _pop_node(self, address: str) -> DHTNode | None:
+        node = self.nodes.pop(address, None)
+        if node is not None and address not in self.client_mode:
+            self._reachable.remove(address)
         return node

@@ -31,6 +31,7 @@ from ...world.topology import Topology
 from ..format import schema
 from ..results.metrics import Recorder
 from .failures import PeerFailures, RunStopped
+from .live import LiveNames
 from .training import Dataset, Trainer
 
 JOIN_WAVE = 25
@@ -114,6 +115,7 @@ class ScenarioPeers:
         self.placements = self._place()
         # live peers per group, kept at each change (the swarm's nodes say who, these how many)
         self.live_count = {group.group: 0 for group in scenario.peers}
+        self._tracked: list[LiveNames] = []
         self.on_change: Callable[[str], None] = lambda name: None  # a peer just went up or down
         self.servers: dict[str, ExpertServer] = {}
         self.devices: dict[str, SimulatedDevice] = {}
@@ -164,6 +166,12 @@ class ScenarioPeers:
     def alive(self, names: list[str] | None = None) -> list[str]:
         nodes = self.swarm.nodes
         return [name for name in (names if names is not None else self.placements) if name in nodes]
+
+    def tracked(self, names: list[str]) -> LiveNames:
+        """``alive(names)``, kept up to date from now on (for what asks it per operation)."""
+        live = LiveNames(names, self.swarm.nodes)
+        self._tracked.append(live)
+        return live
 
     # ---- joining ---------------------------------------------------------------------------------------
 
@@ -222,6 +230,8 @@ class ScenarioPeers:
     async def started(self, address: str, node: DHTNode) -> None:
         placement = self.placements[address]
         self.live_count[placement.group.group] += 1
+        for live in self._tracked:
+            live.started(address)
         self.on_change(address)
         if address in self.hosted:
             device = self.devices.setdefault(
@@ -244,6 +254,8 @@ class ScenarioPeers:
 
     async def stopping(self, address: str, *, crashed: bool) -> None:
         self.live_count[self.placements[address].group.group] -= 1
+        for live in self._tracked:
+            live.stopped(address)
         self.on_change(address)
         trainer = self.trainers.get(address)
         if trainer is not None:

@@ -35,6 +35,7 @@ from ..results.metrics import Recorder
 from . import runlog
 from .events import Timeline
 from .failures import PeerFailures, RunStopped
+from .live import LiveNames
 from .peers import ScenarioPeers, build_topology
 from .training import make_dataset
 
@@ -254,15 +255,16 @@ class _Run:
                 continue
             assert churn.session is not None and churn.downtime is not None
             model = churn.model()
+            live = self.peers.tracked(names)
 
             def leave(
-                address: str, graceful: bool, names: list[str] = names, churn: schema.Churn = churn
+                address: str, graceful: bool, live: LiveNames = live, churn: schema.Churn = churn
             ) -> None:
-                if len(self.peers.alive(names)) > churn.min_alive:
+                if len(live) > churn.min_alive:
                     swarm.depart(address, graceful)
 
-            def join(address: str, names: list[str] = names, churn: schema.Churn = churn) -> None:
-                if churn.max_alive is None or len(self.peers.alive(names)) < churn.max_alive:
+            def join(address: str, live: LiveNames = live, churn: schema.Churn = churn) -> None:
+                if churn.max_alive is None or len(live) < churn.max_alive:
                     swarm.come_back(address)
 
             start_churn(
@@ -300,7 +302,7 @@ class _Run:
         """Poisson stores and gets over the whole network; gets ask for acknowledged keys, the
         most popular first (rank = order of first acknowledgement)."""
         rng = self.sim.random("workload/dht")
-        requesters = self._requesters()
+        requesters = self.peers.tracked(self._requesters())
         rate = spec.stores_per_second + spec.gets_per_second + spec.lookups_per_second
         if rate <= 0:
             return
@@ -310,10 +312,9 @@ class _Run:
         popular = spec.popularity.sampler(spec.keys)
         while True:
             await asyncio.sleep(rng.expovariate(rate))
-            live = self.peers.alive(requesters)
-            if not live:
+            if not requesters:
                 continue
-            name = rng.choice(live)
+            name = rng.choice(requesters)
             node = self.peers.swarm.nodes[name]
             kind = rng.random() * rate
             if kind < spec.stores_per_second:
