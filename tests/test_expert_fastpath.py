@@ -189,3 +189,29 @@ def test_the_default_optimizer_steps_without_torch_optims_step(monkeypatch) -> N
     monkeypatch.undo()
     reference_step(twin, optimizer, x, grad)
     assert_same(backend, twin, optimizer)
+
+
+@pytest.mark.parametrize("missing", ["_FUSED_ADAM", "_GLOBAL_PRE_HOOKS"])
+def test_a_torch_without_the_private_pieces_steps_through_step(monkeypatch, missing: str) -> None:
+    """The project accepts any torch 2.x: where a private name it relies on is absent, every
+    step goes through Adam.step, and training is still exactly torch's."""
+    from hivemind_core.moe.server import optim
+
+    monkeypatch.setattr(optim, missing, None)
+    backend, twin, optimizer = pair(OPTIMIZERS["fused adam (the default)"])
+    steps = 0
+    original = torch.optim.Adam.step
+
+    def counted(self: torch.optim.Adam, *args: object, **kwargs: object) -> object:
+        nonlocal steps
+        steps += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    inputs = torch.Generator().manual_seed(5)
+    for batch in [4, 2, 6]:
+        x, grad = torch.randn(batch, 16, generator=inputs), torch.randn(batch, 16, generator=inputs)
+        (got,) = backend.backward([x.clone()], [grad])
+        assert torch.equal(got, reference_step(twin, optimizer, x, grad))
+    assert_same(backend, twin, optimizer)
+    assert steps == 6  # three of ours, three of the reference's

@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim import optimizer as torch_optimizer
+
+# private to torch, and not in every 2.x release: without one of them, every step goes through
+# the optimizer's own ``step`` (the project accepts any torch 2.x)
+_GLOBAL_PRE_HOOKS = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+_GLOBAL_POST_HOOKS = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
+_FUSED_ADAM = getattr(torch, "_fused_adam_", None)
+_FUSED_ADAMW = getattr(torch, "_fused_adamw_", None)
 
 
 def step_with(
@@ -51,14 +58,16 @@ def _fused_adam_step(
         or "step" in vars(optimizer)  # wrapped on the instance (an LR scheduler counts steps)
         or optimizer._optimizer_step_pre_hooks
         or optimizer._optimizer_step_post_hooks
-        or _global_optimizer_pre_hooks
-        or _global_optimizer_post_hooks
+        or _GLOBAL_PRE_HOOKS is None
+        or _GLOBAL_POST_HOOKS is None
+        or _GLOBAL_PRE_HOOKS
+        or _GLOBAL_POST_HOOKS
         or getattr(optimizer, "grad_scale", None) is not None
         or getattr(optimizer, "found_inf", None) is not None
     ):
         return False
     group = optimizer.param_groups[0]
-    if not group["fused"] or group["capturable"] or group["differentiable"]:
+    if not group.get("fused") or group.get("capturable", True) or group.get("differentiable", True):
         return False
     lr, (beta1, beta2) = group["lr"], group["betas"]
     if isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor):
@@ -68,7 +77,7 @@ def _fused_adam_step(
     members = group["params"]
     if len(members) != len(params) or any(a is not b for a, b in zip(members, params, strict=True)):
         return False
-    amsgrad = group["amsgrad"]
+    amsgrad = group.get("amsgrad", False)
     stepped, applied, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
     for param, grad in zip(params, grads, strict=True):
         if grad is None:
@@ -89,7 +98,9 @@ def _fused_adam_step(
         return True
     if len({(p.device, p.dtype) for p in stepped}) != 1:
         return False  # torch calls the kernel once per device and dtype
-    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    kernel = _FUSED_ADAMW if group.get("decoupled_weight_decay", False) else _FUSED_ADAM
+    if kernel is None:
+        return False
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         kernel(
