@@ -283,12 +283,10 @@ class PeerCalls:
                 logger.debug("%s sent an unusable contact %r: %s", source.endpoint, raw, error)
                 contacts.append(None)
                 continue
-            if key is None:  # decoded, yet no key: cannot happen for a [bytes, str] pair
-                contacts.append(contact)
-                continue
-            DECODED_CONTACTS[key] = contact
-            if len(DECODED_CONTACTS) > MAX_DECODED_CONTACTS:
-                DECODED_CONTACTS.pop(next(iter(DECODED_CONTACTS)), None)  # the oldest
+            if key is not None:  # None: raw was not even a pair, so it cannot have decoded
+                DECODED_CONTACTS[key] = contact
+                if len(DECODED_CONTACTS) > MAX_DECODED_CONTACTS:
+                    DECODED_CONTACTS.pop(next(iter(DECODED_CONTACTS)), None)  # the oldest
             contacts.append(contact)
         return contacts
 

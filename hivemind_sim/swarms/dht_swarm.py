@@ -183,8 +183,8 @@ class DHTSwarm:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         for address in list(self.nodes):
-            node = self.nodes[address]
-            self._pop_node(address)
+            node = self._pop_node(address)
+            assert node is not None
             try:
                 if self.hooks is not None:
                     await self.hooks.stopping(address, crashed=False)

@@ -1,8 +1,7 @@
 """The live peers among a fixed list of names, kept up to date as peers start and stop.
 
-Churn asks how many of a group are up before every leave and rejoin, and the DHT workload
-draws a live requester for every operation: rebuilding the list each time cost a pass over
-every peer per operation, quadratic in a 100,000-peer run. A :class:`LiveNames` is what that
+The DHT workload draws a live requester for every operation: rebuilding the list each time
+cost a pass over every peer per operation, quadratic in a 100,000-peer run. A :class:`LiveNames` is what that
 pass returned, the live names in the list's order, as a sequence that ``random.choice`` draws
 from the same way.
 """

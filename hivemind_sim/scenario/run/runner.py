@@ -35,7 +35,6 @@ from ..results.metrics import Recorder
 from . import runlog
 from .events import Timeline
 from .failures import PeerFailures, RunStopped
-from .live import LiveNames
 from .peers import ScenarioPeers, build_topology
 from .training import make_dataset
 
@@ -245,6 +244,7 @@ class _Run:
 
     def _start_churn(self) -> None:
         swarm = self.peers.swarm
+        live = self.peers.live_count  # kept at each change: no pass over a group per churn event
         for group in self.scenario.peers:
             churn = group.churn
             if churn is None:
@@ -255,16 +255,15 @@ class _Run:
                 continue
             assert churn.session is not None and churn.downtime is not None
             model = churn.model()
-            live = self.peers.tracked(names)
 
             def leave(
-                address: str, graceful: bool, live: LiveNames = live, churn: schema.Churn = churn
+                address: str, graceful: bool, name: str = group.group, churn: schema.Churn = churn
             ) -> None:
-                if len(live) > churn.min_alive:
+                if live[name] > churn.min_alive:
                     swarm.depart(address, graceful)
 
-            def join(address: str, live: LiveNames = live, churn: schema.Churn = churn) -> None:
-                if churn.max_alive is None or len(live) < churn.max_alive:
+            def join(address: str, name: str = group.group, churn: schema.Churn = churn) -> None:
+                if churn.max_alive is None or live[name] < churn.max_alive:
                     swarm.come_back(address)
 
             start_churn(
