@@ -20,7 +20,7 @@ from torch import nn
 
 from ..layers import SAMPLE_SHAPES, make_expert
 from ..uid import parse_uid
-from .optim import step_with
+from .optim import as_grads, step_with
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 
@@ -199,13 +199,8 @@ class ExpertBackend:
     def _clip(self, params: list[nn.Parameter], grads: Sequence[torch.Tensor | None]) -> None:
         """``clip_grad_norm_`` itself, on the gradients in hand (scaled in place)."""
         assert self.clip_grad_norm is not None
-        for param, grad in zip(params, grads, strict=True):
-            param.grad = grad
-        try:
+        with as_grads(params, grads):
             nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        finally:
-            for param in params:
-                param.grad = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -13,7 +13,8 @@ non-fused group) goes through the optimizer's own ``step``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.optim import optimizer as torch_optimizer
@@ -36,10 +37,18 @@ def step_with(
     as ``zero_grad(set_to_none=True)`` leaves it."""
     if _fused_adam_step(optimizer, params, grads):
         return
+    with as_grads(params, grads):
+        optimizer.step()
+
+
+@contextlib.contextmanager
+def as_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> Iterator[None]:
+    """``grads`` in ``params``' ``.grad`` while the block runs (for torch code that reads them
+    there), and every ``.grad`` None after, as ``zero_grad(set_to_none=True)`` leaves it."""
     for param, grad in zip(params, grads, strict=True):
         param.grad = grad
     try:
-        optimizer.step()
+        yield
     finally:
         for param in params:
             param.grad = None
