@@ -12,6 +12,7 @@ import simpy
 from hivemind_core.net.frames import DEFAULT_MAX_FRAME_SIZE
 from hivemind_core.world import WORLD_ATTRIBUTE
 
+from .collector import tuned_collector
 from .loop import VirtualTimeLoop
 from .network import AccessLink, SimNetwork
 from .tcp_model import TcpOptions
@@ -86,8 +87,10 @@ class Simulation:
         return SimTransport(self.network, address, max_frame_size=max_frame_size)
 
     def run(self, main: Coroutine[Any, Any, T]) -> T:
-        """Run ``main`` to completion in virtual time and return its result."""
-        return self.loop.run_until_complete(main)
+        """Run ``main`` to completion in virtual time and return its result (with the garbage
+        collector tuned for a heap of long-lived objects: see ``collector.py``)."""
+        with tuned_collector():
+            return self.loop.run_until_complete(main)
 
     def digest(self) -> str:
         return self.trace.hexdigest()
