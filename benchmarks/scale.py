@@ -43,8 +43,9 @@ def peak_rss_mb() -> float:
 
 
 def progress(now: float, end: float, live: dict[str, float]) -> None:
+    up, cpu = live.get("peers.alive", float("nan")), time.process_time()
     print(
-        f"  t={now:7.0f}/{end:.0f} s  peak {peak_rss_mb():7.0f} MB  cpu {time.process_time():7.0f} s",
+        f"  t={now:7.0f}/{end:.0f} s  up {up:7.0f}  peak {peak_rss_mb():7.0f} MB  cpu {cpu:7.0f} s",
         file=sys.stderr,
         flush=True,
     )
