@@ -97,19 +97,21 @@ class DHTHandlers:
         now = self.clock()
         me = self.me()
         contacts, all_indices = self._nearest(ids, count, sender_id)
-        budget = (
-            self.config.max_answer_bytes
-            - _ANSWER_FRAME
-            - _node_bytes(me)
-            - len(msgpack.packb(contacts, use_bin_type=True))  # one C call: a step per contact cost more
-            - (_RESULT_FRAME * len(ids) + _INDEX_BYTES * sum(map(len, all_indices)))
-        )
+        budget: int | None = None  # worked out once an entry is found: most finds meet none
         results = []
         for target, indices in zip(ids, all_indices, strict=True):
             entry: list[Any] | bool | None = None
             for storage in (self.storage, self.cache):
                 size = storage.size_of(target, now)  # the charged size bounds the encoded one
                 if size:
+                    if budget is None:
+                        budget = (
+                            self.config.max_answer_bytes
+                            - _ANSWER_FRAME
+                            - _node_bytes(me)
+                            - len(msgpack.packb(contacts, use_bin_type=True))  # one C call, not one each
+                            - (_RESULT_FRAME * len(ids) + _INDEX_BYTES * sum(map(len, all_indices)))
+                        )
                     if size <= budget:
                         budget -= size
                         held = storage.get(target, now)
