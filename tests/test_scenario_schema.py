@@ -972,6 +972,7 @@ workload:
     optimizer: {name: sgd, lr: 0.01}
     dataset: digits
     batches_in_flight: 0
+dht: {k: 16, alpha: 2, replicas: 4, refresh_interval: 1h, republish_interval: 20m, rpc_timeout: 2s}
 assertions:
   - dht.get.success_rate >= 99%
   - train.loss.final <= 0.8
@@ -1094,6 +1095,7 @@ REFERENCE: list[tuple[type[BaseModel], str]] = [
     (schema.TrainingWorkload, "workload.training"),
     (schema.ModelShape, "workload.training.model"),
     (schema.Optimizer, "workload.training.optimizer"),
+    (schema.DHTSettings, "dht"),
     (Assertion, "assertions[] (mapping form)"),
 ]
 """Every model of the format, in the order docs/scenarios.md lists them, and where it sits."""

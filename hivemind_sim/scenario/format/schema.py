@@ -68,6 +68,8 @@ from .units import (
 )
 
 if TYPE_CHECKING:
+    from hivemind_core.dht import DHTConfig
+
     from ...swarms.churn import ChurnModel
 
 Loc = tuple[str | int, ...]
@@ -937,6 +939,59 @@ class Assertion(FrozenModel):
         return f"{self.metric} {self.op} {threshold}{during}"
 
 
+# ---- DHT settings ----------------------------------------------------------------------------------
+
+
+class DHTSettings(FrozenModel):
+    """Every peer's DHT node settings (`hivemind_core.dht.DHTConfig`); a key left out keeps its default."""
+
+    k: int | None = Field(default=None, ge=1)
+    """Bucket size, and how many nearest nodes a lookup converges on; null: the library's default, 20."""
+    alpha: int | None = Field(default=None, ge=1)
+    """Parallel RPCs per lookup; null: the library's default, 3."""
+    replicas: int | None = Field(default=None, ge=1)
+    """How many of the nearest nodes a value is stored on (at most `k`); null: the library's
+    default, 5."""
+    refresh_interval: PositiveDuration | None = None
+    """A bucket that saw no traffic for this long is refreshed with a lookup of a random id in it
+    (Kademlia's hour: `1h`); null: the library's default, 10 min."""
+    republish_interval: PositiveDuration | None = None
+    """How often a node stores what it holds again on the current nearest nodes; null: the
+    library's default, 10 min."""
+    rpc_timeout: PositiveDuration | None = None
+    """How long an RPC to a contact whose round trips were never measured waits, and the longest
+    any DHT RPC waits (a contact that misses its timeout leaves the routing table); null: the
+    library's default, 3 s."""
+
+    def config(self, **fixed: Any) -> DHTConfig:
+        """The DHT nodes' config: the keys given, ``fixed`` (what the runner decides itself, such as
+        ``max_per_subnet``) and the library's defaults for the rest."""
+        from hivemind_core.dht import DHTConfig  # lazy: the format is read without loading the DHT
+
+        return DHTConfig(**self.given(), **fixed)
+
+    def given(self) -> dict[str, int | float]:
+        """The keys set, by name (each a ``DHTConfig`` field of the same name)."""
+        return {key: value for key, value in self.__dict__.items() if value is not None}
+
+    @model_validator(mode="after")
+    def _library_accepts(self) -> Self:
+        """The combination must be one ``DHTConfig`` takes (`replicas` at most `k`), reported at
+        the key a user gave."""
+        try:
+            self.config()
+        except ValueError as error:
+            given, message = self.given(), str(error).replace("DHTConfig.", "")
+            words = dict.fromkeys(re.findall(r"\w+", message))
+            named = [word for word in words if word in type(self).model_fields]
+            blamed = next((word for word in named if word in given), None)
+            left_out = [f"`{word}`" for word in named if word not in given]
+            if left_out:
+                message += f"; {' and '.join(left_out)} left out: the library's default"
+            raise ScenarioProblems([((blamed,) if blamed else (), message)]) from None
+        return self
+
+
 # ---- the scenario ----------------------------------------------------------------------------------
 
 
@@ -982,6 +1037,9 @@ class Scenario(FrozenModel):
     """The fault timeline."""
     workload: Workload = Workload()
     """What the peers do."""
+    dht: DHTSettings = DHTSettings()
+    """Settings of every peer's DHT node (`k`, `alpha`, `replicas`, `refresh_interval`,
+    `republish_interval`, `rpc_timeout`); keys left out keep the library's defaults."""
     assertions: tuple[Assertion, ...] = ()
     """Checks on the run's metrics; each is pass, fail or unknown (never observed)."""
 

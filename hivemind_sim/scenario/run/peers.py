@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hivemind_core.dht import BootstrapError, DHTConfig, DHTNode
+from hivemind_core.dht import BootstrapError, DHTNode
 from hivemind_core.moe.server import ExpertBackend, ExpertServer
 from hivemind_core.moe.uid import grid_share
 
@@ -109,7 +109,7 @@ class ScenarioPeers:
         self.baton = baton
         self.dataset = dataset
         self.clock = clock
-        self.swarm = DHTSwarm(sim, config=DHTConfig(max_per_subnet=None))
+        self.swarm = DHTSwarm(sim, config=scenario.dht.config(max_per_subnet=None))
         self.swarm.hooks = self
         self.swarm.on_error = failures.record
         self.placements = self._place()
