@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
 import statistics
 import sys
@@ -176,8 +177,8 @@ def _check_device(device: str) -> None:
 
 async def _join(args: argparse.Namespace) -> DHTNode:
     """This peer's DHT node, joined through ``--initial-peers``."""
+    config = _dht_config(args)
     transport = _listening_transport(args)
-    config = DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2)
     identity = _load_identity(args.identity)
     async with _listening(args):
         return await DHTNode.create(
@@ -187,6 +188,29 @@ async def _join(args: argparse.Namespace) -> DHTNode:
             identity=identity,
             client_mode=getattr(args, "client_mode", False),
         )
+
+
+def _dht_flag(field: str) -> str:
+    return "--dht-" + field.replace("_", "-")
+
+
+def _dht_config(args: argparse.Namespace) -> DHTConfig:
+    """The node's config: ``--no-subnet-limit``, the ``--dht-*`` flags given, the library's defaults
+    for the rest. A combination ``DHTConfig`` refuses (``--dht-replicas`` above ``--dht-k``) is
+    reported against the flags."""
+    given = {field: getattr(args, f"dht_{field}") for field in DHT_FLAGS}
+    given = {field: value for field, value in given.items() if value is not None}
+    try:
+        return DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2, **given)
+    except ValueError as error:
+        message = str(error).replace("DHTConfig.", "")
+        named = [word for word in dict.fromkeys(re.findall(r"\w+", message)) if word in DHT_FLAGS]
+        blamed = next((field for field in named if field in given), next(iter(given), None))
+        left_out = [_dht_flag(field) for field in named if field not in given]
+        message = re.sub(rf"\b({'|'.join(DHT_FLAGS)})\b", lambda found: _dht_flag(found[1]), message)
+        if left_out:
+            message += f"; {' and '.join(left_out)} left out: the default"
+        raise ValueError(f"argument {_dht_flag(blamed)}: {message}" if blamed else message) from None
 
 
 def _expert_server_of(args: argparse.Namespace, node: DHTNode, backends: list[Any]) -> Any:
@@ -615,12 +639,34 @@ def _add_joining_options(parser: argparse.ArgumentParser) -> None:
         help="file holding this peer's private key (created if missing; default: a new key each run)",
     )
     parser.add_argument("--no-subnet-limit", action="store_true", help="allow any number of contacts per /24")
+    _add_dht_options(parser)
     parser.add_argument(
         "--operator",
         action="store_true",
         help="driven by the process that started it (hivemind-sim deploy): JSON commands on stdin, "
         "'@hm ' records on stdout; trainers wait for the command to train",
     )
+
+
+DHT_FLAGS = {
+    "k": (_positive_int, "K", "bucket size, and how many nearest nodes a lookup converges on"),
+    "alpha": (_positive_int, "N", "parallel RPCs per lookup"),
+    "replicas": (_positive_int, "N", "how many of the nearest nodes hold a value, at most --dht-k"),
+    "refresh_interval": (_seconds, "SECONDS", "a bucket that saw no traffic for this long is refreshed"),
+    "republish_interval": (_seconds, "SECONDS", "how often a node stores what it holds again"),
+    "rpc_timeout": (_seconds, "SECONDS", "the longest any DHT RPC waits for its answer"),
+}
+"""Each ``DHTConfig`` field a ``--dht-*`` flag sets (a scenario's `dht` key of the same name):
+its parser, metavar and help."""
+
+
+def _add_dht_options(parser: argparse.ArgumentParser) -> None:
+    """The DHT node's settings; each left out keeps the library's default."""
+    default = DHTConfig()
+    group = parser.add_argument_group("DHT settings", "each left out keeps the library's default")
+    for field, (parse, metavar, text) in DHT_FLAGS.items():
+        help = f"{text} (default: {getattr(default, field):g})"
+        group.add_argument(_dht_flag(field), type=parse, metavar=metavar, help=help)
 
 
 def _add_expert_options(parser: argparse.ArgumentParser) -> None:

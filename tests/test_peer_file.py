@@ -12,7 +12,7 @@ import pytest
 from hivemind_core.cli import _training_config, build_parser
 from hivemind_sim.deploy.peer_file import SCENARIO_ONLY, PeerFile, core_command, load_peer_file
 from hivemind_sim.scenario.format.loader import ScenarioError, parse_model
-from hivemind_sim.scenario.format.schema import PeerGroup, TrainingWorkload
+from hivemind_sim.scenario.format.schema import DHTSettings, PeerGroup, TrainingWorkload
 
 PEER = """\
 role: peer
@@ -73,9 +73,10 @@ def test_every_role_has_its_command(text: str, command: list[str]) -> None:
 def test_the_file_speaks_the_scenarios_terms_and_refuses_the_simulated_networks() -> None:
     """Every peer group key is either a peer file's (the same meaning) or a scenario's alone."""
     group_keys = set(PeerGroup.model_fields)
-    file_keys = set(PeerFile.model_fields) - {"first_expert", "training"}
+    file_keys = set(PeerFile.model_fields) - {"first_expert", "training", "dht"}
     assert group_keys == file_keys | set(SCENARIO_ONLY), "a new peer group key needs a place here"
     assert PeerFile.model_fields["training"].annotation == TrainingWorkload | None
+    assert PeerFile.model_fields["dht"].annotation == DHTSettings | None  # the scenario's `dht`
 
 
 @pytest.mark.parametrize(

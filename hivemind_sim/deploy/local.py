@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hivemind_core.dht import DHTConfig
-
 from ..scenario.format import schema
 from ..scenario.results.assertions import evaluate
 from ..scenario.results.metrics import Recorder
@@ -208,6 +206,7 @@ class _Deployment:
             concurrent_batches=group.concurrent_batches,
             client_mode=placement.client_mode and group.role in ("dht", "trainer"),
             training=self.scenario.workload.training if group.role != "dht" else None,
+            dht=self.scenario.dht,
         )
         base = core_command(peer)
         if name in self.layout.hosted:  # the simulator's own share of the grid for this peer
@@ -629,7 +628,7 @@ class _Deployment:
             for p in self.peers.values()
             if p.up and p.node_id is not None and p.node_id != requester
         ]
-        truth = sorted(live, key=lambda node: node ^ target)[: DHTConfig().k]
+        truth = sorted(live, key=lambda node: node ^ target)[: self.scenario.dht.config().k]
         return {
             "hops": float(reply["rounds"]),
             "top1": float(bool(found) and bool(truth) and found[0] == truth[0]),

@@ -2,11 +2,12 @@
 
 A peer file holds the keys of one scenario peer group that describe a peer rather than the
 simulated network it sits in (`role`, `experts`, `concurrent_batches`, `client_mode`), and the
-scenario's `workload.training`, validated by the scenario schema's own models: a group in a
-scenario and a real peer are written the same way. Where a scenario decides for the whole
-swarm, a single peer says it itself: which share of the grid it hosts (`first_expert`), and
-whether it is behind NAT (`client_mode` is a yes or no, not a fraction). Network settings
-(addresses, initial peers, identity) are the command line's, not the file's.
+scenario's `workload.training` and `dht` (the DHT node's settings), validated by the scenario
+schema's own models: a group in a scenario and a real peer are written the same way. Where a
+scenario decides for the whole swarm, a single peer says it itself: which share of the grid it
+hosts (`first_expert`), and whether it is behind NAT (`client_mode` is a yes or no, not a
+fraction). Network settings (addresses, initial peers, identity) are the command line's, not
+the file's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import Field, model_validator
 from hivemind_core.moe.uid import grid_share
 
 from ..scenario.format.loader import ScenarioError, parse_model, read_text
-from ..scenario.format.schema import FrozenModel, Role, ScenarioProblems, TrainingWorkload
+from ..scenario.format.schema import DHTSettings, FrozenModel, Role, ScenarioProblems, TrainingWorkload
 
 SCENARIO_ONLY = {
     "group": "it names a group of simulated peers",
@@ -51,6 +52,9 @@ class PeerFile(FrozenModel):
     """Behind NAT: accepts no incoming connections (roles dht and trainer)."""
     training: TrainingWorkload | None = None
     """The scenario's `workload.training`: the model, the grid, and how to train through it."""
+    dht: DHTSettings | None = None
+    """The scenario's `dht`: its DHT node's settings (`k`, `alpha`, `replicas`, `refresh_interval`,
+    `republish_interval`, `rpc_timeout`); null, or a key left out: the library's default."""
 
     @model_validator(mode="before")
     @classmethod
@@ -117,6 +121,8 @@ def core_command(peer: PeerFile) -> list[str]:
             "--dataset", training.dataset,
             "--batches-in-flight", str(peer.concurrent_batches),
         ]  # fmt: skip
+    for field, value in (peer.dht.given() if peer.dht is not None else {}).items():
+        argv += ["--dht-" + field.replace("_", "-"), repr(value)]  # repr: a duration's exact seconds
     if peer.client_mode:
         argv.append("--client-mode")
     return argv
