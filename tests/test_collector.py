@@ -66,10 +66,10 @@ def test_concurrent_runs_in_threads_leave_the_users_thresholds_behind(thresholds
 
 
 def test_higher_thresholds_of_the_users_own_are_kept_and_zero_is_left_alone(thresholds: None) -> None:
-    gc.set_threshold(50_000, 5, 1000)
+    gc.set_threshold(200_000, 5, 1000)
     with tuned_collector():
-        assert gc.get_threshold() == (50_000, 10, 1000)
-    assert gc.get_threshold() == (50_000, 5, 1000)
+        assert gc.get_threshold() == (200_000, 10, 1000)
+    assert gc.get_threshold() == (200_000, 5, 1000)
     gc.set_threshold(0)
     with tuned_collector():
         assert gc.get_threshold()[0] == 0  # automatic collection stays off
