@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .dht import DHTConfig, DHTNode, Identity
+from .dht import DHTConfig, DHTConfigError, DHTNode, Identity
 from .moe.uid import expand_pattern, pattern_size
 from .net import RPC, TcpConfig, TcpTransport, TransportError
 from .net.delays import EmulatedDelays, load_delays
@@ -190,7 +190,8 @@ async def _join(args: argparse.Namespace) -> DHTNode:
         )
 
 
-def _dht_flag(field: str) -> str:
+def dht_flag(field: str) -> str:
+    """The flag that sets ``DHTConfig`` field ``field`` (``rpc_timeout``: ``--dht-rpc-timeout``)."""
     return "--dht-" + field.replace("_", "-")
 
 
@@ -202,15 +203,15 @@ def _dht_config(args: argparse.Namespace) -> DHTConfig:
     given = {field: value for field, value in given.items() if value is not None}
     try:
         return DHTConfig(max_per_subnet=None if args.no_subnet_limit else 2, **given)
-    except ValueError as error:
+    except DHTConfigError as error:
         message = str(error).replace("DHTConfig.", "")
-        named = [word for word in dict.fromkeys(re.findall(r"\w+", message)) if word in DHT_FLAGS]
+        named = [field for field in error.fields if field in DHT_FLAGS]
         blamed = next((field for field in named if field in given), next(iter(given), None))
-        left_out = [_dht_flag(field) for field in named if field not in given]
-        message = re.sub(rf"\b({'|'.join(DHT_FLAGS)})\b", lambda found: _dht_flag(found[1]), message)
+        left_out = [dht_flag(field) for field in named if field not in given]
+        message = re.sub(rf"\b({'|'.join(DHT_FLAGS)})\b", lambda found: dht_flag(found[1]), message)
         if left_out:
             message += f"; {' and '.join(left_out)} left out: the default"
-        raise ValueError(f"argument {_dht_flag(blamed)}: {message}" if blamed else message) from None
+        raise ValueError(f"argument {dht_flag(blamed)}: {message}" if blamed else message) from None
 
 
 def _expert_server_of(args: argparse.Namespace, node: DHTNode, backends: list[Any]) -> Any:
@@ -666,7 +667,7 @@ def _add_dht_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("DHT settings", "each left out keeps the library's default")
     for field, (parse, metavar, text) in DHT_FLAGS.items():
         help = f"{text} (default: {getattr(default, field):g})"
-        group.add_argument(_dht_flag(field), type=parse, metavar=metavar, help=help)
+        group.add_argument(dht_flag(field), type=parse, metavar=metavar, help=help)
 
 
 def _add_expert_options(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """A Kademlia DHT: peers find each other and each other's records through it."""
 
-from .config import DHTConfig
+from .config import DHTConfig, DHTConfigError
 from .facade import DHT
 from .identity import Identity
 from .ids import distance, key_id, serialize_key
@@ -14,6 +14,7 @@ __all__ = [
     "BootstrapError",
     "Contact",
     "DHTConfig",
+    "DHTConfigError",
     "DHTNode",
     "DHTStats",
     "Identity",

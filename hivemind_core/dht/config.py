@@ -6,6 +6,15 @@ import math
 from dataclasses import dataclass
 
 
+class DHTConfigError(ValueError):
+    """A setting ``DHTConfig`` refuses. ``fields`` names the settings the message is about, in its
+    order, so a scenario or a command line can point at the key or flag its user typed."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 @dataclass(frozen=True)
 class DHTConfig:
     k: int = 20
@@ -106,7 +115,7 @@ class DHTConfig:
             "max_bytes_per_source",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"DHTConfig.{name} must be at least 1, got {getattr(self, name)}")
+                raise DHTConfigError(f"DHTConfig.{name} must be at least 1, got {getattr(self, name)}", name)
         for name in (
             "rpc_timeout",
             "min_rpc_timeout",
@@ -121,18 +130,27 @@ class DHTConfig:
             "reconnect_max_delay",
         ):
             if not getattr(self, name) > 0:
-                raise ValueError(f"DHTConfig.{name} must be positive, got {getattr(self, name)}")
+                raise DHTConfigError(f"DHTConfig.{name} must be positive, got {getattr(self, name)}", name)
         if not 0 <= self.max_clock_skew < math.inf:
-            raise ValueError(f"DHTConfig.max_clock_skew must be finite and >= 0, got {self.max_clock_skew}")
+            raise DHTConfigError(
+                f"DHTConfig.max_clock_skew must be finite and >= 0, got {self.max_clock_skew}",
+                "max_clock_skew",
+            )
         if self.reconnect_delay > self.reconnect_max_delay:
-            raise ValueError(
+            raise DHTConfigError(
                 f"DHTConfig.reconnect_delay ({self.reconnect_delay}) cannot exceed "
-                f"reconnect_max_delay ({self.reconnect_max_delay})"
+                f"reconnect_max_delay ({self.reconnect_max_delay})",
+                "reconnect_delay",
+                "reconnect_max_delay",
             )
         if self.max_answer_bytes < self.max_entry_bytes:
-            raise ValueError(
+            raise DHTConfigError(
                 f"DHTConfig.max_answer_bytes ({self.max_answer_bytes}) cannot be less than "
-                f"max_entry_bytes ({self.max_entry_bytes}): an entry that fits could never be read"
+                f"max_entry_bytes ({self.max_entry_bytes}): an entry that fits could never be read",
+                "max_answer_bytes",
+                "max_entry_bytes",
             )
         if self.replicas > self.k:
-            raise ValueError(f"DHTConfig.replicas ({self.replicas}) cannot exceed k ({self.k})")
+            raise DHTConfigError(
+                f"DHTConfig.replicas ({self.replicas}) cannot exceed k ({self.k})", "replicas", "k"
+            )

@@ -18,6 +18,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from hivemind_core.cli import dht_flag
 from hivemind_core.moe.uid import grid_share
 
 from ..scenario.format.loader import ScenarioError, parse_model, read_text
@@ -122,7 +123,7 @@ def core_command(peer: PeerFile) -> list[str]:
             "--batches-in-flight", str(peer.concurrent_batches),
         ]  # fmt: skip
     for field, value in (peer.dht.given() if peer.dht is not None else {}).items():
-        argv += ["--dht-" + field.replace("_", "-"), repr(value)]  # repr: a duration's exact seconds
+        argv += [dht_flag(field), repr(value)]  # repr: a duration's exact seconds
     if peer.client_mode:
         argv.append("--client-mode")
     return argv

@@ -978,12 +978,13 @@ class DHTSettings(FrozenModel):
     def _library_accepts(self) -> Self:
         """The combination must be one ``DHTConfig`` takes (`replicas` at most `k`), reported at
         the key a user gave."""
+        from hivemind_core.dht import DHTConfigError
+
         try:
             self.config()
-        except ValueError as error:
+        except DHTConfigError as error:
             given, message = self.given(), str(error).replace("DHTConfig.", "")
-            words = dict.fromkeys(re.findall(r"\w+", message))
-            named = [word for word in words if word in type(self).model_fields]
+            named = [field for field in error.fields if field in type(self).model_fields]
             blamed = next((word for word in named if word in given), None)
             left_out = [f"`{word}`" for word in named if word not in given]
             if left_out:
