@@ -104,6 +104,15 @@ def test_connection_caps_reach_the_transport_and_bad_values_name_the_flag(capsys
         (["expert-server", "--experts", "f.[0:2]", "--announce-period", "0"], "argument --announce-period:"),
         (["expert-server", "--experts", "f.[0:2]", "--torch-threads", "-1"], "argument --torch-threads:"),
         (["expert-server", "--experts", "f.[0:2]", "--expert-type", "x"], "argument --expert-type: invalid"),
+        # words where numbers belong: the error says what was expected, never a parser's name
+        (["ping", "127.0.0.1:1", "--count", "two"], "argument --count: expected a whole number, got 'two'"),
+        (["ping", "127.0.0.1:1", "--size", "big"], "argument --size: expected a whole number, got 'big'"),
+        (["serve", "--port", "http"], "argument --port: expected a whole number, got 'http'"),
+        (["serve", "--grace", "soon"], "argument --grace: expected a number, got 'soon'"),
+        (["dht", "--dht-k", "2.5"], "argument --dht-k: expected a whole number, got '2.5'"),
+        (["dht", "--dht-rpc-timeout", "3s"], "argument --dht-rpc-timeout: expected a number, got '3s'"),
+        (["expert-server", "--experts", "f.[0:2]", "--fault-rate", "x"], "argument --fault-rate: expected a"),
+        (["expert-server", "--experts", "f.[0:2]", "--lr", "fast"], "argument --lr: expected a number"),
         (
             ["expert-server", "--experts", "ffn.[0:100000].[0:100000]"],
             "argument --experts: 'ffn.[0:100000].[0:100000]' names 10,000,000,000 experts; "
